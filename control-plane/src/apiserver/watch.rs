@@ -1,0 +1,251 @@
+//! Watch: chunked newline-delimited JSON events from any revision still in
+//! the window, with bookmarks, timeouts and Table-encoded events for
+//! `kubectl get -w`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use bytes::{BufMut, Bytes, BytesMut};
+use serde_json::{Value, json};
+use tokio::sync::{broadcast, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
+use weft_api::Status;
+
+use super::handlers::{ApiResult, Ctx, collect};
+use super::selectors::{FieldSelector, LabelSelector};
+use super::table;
+use crate::store::{Event, EventType, Feed};
+
+/// Default watch length when the client sets none (kube-apiserver picks 30–60 min).
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+
+struct Filter {
+    prefix: String,
+    labels: LabelSelector,
+    fields: FieldSelector,
+}
+
+impl Filter {
+    fn matches(&self, o: &Value) -> bool {
+        self.labels.matches(o) && self.fields.matches(o)
+    }
+
+    /// The event type this watcher sees, if any: objects that start or stop
+    /// matching the selectors are ADDED or DELETED, as in Kubernetes.
+    fn classify(&self, e: &Event) -> Option<EventType> {
+        if !e.key.starts_with(&self.prefix) {
+            return None;
+        }
+        let now = self.matches(&e.object);
+        let before = e.prev.as_deref().is_some_and(|p| self.matches(p));
+        match e.kind {
+            EventType::Added => now.then_some(EventType::Added),
+            EventType::Deleted => before.then_some(EventType::Deleted),
+            EventType::Modified => match (before, now) {
+                (true, true) => Some(EventType::Modified),
+                (false, true) => Some(EventType::Added),
+                (true, false) => Some(EventType::Deleted),
+                (false, false) => None,
+            },
+        }
+    }
+}
+
+struct Encoder {
+    kind: &'static str,
+    api_version: String,
+    table: bool,
+    include: String,
+}
+
+impl Encoder {
+    fn line(&self, ty: &str, object_json: &[u8]) -> Bytes {
+        let mut b = BytesMut::with_capacity(object_json.len() + 32);
+        b.put_slice(b"{\"type\":\"");
+        b.put_slice(ty.as_bytes());
+        b.put_slice(b"\",\"object\":");
+        b.put_slice(object_json);
+        b.put_slice(b"}\n");
+        b.freeze()
+    }
+
+    fn event(&self, ty: EventType, e: &Event) -> Bytes {
+        if self.table {
+            let rv = e.revision.to_string();
+            let t = table::render(self.kind, &[&e.object], &rv, None, &self.include, false);
+            return self.line(ty.as_str(), t.to_string().as_bytes());
+        }
+        self.line(ty.as_str(), e.object_json())
+    }
+
+    fn object(&self, ty: EventType, o: &Value) -> Bytes {
+        if self.table {
+            let rv = o.pointer("/metadata/resourceVersion").and_then(Value::as_str).unwrap_or("");
+            let t = table::render(self.kind, &[o], rv, None, &self.include, false);
+            return self.line(ty.as_str(), t.to_string().as_bytes());
+        }
+        self.line(ty.as_str(), o.to_string().as_bytes())
+    }
+
+    fn bookmark(&self, revision: u64, initial_end: bool) -> Bytes {
+        let mut meta = json!({"resourceVersion": revision.to_string()});
+        if initial_end {
+            meta["annotations"] = json!({"k8s.io/initial-events-end": "true"});
+        }
+        let o = json!({"kind": self.kind, "apiVersion": self.api_version, "metadata": meta});
+        self.line("BOOKMARK", o.to_string().as_bytes())
+    }
+
+    fn error(&self, s: &Status) -> Bytes {
+        self.line("ERROR", s.to_json().to_string().as_bytes())
+    }
+}
+
+pub async fn serve(ctx: &Ctx<'_>) -> ApiResult {
+    let res = ctx.target.res;
+    let labels = LabelSelector::parse(ctx.query.label_selector.as_deref().unwrap_or(""))?;
+    let fields = FieldSelector::parse(ctx.query.field_selector.as_deref().unwrap_or(""), res.kind)?;
+    let accept = ctx.headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let enc = Encoder {
+        kind: res.kind,
+        api_version: res.api_version(),
+        table: table::wants_table(accept),
+        include: ctx.query.include_object.clone().unwrap_or_else(|| "Metadata".into()),
+    };
+    let initial_events = ctx.query.send_initial_events == Some(true);
+    let rv = ctx.query.resource_version.as_deref().filter(|s| !s.is_empty() && *s != "0");
+
+    // Without a revision (or with sendInitialEvents) the watch starts with the
+    // current state as synthetic ADDED events, then continues from that snapshot.
+    let mut initial = Vec::new();
+    let from = match rv {
+        Some(rv) if !initial_events => rv
+            .parse::<u64>()
+            .map_err(|_| Status::bad_request(format!("invalid resourceVersion {rv:?}: must be a decimal revision")))?,
+        _ => {
+            let (rev, items, _) = collect(ctx, &labels, &fields, None, None)?;
+            initial = items;
+            rev
+        }
+    };
+    let prefix = {
+        let ns = if res.namespaced { ctx.target.namespace.as_deref() } else { None };
+        crate::store::prefix(res.group, res.plural, ns)
+    };
+    let filter = Filter { prefix, labels, fields };
+    let timeout = ctx.query.timeout_seconds.map(Duration::from_secs).unwrap_or(DEFAULT_TIMEOUT);
+    let bookmarks = ctx.query.allow_watch_bookmarks == Some(true);
+    let bookmark_every = ctx.api.bookmark_interval;
+
+    let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(256);
+    let subscription = ctx.api.store.watch(from);
+    let mut shutdown = ctx.api.shutdown.clone();
+    let watchers = ctx.api.metrics.watchers.clone();
+
+    tokio::spawn(async move {
+        watchers.inc();
+        let send = |b: Bytes| {
+            let tx = tx.clone();
+            async move { tx.send(Ok(b)).await.is_ok() }
+        };
+        let (backlog, mut live) = match subscription {
+            Ok(s) => s,
+            Err(e) => {
+                let s = Status::expired(format!("too old resource version: {} ({})", e.requested, e.oldest));
+                send(enc.error(&s)).await;
+                watchers.dec();
+                return;
+            }
+        };
+        for o in &initial {
+            if !send(enc.object(EventType::Added, o)).await {
+                watchers.dec();
+                return;
+            }
+        }
+        if initial_events && bookmarks {
+            send(enc.bookmark(from, true)).await;
+        }
+        let mut last_seen = from;
+        let emit = |e: &Arc<Event>, last_seen: &mut u64| -> Option<Bytes> {
+            if e.revision <= *last_seen {
+                return None;
+            }
+            *last_seen = e.revision;
+            filter.classify(e).map(|ty| enc.event(ty, e))
+        };
+        for e in &backlog {
+            if let Some(b) = emit(e, &mut last_seen)
+                && !send(b).await
+            {
+                watchers.dec();
+                return;
+            }
+        }
+        let deadline = tokio::time::sleep(timeout);
+        tokio::pin!(deadline);
+        let mut ticker = tokio::time::interval(bookmark_every);
+        ticker.tick().await;
+        loop {
+            tokio::select! {
+                _ = &mut deadline => break,
+                _ = shutdown.changed() => break,
+                _ = tx.closed() => break,
+                _ = ticker.tick(), if bookmarks => {
+                    if !send(enc.bookmark(last_seen, false)).await { break }
+                }
+                msg = live.recv() => match msg {
+                    Ok(Feed::Event(e)) => {
+                        if let Some(b) = emit(&e, &mut last_seen)
+                            && !send(b).await
+                        {
+                            break;
+                        }
+                    }
+                    // Fell behind the feed or the state was replaced: the client must relist.
+                    Ok(Feed::Reset) | Err(broadcast::error::RecvError::Lagged(_)) => {
+                        send(enc.error(&Status::expired("the watch fell behind or the store was reset; relist"))).await;
+                        break;
+                    }
+                    Err(broadcast::error::RecvError::Closed) => break,
+                }
+            }
+        }
+        watchers.dec();
+    });
+
+    let body = Body::from_stream(ReceiverStream::new(rx));
+    Ok((StatusCode::OK, [(header::CONTENT_TYPE, "application/json;stream=watch"), (header::CACHE_CONTROL, "no-cache, private")], body).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev(kind: EventType, labels: Value, prev: Option<Value>) -> Event {
+        Event::new(
+            2,
+            kind,
+            "\0pods\0default\0p".into(),
+            Arc::new(json!({"metadata": {"name": "p", "labels": labels}})),
+            prev.map(|p| Arc::new(json!({"metadata": {"name": "p", "labels": p}}))),
+        )
+    }
+
+    #[test]
+    fn selector_transitions() {
+        let f = Filter { prefix: "\0pods\0default\0".into(), labels: LabelSelector::parse("app=web").unwrap(), fields: FieldSelector::default() };
+        let web = json!({"app": "web"});
+        let other = json!({"app": "db"});
+        assert_eq!(f.classify(&ev(EventType::Added, web.clone(), None)), Some(EventType::Added));
+        assert_eq!(f.classify(&ev(EventType::Added, other.clone(), None)), None);
+        assert_eq!(f.classify(&ev(EventType::Modified, web.clone(), Some(other.clone()))), Some(EventType::Added));
+        assert_eq!(f.classify(&ev(EventType::Modified, other.clone(), Some(web.clone()))), Some(EventType::Deleted));
+        assert_eq!(f.classify(&ev(EventType::Deleted, web.clone(), Some(web.clone()))), Some(EventType::Deleted));
+        let elsewhere = Filter { prefix: "\0pods\0other\0".into(), labels: LabelSelector::default(), fields: FieldSelector::default() };
+        assert_eq!(elsewhere.classify(&ev(EventType::Added, web, None)), None);
+    }
+}

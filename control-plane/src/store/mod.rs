@@ -1,0 +1,327 @@
+//! The cluster store: openraft over rocksdb. Every write goes through Raft,
+//! even with one member; reads come from the local state machine.
+//!
+//! Keys are `group \0 resource \0 namespace \0 name` (namespace empty for
+//! cluster-scoped objects), so a namespace or a whole resource is one prefix.
+
+pub mod events;
+pub mod log_store;
+pub mod network;
+pub mod state_machine;
+
+use std::collections::BTreeMap;
+use std::io::Cursor;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
+use openraft::{BasicNode, Config, Raft, SnapshotPolicy};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+pub use events::{Event, EventType, Expired, Feed};
+pub use log_store::LogStore;
+pub use network::Network;
+use state_machine::SmShared;
+pub use state_machine::StateMachine;
+
+pub type NodeId = u64;
+
+openraft::declare_raft_types!(
+    /// Weft's Raft types: object writes in, write outcomes out.
+    pub TypeConfig:
+        D = Request,
+        R = Response,
+);
+
+pub type WeftRaft = Raft<TypeConfig>;
+
+pub(crate) const CF_LOG: &str = "raft_log";
+pub(crate) const CF_RAFT: &str = "raft_meta";
+pub(crate) const CF_OBJECTS: &str = "objects";
+pub(crate) const CF_SM: &str = "sm_meta";
+
+/// What must hold for a write to apply; checked in the state machine, so it
+/// is atomic with the write on every member.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Precondition {
+    /// Put: create or replace. Delete: the key must exist.
+    None,
+    /// The key must not exist (create).
+    Absent,
+    /// The key must exist, at any revision.
+    Exists,
+    /// The key must exist at exactly this revision (compare-and-swap).
+    Revision(u64),
+}
+
+/// One write to one key.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Op {
+    Put {
+        key: String,
+        object: Value,
+        precondition: Precondition,
+    },
+    Delete {
+        key: String,
+        precondition: Precondition,
+    },
+}
+
+/// A Raft entry: writes from concurrent clients, batched (group commit) so
+/// one log fsync and one apply fsync serve them all. They apply in order,
+/// each with its own revision and precondition.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Request {
+    pub ops: Vec<Op>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Failed {
+    NotFound,
+    AlreadyExists,
+    Conflict { current: u64 },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum OpResult {
+    /// Written at `revision`; `object` is the stored (or, for a delete, the last) state.
+    Ok { revision: u64, object: Option<Value> },
+    Failed(Failed),
+}
+
+/// One result per op of the entry (none for blank and membership entries).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Response {
+    pub results: Vec<OpResult>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("precondition failed: {0:?}")]
+    Precondition(Failed),
+    /// Retryable: this member is not the leader (the caller may forward).
+    #[error("not the leader; leader is {leader:?}")]
+    NotLeader { leader: Option<String> },
+    #[error("raft: {0}")]
+    Raft(String),
+    #[error("rocksdb: {0}")]
+    Rocks(#[from] rocksdb::Error),
+    #[error("store I/O: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+pub struct StoreConfig<'a> {
+    pub dir: &'a Path,
+    pub node_id: NodeId,
+    /// Every member's id and API base URL, this one included.
+    pub members: BTreeMap<NodeId, String>,
+    /// How many changes a watch may start behind the head.
+    pub watch_window: usize,
+    pub network: Network,
+}
+
+type Waiter = tokio::sync::oneshot::Sender<Result<(u64, Option<Value>), StoreError>>;
+
+#[derive(Clone)]
+pub struct Store {
+    raft: WeftRaft,
+    sm: Arc<SmShared>,
+    node_id: NodeId,
+    writes: tokio::sync::mpsc::UnboundedSender<(Op, Waiter)>,
+}
+
+/// Most ops per Raft entry; bounds entry size (pods are ~2 KiB).
+const MAX_BATCH: usize = 512;
+
+/// Drains queued writes into Raft entries: whatever queued while the previous
+/// entry was being committed goes into the next one.
+async fn batch_writes(raft: WeftRaft, mut rx: tokio::sync::mpsc::UnboundedReceiver<(Op, Waiter)>) {
+    while let Some(first) = rx.recv().await {
+        let mut ops = vec![first.0];
+        let mut waiters = vec![first.1];
+        while ops.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok((op, w)) => {
+                    ops.push(op);
+                    waiters.push(w);
+                }
+                Err(_) => break,
+            }
+        }
+        match raft.client_write(Request { ops }).await {
+            Ok(resp) => {
+                for (w, r) in waiters.into_iter().zip(resp.data.results) {
+                    let _ = w.send(match r {
+                        OpResult::Ok { revision, object } => Ok((revision, object)),
+                        OpResult::Failed(f) => Err(StoreError::Precondition(f)),
+                    });
+                }
+            }
+            Err(e) => {
+                let leader = match &e {
+                    RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => Some(f.leader_node.as_ref().map(|n| n.addr.clone())),
+                    _ => None,
+                };
+                let msg = e.to_string();
+                for w in waiters {
+                    let _ = w.send(Err(match &leader {
+                        Some(l) => StoreError::NotLeader { leader: l.clone() },
+                        None => StoreError::Raft(msg.clone()),
+                    }));
+                }
+            }
+        }
+    }
+}
+
+/// Storage key for one object.
+pub fn key(group: &str, resource: &str, namespace: &str, name: &str) -> String {
+    format!("{group}\0{resource}\0{namespace}\0{name}")
+}
+
+/// Prefix of every object of a resource, optionally in one namespace.
+pub fn prefix(group: &str, resource: &str, namespace: Option<&str>) -> String {
+    match namespace {
+        Some(ns) => format!("{group}\0{resource}\0{ns}\0"),
+        None => format!("{group}\0{resource}\0"),
+    }
+}
+
+fn open_db(dir: &Path) -> Result<rocksdb::DB, rocksdb::Error> {
+    let mut opts = rocksdb::Options::default();
+    opts.create_if_missing(true);
+    opts.create_missing_column_families(true);
+    // Objects and log share one WAL, so a batch spanning both is atomic.
+    rocksdb::DB::open_cf(&opts, dir, [CF_LOG, CF_RAFT, CF_OBJECTS, CF_SM])
+}
+
+/// Opens the log store and state machine over one rocksdb under `dir`.
+pub fn open_storage(dir: &Path, watch_window: usize) -> Result<(LogStore, StateMachine), StoreError> {
+    std::fs::create_dir_all(dir)?;
+    let db = Arc::new(open_db(&dir.join("db"))?);
+    Ok((LogStore::new(db.clone()), StateMachine::open(db, watch_window)?))
+}
+
+impl Store {
+    pub async fn open(cfg: StoreConfig<'_>) -> Result<Store, StoreError> {
+        let (log, sm) = open_storage(cfg.dir, cfg.watch_window)?;
+        let shared = sm.shared();
+
+        let config = Config {
+            cluster_name: "weft".into(),
+            heartbeat_interval: 100,
+            election_timeout_min: 300,
+            election_timeout_max: 600,
+            // Snapshots bound the log; the state machine itself is already durable.
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(50_000),
+            max_in_snapshot_log_to_keep: 10_000,
+            max_payload_entries: 1_000,
+            ..Default::default()
+        }
+        .validate()
+        .map_err(|e| StoreError::Raft(e.to_string()))?;
+        let raft = Raft::new(cfg.node_id, Arc::new(config), cfg.network, log, sm)
+            .await
+            .map_err(|e| StoreError::Raft(e.to_string()))?;
+
+        let (writes, rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(batch_writes(raft.clone(), rx));
+        let store = Store { raft, sm: shared, node_id: cfg.node_id, writes };
+        let initialized = store
+            .raft
+            .is_initialized()
+            .await
+            .map_err(|e| StoreError::Raft(e.to_string()))?;
+        // The lowest id bootstraps the cluster; the others wait to be contacted.
+        if !initialized && cfg.members.keys().next() == Some(&cfg.node_id) {
+            let nodes: BTreeMap<NodeId, BasicNode> = cfg
+                .members
+                .iter()
+                .map(|(id, addr)| (*id, BasicNode { addr: addr.clone() }))
+                .collect();
+            store
+                .raft
+                .initialize(nodes)
+                .await
+                .map_err(|e| StoreError::Raft(e.to_string()))?;
+        }
+        Ok(store)
+    }
+
+    pub fn raft(&self) -> &WeftRaft {
+        &self.raft
+    }
+
+    pub fn node_id(&self) -> NodeId {
+        self.node_id
+    }
+
+    /// Waits until some member leads and this member has applied everything
+    /// committed so far.
+    pub async fn wait_ready(&self, timeout: Duration) -> Result<(), StoreError> {
+        self.raft
+            .wait(Some(timeout))
+            .metrics(|m| m.current_leader.is_some(), "a leader is known")
+            .await
+            .map_err(|e| StoreError::Raft(e.to_string()))?;
+        self.linearize().await
+    }
+
+    /// Whether a leader is known (for `/readyz`).
+    pub fn has_leader(&self) -> bool {
+        self.raft.metrics().borrow().current_leader.is_some()
+    }
+
+    /// Proposes one write through Raft and waits until it is applied (and so
+    /// durable). Concurrent writes share Raft entries.
+    pub async fn write(&self, op: Op) -> Result<(u64, Option<Value>), StoreError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.writes.send((op, tx)).map_err(|_| StoreError::Raft("the store is shut down".into()))?;
+        rx.await.map_err(|_| StoreError::Raft("the store is shut down".into()))?
+    }
+
+    /// Makes the following local reads linearizable (a quorum read, as
+    /// kube-apiserver does for reads without a resourceVersion).
+    pub async fn linearize(&self) -> Result<(), StoreError> {
+        match self.raft.ensure_linearizable().await {
+            Ok(_) => Ok(()),
+            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => Err(StoreError::NotLeader {
+                leader: f.leader_node.map(|n| n.addr),
+            }),
+            Err(e) => Err(StoreError::Raft(e.to_string())),
+        }
+    }
+
+    pub fn get(&self, key: &str) -> Result<Option<(u64, Value)>, StoreError> {
+        Ok(self.sm.get(key)?)
+    }
+
+    /// One page of objects under `prefix`: (revision, items, more).
+    pub fn list(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+        limit: Option<usize>,
+    ) -> Result<(u64, Vec<(String, Value)>, bool), StoreError> {
+        Ok(self.sm.list(prefix, start_after, limit)?)
+    }
+
+    /// Changes after revision `from`: the backlog still in the window, then a live feed.
+    pub fn watch(&self, from: u64) -> Result<(Vec<Arc<Event>>, tokio::sync::broadcast::Receiver<Feed>), Expired> {
+        self.sm.events.subscribe(from)
+    }
+
+    /// The latest applied revision on this member.
+    pub fn revision(&self) -> u64 {
+        self.sm.revision()
+    }
+
+    pub async fn shutdown(&self) {
+        if let Err(e) = self.raft.shutdown().await {
+            tracing::warn!("raft shutdown: {e}");
+        }
+    }
+}

@@ -1,0 +1,90 @@
+//! One file per verb; shared plumbing (data dir, kubeconfig, signals) here.
+
+pub mod apply;
+pub mod control_plane;
+pub mod delete;
+pub mod get;
+pub mod up;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use weft_client::Client;
+
+/// `$XDG_DATA_HOME/weft`, or `~/.local/share/weft`.
+pub fn default_data_dir() -> PathBuf {
+    if let Some(x) = std::env::var_os("XDG_DATA_HOME").filter(|x| !x.is_empty()) {
+        return PathBuf::from(x).join("weft");
+    }
+    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
+    home.join(".local/share/weft")
+}
+
+/// Client flags shared by apply/get/delete.
+#[derive(clap::Args, Clone)]
+pub struct ClientArgs {
+    /// Kubeconfig to use (default: $KUBECONFIG, then the default data dir's kubeconfig).
+    #[arg(long, env = "KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Namespace (default: the kubeconfig context's).
+    #[arg(short = 'n', long)]
+    pub namespace: Option<String>,
+}
+
+impl ClientArgs {
+    pub fn client(&self) -> anyhow::Result<Client> {
+        let path = self.kubeconfig.clone().unwrap_or_else(|| default_data_dir().join("kubeconfig"));
+        let mut c = Client::from_kubeconfig(&path).with_context(|| format!("loading kubeconfig {}", path.display()))?;
+        if let Some(ns) = &self.namespace {
+            c.namespace = ns.clone();
+        }
+        Ok(c)
+    }
+}
+
+/// Reads manifests from a file, a directory of .yaml/.yml/.json files, or `-` (stdin).
+pub fn read_manifests(path: &std::path::Path) -> anyhow::Result<Vec<serde_json::Value>> {
+    let mut texts = Vec::new();
+    if path.as_os_str() == "-" {
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)?;
+        texts.push(s);
+    } else if path.is_dir() {
+        let mut entries: Vec<_> = std::fs::read_dir(path)?.filter_map(Result::ok).map(|e| e.path()).collect();
+        entries.sort();
+        for p in entries {
+            if matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml" | "json")) {
+                texts.push(std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?);
+            }
+        }
+    } else {
+        texts.push(std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?);
+    }
+    let mut out = Vec::new();
+    for t in texts {
+        out.extend(weft_client::parse_manifests(&t)?);
+    }
+    Ok(out)
+}
+
+/// Resolves on the first SIGINT or SIGTERM; a second one exits at once.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("shutting down (signal again to exit immediately)");
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        std::process::exit(130);
+    });
+}
+
+/// How long a clean shutdown may take before we give up waiting.
+pub const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(10);

@@ -1,0 +1,47 @@
+//! `weft`: a WebAssembly-first orchestrator with a Kubernetes-compatible API, in one binary.
+
+mod cmd;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "weft", version, about = "A WebAssembly-first orchestrator with a Kubernetes-compatible API")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run an all-in-one local cluster (control plane; node agent and proxy come later).
+    Up(cmd::up::Args),
+    /// Run the control plane alone: API server and Raft store member.
+    ControlPlane(cmd::control_plane::Args),
+    /// Create or update objects from manifest files (YAML or JSON).
+    Apply(cmd::apply::Args),
+    /// List or show objects.
+    Get(cmd::get::Args),
+    /// Delete objects by name or by manifest.
+    Delete(cmd::delete::Args),
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("WEFT_LOG")
+                .unwrap_or_else(|_| "info,openraft=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(async {
+        match cli.command {
+            Command::Up(a) => cmd::up::run(a).await,
+            Command::ControlPlane(a) => cmd::control_plane::run(a).await,
+            Command::Apply(a) => cmd::apply::run(a).await,
+            Command::Get(a) => cmd::get::run(a).await,
+            Command::Delete(a) => cmd::delete::run(a).await,
+        }
+    })
+}
