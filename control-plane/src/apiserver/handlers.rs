@@ -344,7 +344,8 @@ fn admit(ctx: &Ctx<'_>, mut obj: Value, old: Option<&Value>) -> Result<(Value, V
                     None => meta.remove(k),
                 };
             }
-            if res.has_status() {
+            // Writes to the main resource leave status alone; /status writes own it.
+            if res.has_status() && ctx.target.sub.as_deref() != Some("status") {
                 match old.get("status") {
                     Some(s) => obj["status"] = s.clone(),
                     None => {
