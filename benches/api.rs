@@ -57,7 +57,14 @@ struct Run {
     n: usize,
 }
 
-async fn creates(cp: &ControlPlane, http: &reqwest::Client, ns: &str, clients: usize, total: usize, budget: Duration) -> Run {
+async fn creates(
+    cp: &ControlPlane,
+    http: &reqwest::Client,
+    ns: &str,
+    clients: usize,
+    total: usize,
+    budget: Duration,
+) -> Run {
     let url = format!("{}/api/v1/namespaces/{ns}/pods", cp.url);
     let deadline = Instant::now() + budget;
     let start = Instant::now();
@@ -73,7 +80,14 @@ async fn creates(cp: &ControlPlane, http: &reqwest::Client, ns: &str, clients: u
                 }
                 let body = pod(&ns, &format!("p-{c}-{i}")).to_string();
                 let t = Instant::now();
-                let r = http.post(&url).bearer_auth(&token).header("Content-Type", "application/json").body(body).send().await.unwrap();
+                let r = http
+                    .post(&url)
+                    .bearer_auth(&token)
+                    .header("Content-Type", "application/json")
+                    .body(body)
+                    .send()
+                    .await
+                    .unwrap();
                 assert_eq!(r.status().as_u16(), 201);
                 let _ = r.bytes().await;
                 lat.push(t.elapsed());
@@ -87,24 +101,42 @@ async fn creates(cp: &ControlPlane, http: &reqwest::Client, ns: &str, clients: u
     }
     let elapsed = start.elapsed();
     all.sort();
-    Run { rate: all.len() as f64 / elapsed.as_secs_f64(), p50: pct(&all, 0.5), p99: pct(&all, 0.99), n: all.len() }
+    Run {
+        rate: all.len() as f64 / elapsed.as_secs_f64(),
+        p50: pct(&all, 0.5),
+        p99: pct(&all, 0.99),
+        n: all.len(),
+    }
 }
 
 async fn create_ns(cp: &ControlPlane, http: &reqwest::Client, ns: &str) {
-    let r = http.post(format!("{}/api/v1/namespaces", cp.url)).bearer_auth(&cp.token)
-        .json(&json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})).send().await.unwrap();
+    let r = http
+        .post(format!("{}/api/v1/namespaces", cp.url))
+        .bearer_auth(&cp.token)
+        .json(&json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status().as_u16(), 201);
 }
 
 /// Opens `watchers` watches, then times each of `writes` writes until every watcher has it.
-async fn fanout(cp: &ControlPlane, http: &reqwest::Client, watchers: usize, writes: usize) -> (Duration, Duration, Duration) {
+async fn fanout(
+    cp: &ControlPlane,
+    http: &reqwest::Client,
+    watchers: usize,
+    writes: usize,
+) -> (Duration, Duration, Duration) {
     let ns = "bench-watch";
     create_ns(cp, http, ns).await;
     let (tx, mut rx) = mpsc::unbounded_channel::<(String, Instant)>();
     let ready = Arc::new(tokio::sync::Barrier::new(watchers + 1));
     for _ in 0..watchers {
         let (http, tx, ready) = (http.clone(), tx.clone(), ready.clone());
-        let url = format!("{}/api/v1/namespaces/{ns}/pods?watch=true&allowWatchBookmarks=false", cp.url);
+        let url = format!(
+            "{}/api/v1/namespaces/{ns}/pods?watch=true&allowWatchBookmarks=false",
+            cp.url
+        );
         let token = cp.token.clone();
         tokio::spawn(async move {
             let resp = http.get(url).bearer_auth(token).send().await.unwrap();
@@ -132,11 +164,20 @@ async fn fanout(cp: &ControlPlane, http: &reqwest::Client, watchers: usize, writ
     for i in 0..writes {
         let name = format!("w{i}");
         let t = Instant::now();
-        let r = http.post(&url).bearer_auth(&cp.token).json(&pod(ns, &name)).send().await.unwrap();
+        let r = http
+            .post(&url)
+            .bearer_auth(&cp.token)
+            .json(&pod(ns, &name))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status().as_u16(), 201);
         let mut got = 0;
         while got < watchers {
-            let (n, at) = tokio::time::timeout(Duration::from_secs(10), rx.recv()).await.expect("watch delivery").unwrap();
+            let (n, at) = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+                .await
+                .expect("watch delivery")
+                .unwrap();
             if n == name {
                 got += 1;
                 each_lat.push(at - t);
@@ -153,16 +194,31 @@ async fn fanout(cp: &ControlPlane, http: &reqwest::Client, watchers: usize, writ
 
 fn rss_mib() -> f64 {
     let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    s.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.trim().trim_end_matches(" kB").trim().parse::<f64>().ok()).unwrap_or(0.0) / 1024.0
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse::<f64>().ok())
+        .unwrap_or(0.0)
+        / 1024.0
 }
 
 fn main() {
     let quick = std::env::args().any(|a| a == "quick");
-    let (single_n, multi_n, writes) = if quick { (300, 3_000, 30) } else { (2_000, 20_000, 200) };
-    let dir = tempfile::tempdir_in(std::env::var("WEFT_BENCH_DIR").unwrap_or_else(|_| std::env::temp_dir().display().to_string())).unwrap();
+    let (single_n, multi_n, writes) = if quick {
+        (300, 3_000, 30)
+    } else {
+        (2_000, 20_000, 200)
+    };
+    let dir = tempfile::tempdir_in(
+        std::env::var("WEFT_BENCH_DIR")
+            .unwrap_or_else(|_| std::env::temp_dir().display().to_string()),
+    )
+    .unwrap();
     let floor = fsync_baseline(dir.path(), 1000);
 
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async {
         let mut cfg = ControlPlaneConfig::new(dir.path().join("cluster"), "127.0.0.1:0".parse::<SocketAddr>().unwrap());
         cfg.watch_window = 50_000;

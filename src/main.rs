@@ -5,7 +5,11 @@ mod cmd;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "weft", version, about = "A WebAssembly-first orchestrator with a Kubernetes-compatible API")]
+#[command(
+    name = "weft",
+    version,
+    about = "A WebAssembly-first orchestrator with a Kubernetes-compatible API"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -34,7 +38,9 @@ fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(async {
         match cli.command {
             Command::Up(a) => cmd::up::run(a).await,

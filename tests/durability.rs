@@ -51,13 +51,20 @@ async fn kill9_loses_no_acknowledged_write() {
         let _ = w.await;
     }
     let acked = acked.lock().unwrap().clone();
-    assert!(acked.len() >= 100, "the load made too little progress to test anything: {}", acked.len());
+    assert!(
+        acked.len() >= 100,
+        "the load made too little progress to test anything: {}",
+        acked.len()
+    );
 
     let cluster = TestCluster::start_in(dir.path());
     let http = cluster.http();
     let token = cluster.token();
     let list: serde_json::Value = http
-        .get(format!("{}/api/v1/namespaces/default/configmaps", cluster.url))
+        .get(format!(
+            "{}/api/v1/namespaces/default/configmaps",
+            cluster.url
+        ))
         .bearer_auth(&token)
         .send()
         .await
@@ -72,11 +79,20 @@ async fn kill9_loses_no_acknowledged_write() {
         .filter_map(|i| i["metadata"]["name"].as_str().map(String::from))
         .collect();
     let lost: Vec<&String> = acked.iter().filter(|n| !present.contains(*n)).collect();
-    assert!(lost.is_empty(), "{} of {} acknowledged writes lost, e.g. {:?}", lost.len(), acked.len(), &lost[..lost.len().min(5)]);
+    assert!(
+        lost.is_empty(),
+        "{} of {} acknowledged writes lost, e.g. {:?}",
+        lost.len(),
+        acked.len(),
+        &lost[..lost.len().min(5)]
+    );
     // Every acknowledged object reads back whole.
     let sample = &acked[acked.len() / 2];
     let obj: serde_json::Value = http
-        .get(format!("{}/api/v1/namespaces/default/configmaps/{sample}", cluster.url))
+        .get(format!(
+            "{}/api/v1/namespaces/default/configmaps/{sample}",
+            cluster.url
+        ))
         .bearer_auth(&token)
         .send()
         .await
@@ -87,7 +103,11 @@ async fn kill9_loses_no_acknowledged_write() {
     let (w, i) = sample.trim_start_matches("cm-").split_once('-').unwrap();
     assert_eq!(obj["data"]["writer"], w);
     assert_eq!(obj["data"]["seq"], i);
-    println!("acknowledged {} writes before kill -9; all {} present after restart", acked.len(), acked.len());
+    println!(
+        "acknowledged {} writes before kill -9; all {} present after restart",
+        acked.len(),
+        acked.len()
+    );
 }
 
 #[test]
@@ -96,7 +116,13 @@ fn restart_keeps_state_and_sigterm_shuts_down_promptly() {
     let mut c = TestCluster::start_in(dir.path());
     c.kubectl_ok(&["create", "configmap", "survivor", "--from-literal=k=v"]);
     let took = c.stop();
-    assert!(took < Duration::from_secs(15), "clean shutdown took {took:?}");
+    assert!(
+        took < Duration::from_secs(15),
+        "clean shutdown took {took:?}"
+    );
     let c = TestCluster::start_in(dir.path());
-    assert_eq!(c.kubectl_ok(&["get", "configmap", "survivor", "-o", "jsonpath={.data.k}"]), "v");
+    assert_eq!(
+        c.kubectl_ok(&["get", "configmap", "survivor", "-o", "jsonpath={.data.k}"]),
+        "v"
+    );
 }

@@ -20,11 +20,14 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         for obj in super::read_manifests(f)? {
             let what = describe(&obj);
             match client.apply(&obj).await {
-                Ok((_, how)) => println!("{what} {}", match how {
-                    Applied::Created => "created",
-                    Applied::Configured => "configured",
-                    Applied::Unchanged => "unchanged",
-                }),
+                Ok((_, how)) => println!(
+                    "{what} {}",
+                    match how {
+                        Applied::Created => "created",
+                        Applied::Configured => "configured",
+                        Applied::Unchanged => "unchanged",
+                    }
+                ),
                 Err(e) => {
                     failed += 1;
                     eprintln!("error: {what}: {e}");
@@ -38,8 +41,20 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 
 /// `deployment.apps/hello`, as kubectl prints it.
 pub fn describe(obj: &serde_json::Value) -> String {
-    let kind = obj.get("kind").and_then(|k| k.as_str()).unwrap_or("object").to_lowercase();
-    let group = obj.get("apiVersion").and_then(|a| a.as_str()).and_then(|a| a.split_once('/')).map(|(g, _)| format!(".{g}")).unwrap_or_default();
-    let name = obj.pointer("/metadata/name").and_then(|n| n.as_str()).unwrap_or("?");
+    let kind = obj
+        .get("kind")
+        .and_then(|k| k.as_str())
+        .unwrap_or("object")
+        .to_lowercase();
+    let group = obj
+        .get("apiVersion")
+        .and_then(|a| a.as_str())
+        .and_then(|a| a.split_once('/'))
+        .map(|(g, _)| format!(".{g}"))
+        .unwrap_or_default();
+    let name = obj
+        .pointer("/metadata/name")
+        .and_then(|n| n.as_str())
+        .unwrap_or("?");
     format!("{kind}{group}/{name}")
 }

@@ -32,14 +32,20 @@ pub struct Args {
 
 impl Args {
     pub fn config(&self) -> anyhow::Result<ControlPlaneConfig> {
-        let data_dir = self.data_dir.clone().unwrap_or_else(super::default_data_dir);
+        let data_dir = self
+            .data_dir
+            .clone()
+            .unwrap_or_else(super::default_data_dir);
         let mut cfg = ControlPlaneConfig::new(data_dir, self.listen);
         cfg.insecure = self.insecure;
         cfg.node_id = self.node_id;
         cfg.watch_window = self.watch_window;
         cfg.peers = parse_peers(&self.peers)?;
         if !cfg.peers.is_empty() && !cfg.peers.contains_key(&cfg.node_id) {
-            bail!("--peers must include this member's own --node-id {}", cfg.node_id);
+            bail!(
+                "--peers must include this member's own --node-id {}",
+                cfg.node_id
+            );
         }
         // Members wait for each other; a lone member is ready in about a second.
         cfg.ready_timeout = Duration::from_secs(if cfg.peers.len() > 1 { 300 } else { 60 });
@@ -50,8 +56,14 @@ impl Args {
 fn parse_peers(list: &[String]) -> anyhow::Result<BTreeMap<u64, String>> {
     let mut out = BTreeMap::new();
     for p in list.iter().filter(|p| !p.is_empty()) {
-        let (id, url) = p.split_once('=').with_context(|| format!("peer {p:?} is not ID=URL"))?;
-        out.insert(id.parse().with_context(|| format!("peer id {id:?} is not a number"))?, url.to_string());
+        let (id, url) = p
+            .split_once('=')
+            .with_context(|| format!("peer {p:?} is not ID=URL"))?;
+        out.insert(
+            id.parse()
+                .with_context(|| format!("peer id {id:?} is not a number"))?,
+            url.to_string(),
+        );
     }
     Ok(out)
 }
@@ -59,7 +71,9 @@ fn parse_peers(list: &[String]) -> anyhow::Result<BTreeMap<u64, String>> {
 /// Starts the control plane and writes `DATA_DIR/kubeconfig` once it serves.
 pub async fn start(cfg: ControlPlaneConfig) -> anyhow::Result<ControlPlane> {
     let data_dir = cfg.data_dir.clone();
-    let cp = ControlPlane::start(cfg).await.context("starting the control plane")?;
+    let cp = ControlPlane::start(cfg)
+        .await
+        .context("starting the control plane")?;
     let kubeconfig = data_dir.join("kubeconfig");
     weft_control_plane::apiserver::security::write_private(&kubeconfig, &cp.kubeconfig())?;
     Ok(cp)

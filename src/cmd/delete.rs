@@ -22,16 +22,28 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         }
     }
     if let Some((ty, names)) = args.args.split_first() {
-        let res = weft_api::resources::resolve(ty).ok_or_else(|| anyhow::anyhow!("the server doesn't have a resource type {ty:?}"))?;
+        let res = weft_api::resources::resolve(ty)
+            .ok_or_else(|| anyhow::anyhow!("the server doesn't have a resource type {ty:?}"))?;
         anyhow::ensure!(!names.is_empty(), "name the {} to delete", res.plural);
         for n in names {
             targets.push((res, args.client.namespace.clone(), n.clone()));
         }
     }
-    anyhow::ensure!(!targets.is_empty(), "nothing to delete: give TYPE NAME... or -f FILE");
+    anyhow::ensure!(
+        !targets.is_empty(),
+        "nothing to delete: give TYPE NAME... or -f FILE"
+    );
     let mut failed = 0;
     for (res, ns, name) in targets {
-        let what = format!("{}{}/{name}", res.singular, if res.group.is_empty() { String::new() } else { format!(".{}", res.group) });
+        let what = format!(
+            "{}{}/{name}",
+            res.singular,
+            if res.group.is_empty() {
+                String::new()
+            } else {
+                format!(".{}", res.group)
+            }
+        );
         match client.delete(res, ns.as_deref(), &name).await {
             Ok(_) => println!("{what} deleted"),
             Err(e) => {

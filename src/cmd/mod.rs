@@ -17,7 +17,9 @@ pub fn default_data_dir() -> PathBuf {
     if let Some(x) = std::env::var_os("XDG_DATA_HOME").filter(|x| !x.is_empty()) {
         return PathBuf::from(x).join("weft");
     }
-    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."));
     home.join(".local/share/weft")
 }
 
@@ -34,8 +36,12 @@ pub struct ClientArgs {
 
 impl ClientArgs {
     pub fn client(&self) -> anyhow::Result<Client> {
-        let path = self.kubeconfig.clone().unwrap_or_else(|| default_data_dir().join("kubeconfig"));
-        let mut c = Client::from_kubeconfig(&path).with_context(|| format!("loading kubeconfig {}", path.display()))?;
+        let path = self
+            .kubeconfig
+            .clone()
+            .unwrap_or_else(|| default_data_dir().join("kubeconfig"));
+        let mut c = Client::from_kubeconfig(&path)
+            .with_context(|| format!("loading kubeconfig {}", path.display()))?;
         if let Some(ns) = &self.namespace {
             c.namespace = ns.clone();
         }
@@ -51,15 +57,26 @@ pub fn read_manifests(path: &std::path::Path) -> anyhow::Result<Vec<serde_json::
         std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)?;
         texts.push(s);
     } else if path.is_dir() {
-        let mut entries: Vec<_> = std::fs::read_dir(path)?.filter_map(Result::ok).map(|e| e.path()).collect();
+        let mut entries: Vec<_> = std::fs::read_dir(path)?
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .collect();
         entries.sort();
         for p in entries {
-            if matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml" | "json")) {
-                texts.push(std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?);
+            if matches!(
+                p.extension().and_then(|e| e.to_str()),
+                Some("yaml" | "yml" | "json")
+            ) {
+                texts.push(
+                    std::fs::read_to_string(&p)
+                        .with_context(|| format!("reading {}", p.display()))?,
+                );
             }
         }
     } else {
-        texts.push(std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?);
+        texts.push(
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?,
+        );
     }
     let mut out = Vec::new();
     for t in texts {

@@ -20,9 +20,15 @@ pub struct TestCluster {
 
 /// The kubectl on PATH. Tests need a real one; CI installs it when missing.
 pub fn kubectl_path() -> PathBuf {
-    let out = Command::new("sh").args(["-c", "command -v kubectl"]).output().expect("sh");
+    let out = Command::new("sh")
+        .args(["-c", "command -v kubectl"])
+        .output()
+        .expect("sh");
     let p = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    assert!(!p.is_empty(), "kubectl is not on PATH: run .ci/run (it installs Debian's kubernetes-client) or install kubectl");
+    assert!(
+        !p.is_empty(),
+        "kubectl is not on PATH: run .ci/run (it installs Debian's kubernetes-client) or install kubectl"
+    );
     PathBuf::from(p)
 }
 
@@ -37,7 +43,11 @@ impl TestCluster {
     /// Starts `weft up` on `dir`, reusing whatever state is there.
     pub fn start_in(dir: &Path) -> TestCluster {
         std::fs::create_dir_all(dir).expect("data dir");
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("weft.log")).expect("log file");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("weft.log"))
+            .expect("log file");
         let mut child = Command::new(env!("CARGO_BIN_EXE_weft"))
             .args(["up", "--data-dir"])
             .arg(dir)
@@ -85,7 +95,11 @@ impl TestCluster {
     pub fn stop(&mut self) -> Duration {
         let start = std::time::Instant::now();
         if let Some(mut c) = self.child.take() {
-            Command::new("kill").arg("-TERM").arg(c.id().to_string()).status().expect("kill");
+            Command::new("kill")
+                .arg("-TERM")
+                .arg(c.id().to_string())
+                .status()
+                .expect("kill");
             c.wait().expect("reap");
         }
         start.elapsed()
@@ -106,7 +120,11 @@ impl TestCluster {
     pub fn kubectl_ok(&self, args: &[&str]) -> String {
         let out = self.kubectl(args);
         let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-        assert!(out.status.success(), "kubectl {args:?} failed: {}\nstdout: {stdout}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "kubectl {args:?} failed: {}\nstdout: {stdout}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         stdout
     }
 
@@ -123,7 +141,12 @@ impl TestCluster {
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn kubectl");
-        child.stdin.take().expect("stdin").write_all(stdin.as_bytes()).expect("write manifest");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(stdin.as_bytes())
+            .expect("write manifest");
         child.wait_with_output().expect("kubectl output")
     }
 
@@ -142,7 +165,10 @@ impl TestCluster {
     }
 
     pub fn token(&self) -> String {
-        std::fs::read_to_string(self.dir.join("tokens/admin")).expect("token").trim().to_string()
+        std::fs::read_to_string(self.dir.join("tokens/admin"))
+            .expect("token")
+            .trim()
+            .to_string()
     }
 
     /// An HTTPS client that trusts the cluster CA (no token attached).

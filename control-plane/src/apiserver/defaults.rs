@@ -18,10 +18,15 @@ fn def(m: &mut Map<String, Value>, key: &str, default: Value) {
 }
 
 fn child<'a>(m: &'a mut Map<String, Value>, key: &str) -> &'a mut Map<String, Value> {
-    obj(m.entry(key.to_string()).or_insert_with(|| Value::Object(Map::new())))
+    obj(m
+        .entry(key.to_string())
+        .or_insert_with(|| Value::Object(Map::new())))
 }
 
-fn each<'a>(m: &'a mut Map<String, Value>, key: &str) -> impl Iterator<Item = &'a mut Map<String, Value>> {
+fn each<'a>(
+    m: &'a mut Map<String, Value>,
+    key: &str,
+) -> impl Iterator<Item = &'a mut Map<String, Value>> {
     m.get_mut(key)
         .and_then(Value::as_array_mut)
         .into_iter()
@@ -41,7 +46,11 @@ fn default_probe(p: &mut Map<String, Value>) {
 }
 
 fn default_container(c: &mut Map<String, Value>) {
-    let image = c.get("image").and_then(Value::as_str).unwrap_or("").to_string();
+    let image = c
+        .get("image")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
     // `:latest` or no tag means "always pull", as in Kubernetes.
     let last = image.rsplit('/').next().unwrap_or("");
     let pull = if !image.contains('@') && (!last.contains(':') || last.ends_with(":latest")) {
@@ -62,7 +71,11 @@ fn default_container(c: &mut Map<String, Value>) {
         }
     }
     for e in each(c, "env") {
-        if let Some(fr) = e.get_mut("valueFrom").and_then(|v| v.get_mut("fieldRef")).and_then(Value::as_object_mut) {
+        if let Some(fr) = e
+            .get_mut("valueFrom")
+            .and_then(|v| v.get_mut("fieldRef"))
+            .and_then(Value::as_object_mut)
+        {
             def(fr, "apiVersion", json!("v1"));
         }
     }
@@ -93,11 +106,17 @@ pub fn pod_spec(spec: &mut Map<String, Value>) {
 /// node outage for 300 s before eviction.
 fn default_tolerations(spec: &mut Map<String, Value>) {
     let tolerations = spec.entry("tolerations").or_insert_with(|| json!([]));
-    let Some(list) = tolerations.as_array_mut() else { return };
-    for key in ["node.kubernetes.io/not-ready", "node.kubernetes.io/unreachable"] {
+    let Some(list) = tolerations.as_array_mut() else {
+        return;
+    };
+    for key in [
+        "node.kubernetes.io/not-ready",
+        "node.kubernetes.io/unreachable",
+    ] {
         let present = list.iter().any(|t| {
             t.get("key").and_then(Value::as_str) == Some(key)
-                || (t.get("key").is_none() && t.get("operator").and_then(Value::as_str) == Some("Exists"))
+                || (t.get("key").is_none()
+                    && t.get("operator").and_then(Value::as_str) == Some("Exists"))
         });
         if !present {
             list.push(json!({"key": key, "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 300}));
@@ -113,7 +132,12 @@ fn template(spec: &mut Map<String, Value>) {
 
 /// The pod QoS class, as the kubelet and `kubectl describe` report it.
 pub fn qos_class(spec: &Value) -> &'static str {
-    let containers: Vec<&Value> = spec.get("containers").and_then(Value::as_array).into_iter().flatten().collect();
+    let containers: Vec<&Value> = spec
+        .get("containers")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .collect();
     let mut any = false;
     let mut guaranteed = true;
     for c in &containers {
@@ -139,8 +163,16 @@ pub fn qos_class(spec: &Value) -> &'static str {
 
 /// Applies the kind's defaults. `uid` is the object's (for Job selectors).
 pub fn apply(kind: &str, object: &mut Value) {
-    let name = object.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("").to_string();
-    let uid = object.pointer("/metadata/uid").and_then(Value::as_str).unwrap_or("").to_string();
+    let name = object
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
+    let uid = object
+        .pointer("/metadata/uid")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
     let o = obj(object);
     match kind {
         "Pod" => {
@@ -205,7 +237,8 @@ pub fn apply(kind: &str, object: &mut Value) {
             }
         }
         "Namespace" => {
-            child(child(o, "metadata"), "labels").insert("kubernetes.io/metadata.name".into(), json!(name));
+            child(child(o, "metadata"), "labels")
+                .insert("kubernetes.io/metadata.name".into(), json!(name));
             def(child(o, "spec"), "finalizers", json!(["kubernetes"]));
             def(child(o, "status"), "phase", json!("Active"));
         }
@@ -217,7 +250,10 @@ pub fn apply(kind: &str, object: &mut Value) {
                 let data = child(o, "data");
                 for (k, v) in sd {
                     let s = v.as_str().unwrap_or_default();
-                    data.insert(k, json!(base64::engine::general_purpose::STANDARD.encode(s)));
+                    data.insert(
+                        k,
+                        json!(base64::engine::general_purpose::STANDARD.encode(s)),
+                    );
                 }
             }
         }
@@ -250,7 +286,10 @@ fn job_spec(spec: &mut Map<String, Value>, name: &str, uid: &str) {
             "job-name": name,
         });
         if spec.get("selector").is_none() {
-            spec.insert("selector".into(), json!({"matchLabels": {"batch.kubernetes.io/controller-uid": uid}}));
+            spec.insert(
+                "selector".into(),
+                json!({"matchLabels": {"batch.kubernetes.io/controller-uid": uid}}),
+            );
         }
         let tl = child(child(child(spec, "template"), "metadata"), "labels");
         for (k, v) in labels.as_object().expect("literal object") {
@@ -284,16 +323,30 @@ mod tests {
         let mut j = json!({"metadata": {"name": "j", "uid": "u1"},
             "spec": {"template": {"spec": {"restartPolicy": "Never", "containers": [{"name": "c", "image": "i"}]}}}});
         apply("Job", &mut j);
-        assert_eq!(j["spec"]["selector"]["matchLabels"]["batch.kubernetes.io/controller-uid"], "u1");
+        assert_eq!(
+            j["spec"]["selector"]["matchLabels"]["batch.kubernetes.io/controller-uid"],
+            "u1"
+        );
         assert_eq!(j["spec"]["template"]["metadata"]["labels"]["job-name"], "j");
         assert_eq!(j["spec"]["completions"], 1);
     }
 
     #[test]
     fn qos() {
-        assert_eq!(qos_class(&json!({"containers": [{"name": "a"}]})), "BestEffort");
-        assert_eq!(qos_class(&json!({"containers": [{"resources": {"limits": {"cpu": "1", "memory": "1Gi"}}}]})), "Guaranteed");
-        assert_eq!(qos_class(&json!({"containers": [{"resources": {"requests": {"cpu": "1"}}}]})), "Burstable");
+        assert_eq!(
+            qos_class(&json!({"containers": [{"name": "a"}]})),
+            "BestEffort"
+        );
+        assert_eq!(
+            qos_class(
+                &json!({"containers": [{"resources": {"limits": {"cpu": "1", "memory": "1Gi"}}}]})
+            ),
+            "Guaranteed"
+        );
+        assert_eq!(
+            qos_class(&json!({"containers": [{"resources": {"requests": {"cpu": "1"}}}]})),
+            "Burstable"
+        );
     }
 
     #[test]

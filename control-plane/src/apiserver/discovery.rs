@@ -5,7 +5,8 @@ use serde_json::{Value, json};
 use weft_api::resources::ALL_VERBS;
 use weft_api::{RESOURCES, Resource};
 
-pub const AGGREGATED_CONTENT_TYPE: &str = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList";
+pub const AGGREGATED_CONTENT_TYPE: &str =
+    "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList";
 
 /// Whether the client accepts aggregated discovery (kubectl ≥ 1.26 does).
 pub fn wants_aggregated(accept: &str) -> bool {
@@ -28,7 +29,11 @@ fn in_group(group: &str) -> impl Iterator<Item = &'static Resource> + '_ {
 }
 
 fn scope(r: &Resource) -> &'static str {
-    if r.namespaced { "Namespaced" } else { "Cluster" }
+    if r.namespaced {
+        "Namespaced"
+    } else {
+        "Cluster"
+    }
 }
 
 fn aggregated_resource(r: &Resource) -> Value {
@@ -61,8 +66,13 @@ fn aggregated_resource(r: &Resource) -> Value {
 
 fn aggregated_group(group: &str) -> Value {
     let resources: Vec<Value> = in_group(group).map(aggregated_resource).collect();
-    let mut g = json!({"versions": [{"version": "v1", "freshness": "Current", "resources": resources}]});
-    g["metadata"] = if group.is_empty() { json!({"creationTimestamp": null}) } else { json!({"name": group, "creationTimestamp": null}) };
+    let mut g =
+        json!({"versions": [{"version": "v1", "freshness": "Current", "resources": resources}]});
+    g["metadata"] = if group.is_empty() {
+        json!({"creationTimestamp": null})
+    } else {
+        json!({"name": group, "creationTimestamp": null})
+    };
     g
 }
 
@@ -90,7 +100,11 @@ fn group_entry(group: &str) -> Value {
 
 /// Legacy `/apis`.
 pub fn legacy_groups() -> Value {
-    let groups: Vec<Value> = groups().into_iter().filter(|g| !g.is_empty()).map(group_entry).collect();
+    let groups: Vec<Value> = groups()
+        .into_iter()
+        .filter(|g| !g.is_empty())
+        .map(group_entry)
+        .collect();
     json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups})
 }
 
@@ -131,12 +145,22 @@ pub fn resource_list(group: &str, version: &str) -> Option<Value> {
             resources.push(sub);
         }
     }
-    let gv = if group.is_empty() { version.to_string() } else { format!("{group}/{version}") };
-    Some(json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": resources}))
+    let gv = if group.is_empty() {
+        version.to_string()
+    } else {
+        format!("{group}/{version}")
+    };
+    Some(
+        json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": resources}),
+    )
 }
 
 fn gv_key(group: &str) -> String {
-    if group.is_empty() { "api/v1".into() } else { format!("apis/{group}/v1") }
+    if group.is_empty() {
+        "api/v1".into()
+    } else {
+        format!("apis/{group}/v1")
+    }
 }
 
 /// The per-group-version OpenAPI v3 document: one PATCH operation per kind,
@@ -149,7 +173,11 @@ pub fn openapi_gv(group: &str) -> Option<Value> {
     let mut paths = serde_json::Map::new();
     for r in in_group(group) {
         let path = if r.namespaced {
-            format!("/{}/namespaces/{{namespace}}/{}/{{name}}", gv_key(group), r.plural)
+            format!(
+                "/{}/namespaces/{{namespace}}/{}/{{name}}",
+                gv_key(group),
+                r.plural
+            )
         } else {
             format!("/{}/{}/{{name}}", gv_key(group), r.plural)
         };
@@ -160,17 +188,23 @@ pub fn openapi_gv(group: &str) -> Option<Value> {
             {"name": "fieldValidation", "in": "query", "schema": {"type": "string"}},
             {"name": "force", "in": "query", "schema": {"type": "boolean"}},
         ]);
-        let op = |action: &str| json!({"operationId": format!("{action}{}", r.kind), "parameters": params,
+        let op = |action: &str| {
+            json!({"operationId": format!("{action}{}", r.kind), "parameters": params,
             "x-kubernetes-action": action, "x-kubernetes-group-version-kind": gvk,
-            "responses": {"200": {"description": "OK"}}});
+            "responses": {"200": {"description": "OK"}}})
+        };
         paths.insert(path, json!({"get": op("get"), "put": op("put"), "patch": op("patch"), "delete": op("delete")}));
     }
-    Some(json!({"openapi": "3.0.0", "info": {"title": "Kubernetes", "version": "v1.32.0"}, "paths": paths}))
+    Some(
+        json!({"openapi": "3.0.0", "info": {"title": "Kubernetes", "version": "v1.32.0"}, "paths": paths}),
+    )
 }
 
 /// FNV-1a, for cache-busting hashes of the generated documents.
 fn fnv(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf29ce484222325, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x100000001b3))
+    bytes.iter().fold(0xcbf29ce484222325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x100000001b3)
+    })
 }
 
 /// `/openapi/v3`: the index of per-group-version documents.
@@ -179,7 +213,10 @@ pub fn openapi_index() -> Value {
     for g in groups() {
         let doc = openapi_gv(g).expect("group is served");
         let hash = format!("{:016X}", fnv(doc.to_string().as_bytes()));
-        paths.insert(gv_key(g), json!({"serverRelativeURL": format!("/openapi/v3/{}?hash={hash}", gv_key(g))}));
+        paths.insert(
+            gv_key(g),
+            json!({"serverRelativeURL": format!("/openapi/v3/{}?hash={hash}", gv_key(g))}),
+        );
     }
     json!({"paths": paths})
 }
@@ -192,29 +229,61 @@ mod tests {
     fn aggregated_core_has_pods_with_short_names() {
         let api = aggregated(true);
         assert_eq!(api["items"].as_array().unwrap().len(), 1);
-        let pods = api["items"][0]["versions"][0]["resources"].as_array().unwrap().iter()
-            .find(|r| r["resource"] == "pods").unwrap().clone();
+        let pods = api["items"][0]["versions"][0]["resources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["resource"] == "pods")
+            .unwrap()
+            .clone();
         assert_eq!(pods["shortNames"], json!(["po"]));
         assert_eq!(pods["scope"], "Namespaced");
         let apis = aggregated(false);
-        assert!(apis["items"].as_array().unwrap().iter().any(|g| g["metadata"]["name"] == "apps"));
+        assert!(
+            apis["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|g| g["metadata"]["name"] == "apps")
+        );
     }
 
     #[test]
     fn openapi_has_patch_with_field_validation_per_kind() {
         let index = openapi_index();
-        assert!(index["paths"]["apis/apps/v1"]["serverRelativeURL"].as_str().unwrap().starts_with("/openapi/v3/apis/apps/v1?hash="));
+        assert!(
+            index["paths"]["apis/apps/v1"]["serverRelativeURL"]
+                .as_str()
+                .unwrap()
+                .starts_with("/openapi/v3/apis/apps/v1?hash=")
+        );
         let doc = openapi_gv("apps").unwrap();
-        let patch = &doc["paths"]["/apis/apps/v1/namespaces/{namespace}/deployments/{name}"]["patch"];
-        assert_eq!(patch["x-kubernetes-group-version-kind"]["kind"], "Deployment");
-        assert!(patch["parameters"].as_array().unwrap().iter().any(|p| p["name"] == "fieldValidation"));
+        let patch =
+            &doc["paths"]["/apis/apps/v1/namespaces/{namespace}/deployments/{name}"]["patch"];
+        assert_eq!(
+            patch["x-kubernetes-group-version-kind"]["kind"],
+            "Deployment"
+        );
+        assert!(
+            patch["parameters"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|p| p["name"] == "fieldValidation")
+        );
         assert!(openapi_gv("nope").is_none());
     }
 
     #[test]
     fn legacy_lists_subresources() {
         let l = resource_list("apps", "v1").unwrap();
-        assert!(l["resources"].as_array().unwrap().iter().any(|r| r["name"] == "deployments/scale" && r["group"] == "autoscaling"));
+        assert!(
+            l["resources"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|r| r["name"] == "deployments/scale" && r["group"] == "autoscaling")
+        );
         assert!(resource_list("apps", "v2").is_none());
     }
 }

@@ -61,12 +61,17 @@ pub fn now() -> String {
     Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
 }
 
-fn header_str<'a>(h: &'a HeaderMap, name: header::HeaderName) -> &'a str {
+fn header_str(h: &HeaderMap, name: header::HeaderName) -> &str {
     h.get(name).and_then(|v| v.to_str().ok()).unwrap_or("")
 }
 
 pub fn json_response(code: StatusCode, v: &Value, warnings: &[String]) -> Response {
-    let mut resp = (code, [(header::CONTENT_TYPE, "application/json")], v.to_string()).into_response();
+    let mut resp = (
+        code,
+        [(header::CONTENT_TYPE, "application/json")],
+        v.to_string(),
+    )
+        .into_response();
     for w in warnings {
         if let Ok(hv) = HeaderValue::from_str(&format!("299 - {w:?}")) {
             resp.headers_mut().append(header::WARNING, hv);
@@ -88,9 +93,15 @@ fn success_status(res: &Resource, name: &str, uid: &str) -> Value {
 /// Maps store failures to API errors. Internal details are logged, not sent.
 pub fn store_error(res: &Resource, name: &str, e: StoreError) -> Status {
     match e {
-        StoreError::Precondition(Failed::NotFound) => Status::not_found(res.group, res.plural, name),
-        StoreError::Precondition(Failed::AlreadyExists) => Status::already_exists(res.group, res.plural, name),
-        StoreError::Precondition(Failed::Conflict { .. }) => Status::conflict(res.group, res.plural, name),
+        StoreError::Precondition(Failed::NotFound) => {
+            Status::not_found(res.group, res.plural, name)
+        }
+        StoreError::Precondition(Failed::AlreadyExists) => {
+            Status::already_exists(res.group, res.plural, name)
+        }
+        StoreError::Precondition(Failed::Conflict { .. }) => {
+            Status::conflict(res.group, res.plural, name)
+        }
         StoreError::NotLeader { leader } => Status::unavailable(format!(
             "this member is not the Raft leader; retry (leader: {})",
             leader.as_deref().unwrap_or("unknown")
@@ -108,19 +119,27 @@ pub fn parse_path(path: &str) -> Result<Result<Target, Value>, Status> {
     let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
     let (group, version, rest) = match segs.as_slice() {
         ["api", v, rest @ ..] => ("", *v, rest),
-        ["apis", g] => return discovery::legacy_group(g).map(Err).ok_or_else(Status::no_route),
+        ["apis", g] => {
+            return discovery::legacy_group(g)
+                .map(Err)
+                .ok_or_else(Status::no_route);
+        }
         ["apis", g, v, rest @ ..] => (*g, *v, rest),
         _ => return Err(Status::no_route()),
     };
     if rest.is_empty() {
-        return discovery::resource_list(group, version).map(Err).ok_or_else(Status::no_route);
+        return discovery::resource_list(group, version)
+            .map(Err)
+            .ok_or_else(Status::no_route);
     }
     let (namespace, rest) = match rest {
-        ["namespaces", ns, plural, tail @ ..] if !matches!(*plural, "status" | "finalize") => (Some(*ns), {
-            let mut v = vec![*plural];
-            v.extend_from_slice(tail);
-            v
-        }),
+        ["namespaces", ns, plural, tail @ ..] if !matches!(*plural, "status" | "finalize") => {
+            (Some(*ns), {
+                let mut v = vec![*plural];
+                v.extend_from_slice(tail);
+                v
+            })
+        }
         other => (None, other.to_vec()),
     };
     let res = resources::by_plural(group, version, rest[0]).ok_or_else(Status::no_route)?;
@@ -146,7 +165,11 @@ pub fn parse_path(path: &str) -> Result<Result<Target, Value>, Status> {
 
 impl Ctx<'_> {
     fn ns(&self) -> &str {
-        if self.target.res.namespaced { self.target.namespace.as_deref().unwrap_or("") } else { "" }
+        if self.target.res.namespaced {
+            self.target.namespace.as_deref().unwrap_or("")
+        } else {
+            ""
+        }
     }
 
     fn key(&self, name: &str) -> String {
@@ -169,7 +192,11 @@ impl Ctx<'_> {
     async fn current(&self, name: &str, linearize: bool) -> Result<(u64, Value), Status> {
         let res = self.target.res;
         if linearize {
-            self.api.store.linearize().await.map_err(|e| store_error(res, name, e))?;
+            self.api
+                .store
+                .linearize()
+                .await
+                .map_err(|e| store_error(res, name, e))?;
         }
         self.api
             .store
@@ -178,12 +205,21 @@ impl Ctx<'_> {
             .ok_or_else(|| Status::not_found(res.group, res.plural, name))
     }
 
-    async fn put(&self, name: &str, object: Value, precondition: Precondition) -> Result<Value, Status> {
+    async fn put(
+        &self,
+        name: &str,
+        object: Value,
+        precondition: Precondition,
+    ) -> Result<Value, Status> {
         let res = self.target.res;
         let (_, stored) = self
             .api
             .store
-            .write(Op::Put { key: self.key(name), object, precondition })
+            .write(Op::Put {
+                key: self.key(name),
+                object,
+                precondition,
+            })
             .await
             .map_err(|e| store_error(res, name, e))?;
         Ok(stored.unwrap_or(Value::Null))
@@ -192,8 +228,18 @@ impl Ctx<'_> {
     /// The object (or a Table of it) as the client asked.
     fn respond(&self, code: StatusCode, obj: &Value, warnings: &[String]) -> Response {
         if self.wants_table() {
-            let rv = obj.pointer("/metadata/resourceVersion").and_then(Value::as_str).unwrap_or("");
-            let t = table::render(self.target.res.kind, &[obj], rv, None, self.query.include_object.as_deref().unwrap_or("Metadata"), true);
+            let rv = obj
+                .pointer("/metadata/resourceVersion")
+                .and_then(Value::as_str)
+                .unwrap_or("");
+            let t = table::render(
+                self.target.res.kind,
+                &[obj],
+                rv,
+                None,
+                self.query.include_object.as_deref().unwrap_or("Metadata"),
+                true,
+            );
             return json_response(code, &t, warnings);
         }
         json_response(code, obj, warnings)
@@ -201,32 +247,53 @@ impl Ctx<'_> {
 }
 
 /// Decodes a request body by its Content-Type into the resource's JSON form.
-fn decode_body(headers: &HeaderMap, body: &Bytes, res: &Resource, kind: (&str, &str, &str)) -> Result<Value, Status> {
+fn decode_body(
+    headers: &HeaderMap,
+    body: &Bytes,
+    res: &Resource,
+    kind: (&str, &str, &str),
+) -> Result<Value, Status> {
     let ct = header_str(headers, header::CONTENT_TYPE);
     let media = ct.split(';').next().unwrap_or("").trim();
     if body.is_empty() {
-        return Err(Status::bad_request("the request body is empty; expected a JSON, YAML or protobuf object"));
+        return Err(Status::bad_request(
+            "the request body is empty; expected a JSON, YAML or protobuf object",
+        ));
     }
     let v: Value = match media {
-        "" | "application/json" | "*/*" => serde_json::from_slice(body)
-            .map_err(|e| Status::bad_request(format!("couldn't decode the request body as JSON: {e}")))?,
+        "" | "application/json" | "*/*" => serde_json::from_slice(body).map_err(|e| {
+            Status::bad_request(format!("couldn't decode the request body as JSON: {e}"))
+        })?,
         "application/yaml" | "application/x-yaml" | "text/yaml" => serde_yaml::from_slice(body)
-            .map_err(|e| Status::bad_request(format!("couldn't decode the request body as YAML: {e}")))?,
+            .map_err(|e| {
+                Status::bad_request(format!("couldn't decode the request body as YAML: {e}"))
+            })?,
         "application/vnd.kubernetes.protobuf" => {
-            let av = if kind.0.is_empty() { kind.1.to_string() } else { format!("{}/{}", kind.0, kind.1) };
+            let av = if kind.0.is_empty() {
+                kind.1.to_string()
+            } else {
+                format!("{}/{}", kind.0, kind.1)
+            };
             protobuf::decode(body, &av, kind.2)?
         }
         other => return Err(Status::unsupported_media_type(other)),
     };
     if !v.is_object() {
-        return Err(Status::bad_request(format!("the request body must be a JSON object describing a {}", res.kind)));
+        return Err(Status::bad_request(format!(
+            "the request body must be a JSON object describing a {}",
+            res.kind
+        )));
     }
     Ok(v)
 }
 
 /// Checks (or fills in) apiVersion and kind against what the URL serves.
 fn check_type(obj: &mut Value, kind: (&str, &str, &str)) -> Result<(), Status> {
-    let want_av = if kind.0.is_empty() { kind.1.to_string() } else { format!("{}/{}", kind.0, kind.1) };
+    let want_av = if kind.0.is_empty() {
+        kind.1.to_string()
+    } else {
+        format!("{}/{}", kind.0, kind.1)
+    };
     let m = obj.as_object_mut().expect("checked object");
     match m.get("apiVersion").and_then(Value::as_str) {
         None => {
@@ -262,22 +329,34 @@ fn meta_mut(obj: &mut Value) -> &mut serde_json::Map<String, Value> {
 }
 
 fn rv_of(obj: &Value) -> Option<&str> {
-    obj.pointer("/metadata/resourceVersion").and_then(Value::as_str).filter(|s| !s.is_empty())
+    obj.pointer("/metadata/resourceVersion")
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
 }
 
 fn parse_rv(s: &str) -> Result<u64, Status> {
-    s.parse().map_err(|_| Status::bad_request(format!("invalid resourceVersion {s:?}: must be a decimal revision")))
+    s.parse().map_err(|_| {
+        Status::bad_request(format!(
+            "invalid resourceVersion {s:?}: must be a decimal revision"
+        ))
+    })
 }
 
 fn random_suffix() -> String {
     // Kubernetes' alphabet: no vowels (no accidental words) and no look-alikes.
     const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
-    (0..5).map(|_| ALPHABET[rand::random_range(0..ALPHABET.len())] as char).collect()
+    (0..5)
+        .map(|_| ALPHABET[rand::random_range(0..ALPHABET.len())] as char)
+        .collect()
 }
 
 /// Admission for creates and updates: decode into the typed schema, default,
 /// carry over what the client may not change, and validate.
-fn admit(ctx: &Ctx<'_>, mut obj: Value, old: Option<&Value>) -> Result<(Value, Vec<String>), Status> {
+fn admit(
+    ctx: &Ctx<'_>,
+    mut obj: Value,
+    old: Option<&Value>,
+) -> Result<(Value, Vec<String>), Status> {
     let res = ctx.target.res;
     check_type(&mut obj, (res.group, res.version, res.kind))?;
     let url_ns = ctx.ns().to_string();
@@ -318,14 +397,28 @@ fn admit(ctx: &Ctx<'_>, mut obj: Value, old: Option<&Value>) -> Result<(Value, V
     match old {
         None => {
             let meta = meta_mut(&mut obj);
-            let has_name = meta.get("name").and_then(Value::as_str).is_some_and(|n| !n.is_empty());
-            if !has_name && let Some(g) = meta.get("generateName").and_then(Value::as_str).filter(|g| !g.is_empty()) {
+            let has_name = meta
+                .get("name")
+                .and_then(Value::as_str)
+                .is_some_and(|n| !n.is_empty());
+            if !has_name
+                && let Some(g) = meta
+                    .get("generateName")
+                    .and_then(Value::as_str)
+                    .filter(|g| !g.is_empty())
+            {
                 let name = format!("{g}{}", random_suffix());
                 meta.insert("name".into(), json!(name));
             }
             meta.insert("uid".into(), json!(uuid::Uuid::new_v4().to_string()));
             meta.insert("creationTimestamp".into(), json!(now()));
-            for k in ["resourceVersion", "deletionTimestamp", "deletionGracePeriodSeconds", "selfLink", "managedFields"] {
+            for k in [
+                "resourceVersion",
+                "deletionTimestamp",
+                "deletionGracePeriodSeconds",
+                "selfLink",
+                "managedFields",
+            ] {
                 meta.remove(k);
             }
             if obj.get("spec").is_some() {
@@ -338,7 +431,13 @@ fn admit(ctx: &Ctx<'_>, mut obj: Value, old: Option<&Value>) -> Result<(Value, V
         }
         Some(old) => {
             let meta = meta_mut(&mut obj);
-            for k in ["uid", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "generation"] {
+            for k in [
+                "uid",
+                "creationTimestamp",
+                "deletionTimestamp",
+                "deletionGracePeriodSeconds",
+                "generation",
+            ] {
                 match old.pointer(&format!("/metadata/{k}")) {
                     Some(v) => meta.insert(k.into(), v.clone()),
                     None => meta.remove(k),
@@ -362,7 +461,10 @@ fn admit(ctx: &Ctx<'_>, mut obj: Value, old: Option<&Value>) -> Result<(Value, V
             obj["status"] = json!({"phase": "Pending", "qosClass": qos});
         }
         Some(old) if obj.get("spec") != old.get("spec") && obj.get("spec").is_some() => {
-            let g = old.pointer("/metadata/generation").and_then(Value::as_i64).unwrap_or(0);
+            let g = old
+                .pointer("/metadata/generation")
+                .and_then(Value::as_i64)
+                .unwrap_or(0);
             meta_mut(&mut obj).insert("generation".into(), json!(g + 1));
         }
         _ => {}
@@ -377,12 +479,19 @@ async fn ensure_namespace(ctx: &Ctx<'_>) -> Result<(), Status> {
     }
     let ns = ctx.ns();
     let ns_res = resources::by_plural("", "v1", "namespaces").expect("namespaces served");
-    match ctx.api.store.get(&store::key("", "namespaces", "", ns)).map_err(|e| store_error(ns_res, ns, e))? {
+    match ctx
+        .api
+        .store
+        .get(&store::key("", "namespaces", "", ns))
+        .map_err(|e| store_error(ns_res, ns, e))?
+    {
         None => Err(Status::not_found("", "namespaces", ns)),
         Some((_, n)) if n.pointer("/metadata/deletionTimestamp").is_some() => Err(Status::new(
             403,
             "Forbidden",
-            format!("unable to create new content in namespace {ns} because it is being terminated"),
+            format!(
+                "unable to create new content in namespace {ns} because it is being terminated"
+            ),
         )),
         Some(_) => Ok(()),
     }
@@ -393,7 +502,11 @@ pub async fn create(ctx: &Ctx<'_>, body: &Bytes) -> ApiResult {
     let obj = decode_body(ctx.headers, body, res, (res.group, res.version, res.kind))?;
     let (obj, warnings) = admit(ctx, obj, None)?;
     ensure_namespace(ctx).await?;
-    let name = obj.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("").to_string();
+    let name = obj
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
     if ctx.dry_run() {
         return Ok(ctx.respond(StatusCode::CREATED, &obj, &warnings));
     }
@@ -402,7 +515,11 @@ pub async fn create(ctx: &Ctx<'_>, body: &Bytes) -> ApiResult {
 }
 
 pub async fn get(ctx: &Ctx<'_>) -> ApiResult {
-    let linearize = ctx.query.resource_version.as_deref().is_none_or(str::is_empty);
+    let linearize = ctx
+        .query
+        .resource_version
+        .as_deref()
+        .is_none_or(str::is_empty);
     let (_, obj) = ctx.current(ctx.name(), linearize).await?;
     match ctx.target.sub.as_deref() {
         Some("scale") => Ok(json_response(StatusCode::OK, &scale_of(&obj), &[])),
@@ -425,14 +542,29 @@ pub fn collect(
     start_after: Option<String>,
 ) -> Result<(u64, Vec<Value>, Option<String>), Status> {
     let res = ctx.target.res;
-    let ns = if res.namespaced { ctx.target.namespace.as_deref() } else { None };
+    let ns = if res.namespaced {
+        ctx.target.namespace.as_deref()
+    } else {
+        None
+    };
     let matches = |o: &Value| labels.matches(o) && fields.matches(o);
     if let Some(name) = fields.pinned_name()
         && (ns.is_some() || !res.namespaced)
     {
         let rev = ctx.api.store.revision();
-        let item = ctx.api.store.get(&ctx.key(name)).map_err(|e| store_error(res, name, e))?;
-        return Ok((rev, item.map(|(_, o)| o).filter(|o| matches(o)).into_iter().collect(), None));
+        let item = ctx
+            .api
+            .store
+            .get(&ctx.key(name))
+            .map_err(|e| store_error(res, name, e))?;
+        return Ok((
+            rev,
+            item.map(|(_, o)| o)
+                .filter(|o| matches(o))
+                .into_iter()
+                .collect(),
+            None,
+        ));
     }
     let prefix = store::prefix(res.group, res.plural, ns);
     let mut start = start_after;
@@ -440,7 +572,11 @@ pub fn collect(
     let mut revision = None;
     const CHUNK: usize = 1000;
     loop {
-        let (rev, page, more) = ctx.api.store.list(&prefix, start.as_deref(), Some(CHUNK)).map_err(|e| store_error(res, "", e))?;
+        let (rev, page, more) = ctx
+            .api
+            .store
+            .list(&prefix, start.as_deref(), Some(CHUNK))
+            .map_err(|e| store_error(res, "", e))?;
         revision.get_or_insert(rev);
         let last = page.last().map(|(k, _)| k.clone());
         for (key, obj) in page {
@@ -465,7 +601,11 @@ pub async fn list(ctx: &Ctx<'_>) -> ApiResult {
     let labels = LabelSelector::parse(ctx.query.label_selector.as_deref().unwrap_or(""))?;
     let fields = FieldSelector::parse(ctx.query.field_selector.as_deref().unwrap_or(""), res.kind)?;
     if ctx.query.resource_version.as_deref() != Some("0") {
-        ctx.api.store.linearize().await.map_err(|e| store_error(res, "", e))?;
+        ctx.api
+            .store
+            .linearize()
+            .await
+            .map_err(|e| store_error(res, "", e))?;
     }
     let (token_rv, start) = match ctx.query.continue_.as_deref().filter(|c| !c.is_empty()) {
         Some(c) => {
@@ -473,7 +613,11 @@ pub async fn list(ctx: &Ctx<'_>) -> ApiResult {
                 .decode(c)
                 .ok()
                 .and_then(|b| serde_json::from_slice(&b).ok())
-                .ok_or_else(|| Status::bad_request("continue key is not valid: it is not a token this server issued"))?;
+                .ok_or_else(|| {
+                    Status::bad_request(
+                        "continue key is not valid: it is not a token this server issued",
+                    )
+                })?;
             (Some(t.rv), Some(t.start))
         }
         None => (None, None),
@@ -482,12 +626,20 @@ pub async fn list(ctx: &Ctx<'_>) -> ApiResult {
     let (rev, items, next) = collect(ctx, &labels, &fields, limit, start)?;
     let rev = token_rv.unwrap_or(rev);
     let cont = next.map(|start| {
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(serde_json::to_vec(&ContinueToken { rv: rev, start }).unwrap_or_default())
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(serde_json::to_vec(&ContinueToken { rv: rev, start }).unwrap_or_default())
     });
     if ctx.wants_table() {
         let refs: Vec<&Value> = items.iter().collect();
         let include = ctx.query.include_object.as_deref().unwrap_or("Metadata");
-        let t = table::render(res.kind, &refs, &rev.to_string(), cont.as_deref(), include, true);
+        let t = table::render(
+            res.kind,
+            &refs,
+            &rev.to_string(),
+            cont.as_deref(),
+            include,
+            true,
+        );
         return Ok(json_response(StatusCode::OK, &t, &[]));
     }
     let mut meta = json!({"resourceVersion": rev.to_string()});
@@ -501,16 +653,37 @@ pub async fn list(ctx: &Ctx<'_>) -> ApiResult {
 /// If the object is being deleted and nothing holds it any more, remove it.
 async fn finish_if_released(ctx: &Ctx<'_>, name: &str, stored: &Value) -> Result<bool, Status> {
     let deleting = stored.pointer("/metadata/deletionTimestamp").is_some();
-    let held = stored.pointer("/metadata/finalizers").and_then(Value::as_array).is_some_and(|f| !f.is_empty())
-        || stored.pointer("/spec/finalizers").and_then(Value::as_array).is_some_and(|f| !f.is_empty())
+    let held = stored
+        .pointer("/metadata/finalizers")
+        .and_then(Value::as_array)
+        .is_some_and(|f| !f.is_empty())
+        || stored
+            .pointer("/spec/finalizers")
+            .and_then(Value::as_array)
+            .is_some_and(|f| !f.is_empty())
             && ctx.target.res.kind == "Namespace";
-    let graceful_pod = ctx.target.res.kind == "Pod" && stored.pointer("/metadata/deletionGracePeriodSeconds").and_then(Value::as_i64).unwrap_or(0) > 0;
+    let graceful_pod = ctx.target.res.kind == "Pod"
+        && stored
+            .pointer("/metadata/deletionGracePeriodSeconds")
+            .and_then(Value::as_i64)
+            .unwrap_or(0)
+            > 0;
     if !deleting || held || graceful_pod {
         return Ok(false);
     }
-    let Some(rv) = rv_of(stored) else { return Ok(false) };
+    let Some(rv) = rv_of(stored) else {
+        return Ok(false);
+    };
     let pre = Precondition::Revision(parse_rv(rv)?);
-    match ctx.api.store.write(Op::Delete { key: ctx.key(name), precondition: pre }).await {
+    match ctx
+        .api
+        .store
+        .write(Op::Delete {
+            key: ctx.key(name),
+            precondition: pre,
+        })
+        .await
+    {
         Ok(_) | Err(StoreError::Precondition(_)) => Ok(true),
         Err(e) => Err(store_error(ctx.target.res, name, e)),
     }
@@ -539,7 +712,16 @@ where
         if obj == cur {
             return Ok((cur, warnings));
         }
-        match ctx.api.store.write(Op::Put { key: ctx.key(&name), object: obj, precondition: Precondition::Revision(rev) }).await {
+        match ctx
+            .api
+            .store
+            .write(Op::Put {
+                key: ctx.key(&name),
+                object: obj,
+                precondition: Precondition::Revision(rev),
+            })
+            .await
+        {
             Ok((_, stored)) => {
                 let stored = stored.unwrap_or(Value::Null);
                 finish_if_released(ctx, &name, &stored).await?;
@@ -575,17 +757,28 @@ pub async fn update(ctx: &Ctx<'_>, body: &Bytes) -> ApiResult {
     let sub = ctx.target.sub.clone();
     let (stored, warnings) = match sub.as_deref() {
         Some("scale") => {
-            let replicas = body.pointer("/spec/replicas").and_then(Value::as_i64).unwrap_or(0);
-            let (stored, w) = update_with(ctx, |cur| Ok((with_replicas(cur, replicas), pinned))).await?;
+            let replicas = body
+                .pointer("/spec/replicas")
+                .and_then(Value::as_i64)
+                .unwrap_or(0);
+            let (stored, w) =
+                update_with(ctx, |cur| Ok((with_replicas(cur, replicas), pinned))).await?;
             (scale_of(&stored), w)
         }
-        Some("status") => update_with(ctx, |cur| Ok((with_status_from(cur, &body), pinned))).await?,
-        Some("finalize") => update_with(ctx, |cur| {
-            let mut out = cur.clone();
-            out["spec"]["finalizers"] = body.pointer("/spec/finalizers").cloned().unwrap_or(json!([]));
-            Ok((out, pinned))
-        })
-        .await?,
+        Some("status") => {
+            update_with(ctx, |cur| Ok((with_status_from(cur, &body), pinned))).await?
+        }
+        Some("finalize") => {
+            update_with(ctx, |cur| {
+                let mut out = cur.clone();
+                out["spec"]["finalizers"] = body
+                    .pointer("/spec/finalizers")
+                    .cloned()
+                    .unwrap_or(json!([]));
+                Ok((out, pinned))
+            })
+            .await?
+        }
         _ => update_with(ctx, |_| Ok((body.clone(), pinned))).await?,
     };
     Ok(ctx.respond(StatusCode::OK, &stored, &warnings))
@@ -602,7 +795,12 @@ fn scale_of(obj: &Value) -> Value {
     let selector = obj
         .pointer("/spec/selector/matchLabels")
         .and_then(Value::as_object)
-        .map(|m| m.iter().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or(""))).collect::<Vec<_>>().join(","))
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
+                .collect::<Vec<_>>()
+                .join(",")
+        })
         .unwrap_or_default();
     let meta = obj.get("metadata").cloned().unwrap_or(json!({}));
     json!({"kind": "Scale", "apiVersion": "autoscaling/v1",
@@ -615,18 +813,30 @@ fn scale_of(obj: &Value) -> Value {
 pub async fn patch(ctx: &Ctx<'_>, body: &Bytes) -> ApiResult {
     let res = ctx.target.res;
     let ct = header_str(ctx.headers, header::CONTENT_TYPE);
-    let ptype = PatchType::from_content_type(ct).ok_or_else(|| Status::unsupported_media_type(ct))?;
+    let ptype =
+        PatchType::from_content_type(ct).ok_or_else(|| Status::unsupported_media_type(ct))?;
     let patch_doc: Value = if ptype == PatchType::Apply {
-        serde_yaml::from_slice(body).map_err(|e| Status::bad_request(format!("couldn't decode the apply patch: {e}")))?
+        serde_yaml::from_slice(body)
+            .map_err(|e| Status::bad_request(format!("couldn't decode the apply patch: {e}")))?
     } else {
-        serde_json::from_slice(body).map_err(|e| Status::bad_request(format!("couldn't decode the patch as JSON: {e}")))?
+        serde_json::from_slice(body)
+            .map_err(|e| Status::bad_request(format!("couldn't decode the patch as JSON: {e}")))?
     };
     if ptype == PatchType::Apply {
         if ctx.query.field_manager.as_deref().is_none_or(str::is_empty) {
-            return Err(Status::bad_request("PATCH, application/apply-patch+yaml: fieldManager is required for apply requests"));
+            return Err(Status::bad_request(
+                "PATCH, application/apply-patch+yaml: fieldManager is required for apply requests",
+            ));
         }
         // Server-side apply of an absent object creates it.
-        if ctx.target.sub.is_none() && ctx.api.store.get(&ctx.key(ctx.name())).map_err(|e| store_error(res, ctx.name(), e))?.is_none() {
+        if ctx.target.sub.is_none()
+            && ctx
+                .api
+                .store
+                .get(&ctx.key(ctx.name()))
+                .map_err(|e| store_error(res, ctx.name(), e))?
+                .is_none()
+        {
             let (obj, warnings) = admit(ctx, patch_doc, None)?;
             ensure_namespace(ctx).await?;
             if ctx.dry_run() {
@@ -650,22 +860,39 @@ pub async fn patch(ctx: &Ctx<'_>, body: &Bytes) -> ApiResult {
         Some("scale") => {
             let (stored, w) = update_with(ctx, |cur| {
                 let (scale, pinned) = apply_to(&scale_of(cur))?;
-                let replicas = scale.pointer("/spec/replicas").and_then(Value::as_i64).ok_or_else(|| {
-                    Status::invalid("Scale", ctx.name(), vec![weft_api::Cause::required("spec.replicas")])
-                })?;
+                let replicas = scale
+                    .pointer("/spec/replicas")
+                    .and_then(Value::as_i64)
+                    .ok_or_else(|| {
+                        Status::invalid(
+                            "Scale",
+                            ctx.name(),
+                            vec![weft_api::Cause::required("spec.replicas")],
+                        )
+                    })?;
                 if replicas < 0 {
-                    return Err(Status::invalid("Scale", ctx.name(), vec![weft_api::Cause::invalid_value("spec.replicas", &replicas.to_string(), "must be greater than or equal to 0")]));
+                    return Err(Status::invalid(
+                        "Scale",
+                        ctx.name(),
+                        vec![weft_api::Cause::invalid_value(
+                            "spec.replicas",
+                            &replicas.to_string(),
+                            "must be greater than or equal to 0",
+                        )],
+                    ));
                 }
                 Ok((with_replicas(cur, replicas), pinned))
             })
             .await?;
             return Ok(json_response(StatusCode::OK, &scale_of(&stored), &w));
         }
-        Some("status") => update_with(ctx, |cur| {
-            let (patched, pinned) = apply_to(cur)?;
-            Ok((with_status_from(cur, &patched), pinned))
-        })
-        .await?,
+        Some("status") => {
+            update_with(ctx, |cur| {
+                let (patched, pinned) = apply_to(cur)?;
+                Ok((with_status_from(cur, &patched), pinned))
+            })
+            .await?
+        }
         _ => update_with(ctx, apply_to).await?,
     };
     Ok(ctx.respond(StatusCode::OK, &stored, &warnings))
@@ -681,9 +908,14 @@ struct DeleteOpts {
 }
 
 fn delete_opts(ctx: &Ctx<'_>, body: &Bytes) -> Result<DeleteOpts, Status> {
-    let mut o = DeleteOpts { grace: ctx.query.grace_period_seconds, propagation: ctx.query.propagation_policy.clone(), ..Default::default() };
+    let mut o = DeleteOpts {
+        grace: ctx.query.grace_period_seconds,
+        propagation: ctx.query.propagation_policy.clone(),
+        ..Default::default()
+    };
     if !body.is_empty() {
-        let v: Value = serde_json::from_slice(body).map_err(|e| Status::bad_request(format!("couldn't decode DeleteOptions: {e}")))?;
+        let v: Value = serde_json::from_slice(body)
+            .map_err(|e| Status::bad_request(format!("couldn't decode DeleteOptions: {e}")))?;
         if let Some(g) = v.get("gracePeriodSeconds").and_then(Value::as_i64) {
             o.grace = Some(g);
         }
@@ -693,8 +925,14 @@ fn delete_opts(ctx: &Ctx<'_>, body: &Bytes) -> Result<DeleteOpts, Status> {
         if v.get("orphanDependents").and_then(Value::as_bool) == Some(true) {
             o.propagation = Some("Orphan".into());
         }
-        o.uid = v.pointer("/preconditions/uid").and_then(Value::as_str).map(String::from);
-        o.rv = v.pointer("/preconditions/resourceVersion").and_then(Value::as_str).map(String::from);
+        o.uid = v
+            .pointer("/preconditions/uid")
+            .and_then(Value::as_str)
+            .map(String::from);
+        o.rv = v
+            .pointer("/preconditions/resourceVersion")
+            .and_then(Value::as_str)
+            .map(String::from);
     }
     if let Some(p) = &o.propagation
         && !matches!(p.as_str(), "Orphan" | "Background" | "Foreground")
@@ -704,7 +942,9 @@ fn delete_opts(ctx: &Ctx<'_>, body: &Bytes) -> Result<DeleteOpts, Status> {
         )));
     }
     if o.grace.is_some_and(|g| g < 0) {
-        return Err(Status::bad_request("gracePeriodSeconds: Invalid value: must be greater than or equal to 0"));
+        return Err(Status::bad_request(
+            "gracePeriodSeconds: Invalid value: must be greater than or equal to 0",
+        ));
     }
     Ok(o)
 }
@@ -713,46 +953,90 @@ async fn delete_one(ctx: &Ctx<'_>, name: &str, opts: &DeleteOpts) -> ApiResult {
     let res = ctx.target.res;
     for _ in 0..8 {
         let (rev, cur) = ctx.current(name, false).await?;
-        let uid = cur.pointer("/metadata/uid").and_then(Value::as_str).unwrap_or("").to_string();
+        let uid = cur
+            .pointer("/metadata/uid")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string();
         if let Some(want) = &opts.uid
             && *want != uid
         {
-            return Err(Status::new(409, "Conflict", format!("Precondition failed: UID in precondition: {want}, UID in object meta: {uid}")));
+            return Err(Status::new(
+                409,
+                "Conflict",
+                format!(
+                    "Precondition failed: UID in precondition: {want}, UID in object meta: {uid}"
+                ),
+            ));
         }
         if let Some(want) = &opts.rv
             && *want != rev.to_string()
         {
-            return Err(Status::new(409, "Conflict", format!("Precondition failed: ResourceVersion in precondition: {want}, ResourceVersion in object meta: {rev}")));
+            return Err(Status::new(
+                409,
+                "Conflict",
+                format!(
+                    "Precondition failed: ResourceVersion in precondition: {want}, ResourceVersion in object meta: {rev}"
+                ),
+            ));
         }
-        let mut finalizers: Vec<Value> = cur.pointer("/metadata/finalizers").and_then(Value::as_array).cloned().unwrap_or_default();
+        let mut finalizers: Vec<Value> = cur
+            .pointer("/metadata/finalizers")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
         for (policy, f) in [("Orphan", "orphan"), ("Foreground", "foregroundDeletion")] {
             if opts.propagation.as_deref() == Some(policy) && !finalizers.contains(&json!(f)) {
                 finalizers.push(json!(f));
             }
         }
-        let phase = cur.pointer("/status/phase").and_then(Value::as_str).unwrap_or("");
+        let phase = cur
+            .pointer("/status/phase")
+            .and_then(Value::as_str)
+            .unwrap_or("");
         let pod_grace = if res.kind == "Pod"
-            && cur.pointer("/spec/nodeName").and_then(Value::as_str).is_some_and(|n| !n.is_empty())
+            && cur
+                .pointer("/spec/nodeName")
+                .and_then(Value::as_str)
+                .is_some_and(|n| !n.is_empty())
             && !matches!(phase, "Succeeded" | "Failed")
         {
-            let default = cur.pointer("/spec/terminationGracePeriodSeconds").and_then(Value::as_i64).unwrap_or(30);
+            let default = cur
+                .pointer("/spec/terminationGracePeriodSeconds")
+                .and_then(Value::as_i64)
+                .unwrap_or(30);
             opts.grace.unwrap_or(default)
         } else {
             0
         };
         let ns_held = res.kind == "Namespace"
-            && cur.pointer("/spec/finalizers").and_then(Value::as_array).is_some_and(|f| !f.is_empty());
+            && cur
+                .pointer("/spec/finalizers")
+                .and_then(Value::as_array)
+                .is_some_and(|f| !f.is_empty());
         if !finalizers.is_empty() || pod_grace > 0 || ns_held {
             // Graceful: mark for deletion and let the owner (kubelet, controller) finish.
             let mut marked = cur.clone();
             let meta = meta_mut(&mut marked);
             let already = meta.get("deletionTimestamp").is_some();
-            let current_grace = meta.get("deletionGracePeriodSeconds").and_then(Value::as_i64);
-            if already && current_grace.is_none_or(|g| g <= pod_grace) && finalizers.len() == cur.pointer("/metadata/finalizers").and_then(Value::as_array).map_or(0, Vec::len) {
+            let current_grace = meta
+                .get("deletionGracePeriodSeconds")
+                .and_then(Value::as_i64);
+            if already
+                && current_grace.is_none_or(|g| g <= pod_grace)
+                && finalizers.len()
+                    == cur
+                        .pointer("/metadata/finalizers")
+                        .and_then(Value::as_array)
+                        .map_or(0, Vec::len)
+            {
                 return Ok(ctx.respond(StatusCode::OK, &cur, &[]));
             }
             let deadline = Timestamp::now() + jiff::SignedDuration::from_secs(pod_grace);
-            meta.insert("deletionTimestamp".into(), json!(deadline.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()));
+            meta.insert(
+                "deletionTimestamp".into(),
+                json!(deadline.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()),
+            );
             meta.insert("deletionGracePeriodSeconds".into(), json!(pod_grace));
             if !finalizers.is_empty() {
                 meta.insert("finalizers".into(), Value::Array(finalizers));
@@ -763,8 +1047,19 @@ async fn delete_one(ctx: &Ctx<'_>, name: &str, opts: &DeleteOpts) -> ApiResult {
             if ctx.dry_run() {
                 return Ok(ctx.respond(StatusCode::OK, &marked, &[]));
             }
-            match ctx.api.store.write(Op::Put { key: ctx.key(name), object: marked, precondition: Precondition::Revision(rev) }).await {
-                Ok((_, stored)) => return Ok(ctx.respond(StatusCode::OK, &stored.unwrap_or_default(), &[])),
+            match ctx
+                .api
+                .store
+                .write(Op::Put {
+                    key: ctx.key(name),
+                    object: marked,
+                    precondition: Precondition::Revision(rev),
+                })
+                .await
+            {
+                Ok((_, stored)) => {
+                    return Ok(ctx.respond(StatusCode::OK, &stored.unwrap_or_default(), &[]));
+                }
                 Err(StoreError::Precondition(Failed::Conflict { .. })) => continue,
                 Err(e) => return Err(store_error(res, name, e)),
             }
@@ -772,7 +1067,15 @@ async fn delete_one(ctx: &Ctx<'_>, name: &str, opts: &DeleteOpts) -> ApiResult {
         if ctx.dry_run() {
             return Ok(ctx.respond(StatusCode::OK, &cur, &[]));
         }
-        match ctx.api.store.write(Op::Delete { key: ctx.key(name), precondition: Precondition::Revision(rev) }).await {
+        match ctx
+            .api
+            .store
+            .write(Op::Delete {
+                key: ctx.key(name),
+                precondition: Precondition::Revision(rev),
+            })
+            .await
+        {
             Ok((_, last)) => {
                 // Pods answer with the object, as kube-apiserver does; others with a Status.
                 return Ok(if res.kind == "Pod" {
@@ -801,7 +1104,10 @@ pub async fn delete_collection(ctx: &Ctx<'_>, body: &Bytes) -> ApiResult {
     let (_, items, _) = collect(ctx, &labels, &fields, None, None)?;
     let mut deleted = Vec::new();
     for item in &items {
-        let name = item.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("");
+        let name = item
+            .pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .unwrap_or("");
         match delete_one(ctx, name, &opts).await {
             Ok(_) => deleted.push(item.clone()),
             Err(s) if s.code == 404 => {}
@@ -816,9 +1122,17 @@ pub async fn delete_collection(ctx: &Ctx<'_>, body: &Bytes) -> ApiResult {
 /// POST pods/{name}/binding: assign a node, once.
 pub async fn bind(ctx: &Ctx<'_>, body: &Bytes) -> ApiResult {
     let binding = decode_body(ctx.headers, body, ctx.target.res, ("", "v1", "Binding"))?;
-    let node = binding.pointer("/target/name").and_then(Value::as_str).filter(|n| !n.is_empty()).ok_or_else(|| {
-        Status::invalid("Binding", ctx.name(), vec![weft_api::Cause::required("target.name")])
-    })?;
+    let node = binding
+        .pointer("/target/name")
+        .and_then(Value::as_str)
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| {
+            Status::invalid(
+                "Binding",
+                ctx.name(),
+                vec![weft_api::Cause::required("target.name")],
+            )
+        })?;
     let name = ctx.name().to_string();
     update_with(ctx, |cur| {
         if let Some(existing) = cur.pointer("/spec/nodeName").and_then(Value::as_str).filter(|n| !n.is_empty()) {
@@ -832,22 +1146,42 @@ pub async fn bind(ctx: &Ctx<'_>, body: &Bytes) -> ApiResult {
         Ok((out, None))
     })
     .await?;
-    Ok(json_response(StatusCode::CREATED, &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}), &[]))
+    Ok(json_response(
+        StatusCode::CREATED,
+        &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}),
+        &[],
+    ))
 }
 
 /// POST pods/{name}/eviction: a graceful delete.
 pub async fn evict(ctx: &Ctx<'_>, body: &Bytes) -> ApiResult {
-    let ev = decode_body(ctx.headers, body, ctx.target.res, ("policy", "v1", "Eviction"))?;
+    let ev = decode_body(
+        ctx.headers,
+        body,
+        ctx.target.res,
+        ("policy", "v1", "Eviction"),
+    )?;
     let mut opts = DeleteOpts::default();
     if let Some(d) = ev.get("deleteOptions") {
         opts.grace = d.get("gracePeriodSeconds").and_then(Value::as_i64);
     }
     delete_one(ctx, ctx.name(), &opts).await?;
-    Ok(json_response(StatusCode::CREATED, &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}), &[]))
+    Ok(json_response(
+        StatusCode::CREATED,
+        &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}),
+        &[],
+    ))
 }
 
 /// Routes one resource request to its verb.
-pub async fn dispatch(api: &Api, method: &Method, path: &str, query: &str, headers: &HeaderMap, body: Bytes) -> Response {
+pub async fn dispatch(
+    api: &Api,
+    method: &Method,
+    path: &str,
+    query: &str,
+    headers: &HeaderMap,
+    body: Bytes,
+) -> Response {
     let target = match parse_path(path) {
         Ok(Ok(t)) => t,
         Ok(Err(doc)) => return json_response(StatusCode::OK, &doc, &[]),
@@ -855,9 +1189,18 @@ pub async fn dispatch(api: &Api, method: &Method, path: &str, query: &str, heade
     };
     let query: Query = match serde_urlencoded::from_str(query) {
         Ok(q) => q,
-        Err(e) => return status_response(&Status::bad_request(format!("invalid query parameters: {e}"))),
+        Err(e) => {
+            return status_response(&Status::bad_request(format!(
+                "invalid query parameters: {e}"
+            )));
+        }
     };
-    let ctx = Ctx { api, target, query, headers };
+    let ctx = Ctx {
+        api,
+        target,
+        query,
+        headers,
+    };
     let is_watch = matches!(ctx.query.watch.as_deref(), Some("true" | "1"));
     let res = ctx.target.res;
     let result = match (method, ctx.target.name.is_some(), ctx.target.sub.as_deref()) {
@@ -866,13 +1209,22 @@ pub async fn dispatch(api: &Api, method: &Method, path: &str, query: &str, heade
         (&Method::POST, false, _) => create(&ctx, &body).await,
         (&Method::DELETE, false, _) => delete_collection(&ctx, &body).await,
         (&Method::GET, true, None | Some("status" | "scale")) => get(&ctx).await,
-        (&Method::PUT, true, None | Some("status" | "scale" | "finalize")) => update(&ctx, &body).await,
+        (&Method::PUT, true, None | Some("status" | "scale" | "finalize")) => {
+            update(&ctx, &body).await
+        }
         (&Method::PATCH, true, None | Some("status" | "scale")) => patch(&ctx, &body).await,
         (&Method::DELETE, true, None) => delete(&ctx, &body).await,
         (&Method::POST, true, Some("binding")) => bind(&ctx, &body).await,
         (&Method::POST, true, Some("eviction")) => evict(&ctx, &body).await,
         (&Method::GET, true, Some("log")) => pod_log(&ctx).await,
-        (m, _, sub) => Err(Status::method_not_allowed(m.as_str(), &format!("{}{}", res.plural, sub.map(|s| format!("/{s}")).unwrap_or_default()))),
+        (m, _, sub) => Err(Status::method_not_allowed(
+            m.as_str(),
+            &format!(
+                "{}{}",
+                res.plural,
+                sub.map(|s| format!("/{s}")).unwrap_or_default()
+            ),
+        )),
     };
     result.unwrap_or_else(|s| status_response(&s))
 }
@@ -881,9 +1233,18 @@ pub async fn dispatch(api: &Api, method: &Method, path: &str, query: &str, heade
 /// registers a log endpoint, say so precisely rather than pretend.
 async fn pod_log(ctx: &Ctx<'_>) -> ApiResult {
     let (_, pod) = ctx.current(ctx.name(), false).await?;
-    match pod.pointer("/spec/nodeName").and_then(Value::as_str).filter(|n| !n.is_empty()) {
-        None => Err(Status::bad_request(format!("pod {} does not have a host assigned", ctx.name()))),
-        Some(node) => Err(Status::unavailable(format!("no node agent on node {node:?} is serving logs"))),
+    match pod
+        .pointer("/spec/nodeName")
+        .and_then(Value::as_str)
+        .filter(|n| !n.is_empty())
+    {
+        None => Err(Status::bad_request(format!(
+            "pod {} does not have a host assigned",
+            ctx.name()
+        ))),
+        Some(node) => Err(Status::unavailable(format!(
+            "no node agent on node {node:?} is serving logs"
+        ))),
     }
 }
 
@@ -893,7 +1254,15 @@ pub async fn bootstrap(api: &Api) -> Result<(), StoreError> {
         let mut obj = json!({"apiVersion": "v1", "kind": "Namespace",
             "metadata": {"name": ns, "uid": uuid::Uuid::new_v4().to_string(), "creationTimestamp": now()}});
         defaults::apply("Namespace", &mut obj);
-        match api.store.write(Op::Put { key: store::key("", "namespaces", "", ns), object: obj, precondition: Precondition::Absent }).await {
+        match api
+            .store
+            .write(Op::Put {
+                key: store::key("", "namespaces", "", ns),
+                object: obj,
+                precondition: Precondition::Absent,
+            })
+            .await
+        {
             Ok(_) | Err(StoreError::Precondition(Failed::AlreadyExists)) => {}
             Err(e) => return Err(e),
         }

@@ -87,15 +87,50 @@ impl Metrics {
     fn new() -> Self {
         let mut registry = Registry::default();
         let requests = Family::<RequestLabels, Counter>::default();
-        let latency = Family::<LatencyLabels, Histogram, fn() -> Histogram>::new_with_constructor(latency_histogram);
-        let (watchers, revision, raft_term, raft_applied) = (Gauge::default(), Gauge::default(), Gauge::default(), Gauge::default());
-        registry.register("apiserver_request", "API requests by verb, resource and HTTP code", requests.clone());
-        registry.register("apiserver_request_duration_seconds", "Time to response headers, by verb and resource", latency.clone());
-        registry.register("apiserver_registered_watchers", "Open watch streams", watchers.clone());
-        registry.register("weft_store_revision", "Latest applied store revision on this member", revision.clone());
+        let latency = Family::<LatencyLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+            latency_histogram,
+        );
+        let (watchers, revision, raft_term, raft_applied) = (
+            Gauge::default(),
+            Gauge::default(),
+            Gauge::default(),
+            Gauge::default(),
+        );
+        registry.register(
+            "apiserver_request",
+            "API requests by verb, resource and HTTP code",
+            requests.clone(),
+        );
+        registry.register(
+            "apiserver_request_duration_seconds",
+            "Time to response headers, by verb and resource",
+            latency.clone(),
+        );
+        registry.register(
+            "apiserver_registered_watchers",
+            "Open watch streams",
+            watchers.clone(),
+        );
+        registry.register(
+            "weft_store_revision",
+            "Latest applied store revision on this member",
+            revision.clone(),
+        );
         registry.register("weft_raft_term", "Current Raft term", raft_term.clone());
-        registry.register("weft_raft_last_applied_index", "Last Raft log index applied to the state machine", raft_applied.clone());
-        Metrics { registry, requests, latency, watchers, revision, raft_term, raft_applied }
+        registry.register(
+            "weft_raft_last_applied_index",
+            "Last Raft log index applied to the state machine",
+            raft_applied.clone(),
+        );
+        Metrics {
+            registry,
+            requests,
+            latency,
+            watchers,
+            revision,
+            raft_term,
+            raft_applied,
+        }
     }
 }
 
@@ -120,7 +155,9 @@ impl std::ops::Deref for Api {
 }
 
 fn verb_of(method: &Method, query: &str) -> &'static str {
-    let watch = query.split('&').any(|kv| kv == "watch=true" || kv == "watch=1");
+    let watch = query
+        .split('&')
+        .any(|kv| kv == "watch=true" || kv == "watch=1");
     match *method {
         Method::GET if watch => "WATCH",
         Method::GET => "GET",
@@ -141,7 +178,9 @@ fn resource_label(path: &str) -> String {
         },
         Ok(Err(_)) => "discovery".into(),
         Err(_) => match path {
-            "/version" | "/healthz" | "/livez" | "/readyz" | "/metrics" | "/api" | "/apis" => path.to_string(),
+            "/version" | "/healthz" | "/livez" | "/readyz" | "/metrics" | "/api" | "/apis" => {
+                path.to_string()
+            }
             p if p.starts_with("/openapi") => "openapi".into(),
             p if p.starts_with("/internal/raft") => "raft".into(),
             _ => "other".into(),
@@ -153,7 +192,10 @@ async fn auth_and_metrics(State(api): State<Api>, req: Request, next: Next) -> R
     let start = Instant::now();
     let path = req.uri().path().to_string();
     let verb = verb_of(req.method(), req.uri().query().unwrap_or(""));
-    let public = matches!(path.as_str(), "/healthz" | "/livez" | "/readyz" | "/version");
+    let public = matches!(
+        path.as_str(),
+        "/healthz" | "/livez" | "/readyz" | "/version"
+    );
     let authorized = !api.authenticate
         || public
         || req
@@ -161,14 +203,32 @@ async fn auth_and_metrics(State(api): State<Api>, req: Request, next: Next) -> R
             .get(header::AUTHORIZATION)
             .and_then(|h| h.to_str().ok())
             .and_then(|h| h.strip_prefix("Bearer "))
-            .is_some_and(|t| api.tokens.iter().any(|want| security::token_matches(t.trim(), want)));
-    let resp = if authorized { next.run(req).await } else { status_response(&Status::unauthorized()) };
+            .is_some_and(|t| {
+                api.tokens
+                    .iter()
+                    .any(|want| security::token_matches(t.trim(), want))
+            });
+    let resp = if authorized {
+        next.run(req).await
+    } else {
+        status_response(&Status::unauthorized())
+    };
     let resource = resource_label(&path);
     api.metrics
         .requests
-        .get_or_create(&RequestLabels { verb: verb.into(), resource: resource.clone(), code: resp.status().as_u16().to_string() })
+        .get_or_create(&RequestLabels {
+            verb: verb.into(),
+            resource: resource.clone(),
+            code: resp.status().as_u16().to_string(),
+        })
         .inc();
-    api.metrics.latency.get_or_create(&LatencyLabels { verb: verb.into(), resource }).observe(start.elapsed().as_secs_f64());
+    api.metrics
+        .latency
+        .get_or_create(&LatencyLabels {
+            verb: verb.into(),
+            resource,
+        })
+        .observe(start.elapsed().as_secs_f64());
     resp
 }
 
@@ -190,7 +250,11 @@ async fn readyz(State(api): State<Api>) -> Response {
     if api.store.has_leader() {
         "ok".into_response()
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "[-]raft: no leader known\nreadyz check failed").into_response()
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "[-]raft: no leader known\nreadyz check failed",
+        )
+            .into_response()
     }
 }
 
@@ -200,23 +264,43 @@ async fn metrics(State(api): State<Api>) -> Response {
         let m = api.store.raft().metrics();
         let m = m.borrow();
         api.metrics.raft_term.set(m.current_term as i64);
-        api.metrics.raft_applied.set(m.last_applied.map(|l| l.index as i64).unwrap_or(0));
+        api.metrics
+            .raft_applied
+            .set(m.last_applied.map(|l| l.index as i64).unwrap_or(0));
     }
     let mut out = String::new();
     if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &api.metrics.registry) {
         tracing::error!("metrics encoding: {e}");
         return status_response(&Status::internal());
     }
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], out).into_response()
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        out,
+    )
+        .into_response()
 }
 
 fn discovery_response(core: bool, headers: &HeaderMap) -> Response {
-    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let accept = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
     if discovery::wants_aggregated(accept) {
         let body = discovery::aggregated(core).to_string();
-        return ([(header::CONTENT_TYPE, discovery::AGGREGATED_CONTENT_TYPE)], body).into_response();
+        return (
+            [(header::CONTENT_TYPE, discovery::AGGREGATED_CONTENT_TYPE)],
+            body,
+        )
+            .into_response();
     }
-    let doc = if core { discovery::legacy_versions("") } else { discovery::legacy_groups() };
+    let doc = if core {
+        discovery::legacy_versions("")
+    } else {
+        discovery::legacy_groups()
+    };
     json_response(StatusCode::OK, &doc, &[])
 }
 
@@ -245,7 +329,13 @@ async fn openapi_doc(uri: Uri) -> Response {
     }
 }
 
-async fn resources(State(api): State<Api>, method: Method, uri: Uri, headers: HeaderMap, body: Body) -> Response {
+async fn resources(
+    State(api): State<Api>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     let path = uri.path();
     if !(path.starts_with("/api/") || path.starts_with("/apis/")) {
         return status_response(&Status::no_route());
@@ -254,7 +344,15 @@ async fn resources(State(api): State<Api>, method: Method, uri: Uri, headers: He
         Ok(b) => b,
         Err(_) => return status_response(&Status::too_large(api.max_body)),
     };
-    handlers::dispatch(&api, &method, path, uri.query().unwrap_or(""), &headers, body).await
+    handlers::dispatch(
+        &api,
+        &method,
+        path,
+        uri.query().unwrap_or(""),
+        &headers,
+        body,
+    )
+    .await
 }
 
 async fn rpc_append(
@@ -264,7 +362,10 @@ async fn rpc_append(
     Json(api.store.raft().append_entries(req).await)
 }
 
-async fn rpc_vote(State(api): State<Api>, Json(req): Json<VoteRequest<NodeId>>) -> Json<Result<VoteResponse<NodeId>, RaftError<NodeId>>> {
+async fn rpc_vote(
+    State(api): State<Api>,
+    Json(req): Json<VoteRequest<NodeId>>,
+) -> Json<Result<VoteResponse<NodeId>, RaftError<NodeId>>> {
     Json(api.store.raft().vote(req).await)
 }
 
@@ -296,7 +397,10 @@ fn router(api: Api) -> Router {
         .route("/openapi/v3/{*gv}", get(openapi_doc))
         .merge(raft)
         .fallback(resources)
-        .layer(middleware::from_fn_with_state(api.clone(), auth_and_metrics))
+        .layer(middleware::from_fn_with_state(
+            api.clone(),
+            auth_and_metrics,
+        ))
         .with_state(api)
 }
 
@@ -355,7 +459,10 @@ async fn serve(
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error("cannot listen on {addr}: {source}")]
-    Listen { addr: SocketAddr, source: std::io::Error },
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Pki(#[from] security::PkiError),
     #[error("store: {0}")]
@@ -406,10 +513,27 @@ pub struct ControlPlane {
 impl ControlPlane {
     pub async fn start(cfg: ControlPlaneConfig) -> Result<ControlPlane, StartError> {
         // Bind first: with port 0 the URL (which Raft membership records) is only known now.
-        let listener = TcpListener::bind(cfg.listen).await.map_err(|source| StartError::Listen { addr: cfg.listen, source })?;
-        let addr = listener.local_addr().map_err(|source| StartError::Listen { addr: cfg.listen, source })?;
-        let host = if addr.ip().is_unspecified() { "127.0.0.1".to_string() } else { addr.ip().to_string() };
-        let host = if host.contains(':') { format!("[{host}]") } else { host };
+        let listener =
+            TcpListener::bind(cfg.listen)
+                .await
+                .map_err(|source| StartError::Listen {
+                    addr: cfg.listen,
+                    source,
+                })?;
+        let addr = listener.local_addr().map_err(|source| StartError::Listen {
+            addr: cfg.listen,
+            source,
+        })?;
+        let host = if addr.ip().is_unspecified() {
+            "127.0.0.1".to_string()
+        } else {
+            addr.ip().to_string()
+        };
+        let host = if host.contains(':') {
+            format!("[{host}]")
+        } else {
+            host
+        };
         let scheme = if cfg.insecure { "http" } else { "https" };
         let url = format!("{scheme}://{host}:{}", addr.port());
 
@@ -418,10 +542,18 @@ impl ControlPlane {
             tracing::warn!("--insecure: serving plain HTTP with no authentication on {addr}");
             (None, None)
         } else {
-            let mut sans: Vec<String> = ["localhost", "127.0.0.1", "::1", "kubernetes", "kubernetes.default", "kubernetes.default.svc", "kubernetes.default.svc.cluster.local"]
-                .iter()
-                .map(|s| s.to_string())
-                .collect();
+            let mut sans: Vec<String> = [
+                "localhost",
+                "127.0.0.1",
+                "::1",
+                "kubernetes",
+                "kubernetes.default",
+                "kubernetes.default.svc",
+                "kubernetes.default.svc.cluster.local",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
             if !addr.ip().is_unspecified() && !sans.contains(&addr.ip().to_string()) {
                 sans.push(addr.ip().to_string());
             }
@@ -433,7 +565,11 @@ impl ControlPlane {
         if let Some(ca) = &ca_pem {
             client = client.add_root_certificate(reqwest::Certificate::from_pem(ca.as_bytes())?);
         }
-        let members = if cfg.peers.is_empty() { BTreeMap::from([(cfg.node_id, url.clone())]) } else { cfg.peers.clone() };
+        let members = if cfg.peers.is_empty() {
+            BTreeMap::from([(cfg.node_id, url.clone())])
+        } else {
+            cfg.peers.clone()
+        };
         let store = Store::open(StoreConfig {
             dir: &cfg.data_dir.join("store"),
             node_id: cfg.node_id,
@@ -454,17 +590,32 @@ impl ControlPlane {
             max_body: MAX_BODY_BYTES,
         }));
         // Serve before the store is ready: peers reach this member's Raft over it.
-        let server = tokio::spawn(serve(router(api.clone()), listener, tls, shutdown_rx, Duration::from_secs(5)));
+        let server = tokio::spawn(serve(
+            router(api.clone()),
+            listener,
+            tls,
+            shutdown_rx,
+            Duration::from_secs(5),
+        ));
         api.store.wait_ready(cfg.ready_timeout).await?;
         handlers::bootstrap(&api).await?;
-        Ok(ControlPlane { api, addr, url, token, ca_pem, shutdown: shutdown_tx, server })
+        Ok(ControlPlane {
+            api,
+            addr,
+            url,
+            token,
+            ca_pem,
+            shutdown: shutdown_tx,
+            server,
+        })
     }
 
     /// A kubeconfig for the admin user.
     pub fn kubeconfig(&self) -> String {
         let mut cluster = json!({"server": self.url});
         if let Some(ca) = &self.ca_pem {
-            cluster["certificate-authority-data"] = json!(base64::engine::general_purpose::STANDARD.encode(ca));
+            cluster["certificate-authority-data"] =
+                json!(base64::engine::general_purpose::STANDARD.encode(ca));
         }
         let mut user = json!({});
         if self.ca_pem.is_some() {

@@ -19,14 +19,22 @@ impl PatchType {
             "application/merge-patch+json" => Some(PatchType::Merge),
             "application/json-patch+json" => Some(PatchType::Json),
             "application/strategic-merge-patch+json" => Some(PatchType::Strategic),
-            "application/apply-patch+yaml" | "application/apply-patch+json" => Some(PatchType::Apply),
+            "application/apply-patch+yaml" | "application/apply-patch+json" => {
+                Some(PatchType::Apply)
+            }
             _ => None,
         }
     }
 }
 
 fn bad_patch(msg: impl std::fmt::Display) -> Status {
-    Status::new(422, "Invalid", format!("the server rejected our request due to an error in our request: invalid patch: {msg}"))
+    Status::new(
+        422,
+        "Invalid",
+        format!(
+            "the server rejected our request due to an error in our request: invalid patch: {msg}"
+        ),
+    )
 }
 
 /// Applies `patch` (already parsed) to `original`.
@@ -40,11 +48,14 @@ pub fn apply(kind: PatchType, original: &Value, patch: &Value) -> Result<Value, 
             json_patch::merge(&mut doc, patch);
         }
         PatchType::Json => {
-            let ops: json_patch::Patch = serde_json::from_value(patch.clone()).map_err(bad_patch)?;
+            let ops: json_patch::Patch =
+                serde_json::from_value(patch.clone()).map_err(bad_patch)?;
             json_patch::patch(&mut doc, &ops).map_err(bad_patch)?;
         }
         PatchType::Strategic | PatchType::Apply => {
-            let p = patch.as_object().ok_or_else(|| bad_patch("a strategic merge patch must be a JSON object"))?;
+            let p = patch
+                .as_object()
+                .ok_or_else(|| bad_patch("a strategic merge patch must be a JSON object"))?;
             let Value::Object(map) = &mut doc else {
                 return Err(bad_patch("the target is not an object"));
             };
@@ -58,8 +69,14 @@ pub fn apply(kind: PatchType, original: &Value, patch: &Value) -> Result<Value, 
 /// `None` means the list is replaced wholesale.
 fn merge_key(field: &str, sample: Option<&Value>) -> Option<&'static str> {
     Some(match field {
-        "containers" | "initContainers" | "ephemeralContainers" | "env" | "volumes"
-        | "imagePullSecrets" | "resourceClaims" | "containerStatuses"
+        "containers"
+        | "initContainers"
+        | "ephemeralContainers"
+        | "env"
+        | "volumes"
+        | "imagePullSecrets"
+        | "resourceClaims"
+        | "containerStatuses"
         | "initContainerStatuses" => "name",
         "volumeMounts" => "mountPath",
         "volumeDevices" => "devicePath",
@@ -113,7 +130,9 @@ fn merge_map(target: &mut Map<String, Value>, patch: &Map<String, Value>) -> Res
             continue;
         }
         if let Some(field) = key.strip_prefix("$deleteFromPrimitiveList/") {
-            let remove = pv.as_array().ok_or_else(|| bad_patch(format!("{key} must be a list")))?;
+            let remove = pv
+                .as_array()
+                .ok_or_else(|| bad_patch(format!("{key} must be a list")))?;
             if let Some(Value::Array(list)) = target.get_mut(field) {
                 list.retain(|v| !remove.contains(v));
             }
@@ -148,7 +167,9 @@ fn merge_map(target: &mut Map<String, Value>, patch: &Map<String, Value>) -> Res
     }
     for (key, order) in patch {
         if let Some(field) = key.strip_prefix("$setElementOrder/") {
-            let order = order.as_array().ok_or_else(|| bad_patch(format!("{key} must be a list")))?;
+            let order = order
+                .as_array()
+                .ok_or_else(|| bad_patch(format!("{key} must be a list")))?;
             if let Some(Value::Array(list)) = target.get_mut(field) {
                 reorder(field, list, order);
             }
@@ -159,7 +180,10 @@ fn merge_map(target: &mut Map<String, Value>, patch: &Map<String, Value>) -> Res
 
 fn merge_list(field: &str, target: &mut Vec<Value>, patch: &[Value]) -> Result<(), Status> {
     // A `{"$patch": "replace"}` element replaces the whole list with the rest.
-    if patch.iter().any(|e| e.get("$patch").and_then(Value::as_str) == Some("replace")) {
+    if patch
+        .iter()
+        .any(|e| e.get("$patch").and_then(Value::as_str) == Some("replace"))
+    {
         *target = patch
             .iter()
             .filter(|e| e.get("$patch").is_none())
@@ -181,10 +205,14 @@ fn merge_list(field: &str, target: &mut Vec<Value>, patch: &[Value]) -> Result<(
     };
     for pe in patch {
         let Some(pobj) = pe.as_object() else {
-            return Err(bad_patch(format!("{field}: elements must be objects with merge key {mk:?}")));
+            return Err(bad_patch(format!(
+                "{field}: elements must be objects with merge key {mk:?}"
+            )));
         };
         let Some(kv) = pobj.get(mk) else {
-            return Err(bad_patch(format!("{field}: element is missing merge key {mk:?}")));
+            return Err(bad_patch(format!(
+                "{field}: element is missing merge key {mk:?}"
+            )));
         };
         let pos = target.iter().position(|t| t.get(mk) == Some(kv));
         let delete = pobj.get("$patch").and_then(Value::as_str) == Some("delete");
@@ -247,7 +275,9 @@ mod tests {
             "containers": [{"name": "web", "image": "nginx:2"}]}}}});
         let out = apply(PatchType::Strategic, &deploy(), &p).unwrap();
         assert_eq!(out["spec"]["replicas"], 3);
-        let cs = out["spec"]["template"]["spec"]["containers"].as_array().unwrap();
+        let cs = out["spec"]["template"]["spec"]["containers"]
+            .as_array()
+            .unwrap();
         assert_eq!(cs.len(), 2);
         assert_eq!(cs[0]["image"], "nginx:2");
         assert_eq!(cs[0]["env"][0]["name"], "A", "untouched fields survive");
@@ -261,7 +291,13 @@ mod tests {
         let out = apply(PatchType::Strategic, &deploy(), &p).unwrap();
         assert!(out["metadata"]["labels"].get("app").is_none());
         assert_eq!(out["metadata"]["finalizers"], json!(["a", "b"]));
-        assert_eq!(out["spec"]["template"]["spec"]["containers"].as_array().unwrap().len(), 1);
+        assert_eq!(
+            out["spec"]["template"]["spec"]["containers"]
+                .as_array()
+                .unwrap()
+                .len(),
+            1
+        );
         let p = json!({"metadata": {"$deleteFromPrimitiveList/finalizers": ["a"]}});
         let out = apply(PatchType::Strategic, &deploy(), &p).unwrap();
         assert_eq!(out["metadata"]["finalizers"], json!([]));
@@ -272,22 +308,43 @@ mod tests {
         let node = json!({"spec": {"taints": [{"key": "a", "effect": "NoSchedule"}]}});
         let p = json!({"spec": {"taints": [{"key": "b", "effect": "NoSchedule"}]}});
         let out = apply(PatchType::Strategic, &node, &p).unwrap();
-        assert_eq!(out["spec"]["taints"], json!([{"key": "b", "effect": "NoSchedule"}]));
+        assert_eq!(
+            out["spec"]["taints"],
+            json!([{"key": "b", "effect": "NoSchedule"}])
+        );
     }
 
     #[test]
     fn strategic_rejects_elements_without_merge_key() {
         let p = json!({"spec": {"template": {"spec": {"containers": [{"image": "x"}]}}}});
-        assert_eq!(apply(PatchType::Strategic, &deploy(), &p).unwrap_err().code, 422);
+        assert_eq!(
+            apply(PatchType::Strategic, &deploy(), &p).unwrap_err().code,
+            422
+        );
     }
 
     #[test]
     fn merge_and_json_patch() {
-        let out = apply(PatchType::Merge, &deploy(), &json!({"spec": {"replicas": 5}})).unwrap();
+        let out = apply(
+            PatchType::Merge,
+            &deploy(),
+            &json!({"spec": {"replicas": 5}}),
+        )
+        .unwrap();
         assert_eq!(out["spec"]["replicas"], 5);
-        let out = apply(PatchType::Json, &deploy(), &json!([{"op": "replace", "path": "/spec/replicas", "value": 7}])).unwrap();
+        let out = apply(
+            PatchType::Json,
+            &deploy(),
+            &json!([{"op": "replace", "path": "/spec/replicas", "value": 7}]),
+        )
+        .unwrap();
         assert_eq!(out["spec"]["replicas"], 7);
-        let err = apply(PatchType::Json, &deploy(), &json!([{"op": "replace", "path": "/nope/x", "value": 1}])).unwrap_err();
+        let err = apply(
+            PatchType::Json,
+            &deploy(),
+            &json!([{"op": "replace", "path": "/nope/x", "value": 1}]),
+        )
+        .unwrap_err();
         assert_eq!(err.code, 422);
         assert!(apply(PatchType::Merge, &deploy(), &json!([1])).is_err());
     }

@@ -15,7 +15,10 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 #[derive(Debug, thiserror::Error)]
 pub enum PkiError {
     #[error("pki I/O at {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("certificate generation: {0}")]
     Rcgen(#[from] rcgen::Error),
     #[error("tls: {0}")]
@@ -36,7 +39,10 @@ fn read(path: &Path) -> Result<Option<String>, PkiError> {
     match fs::read_to_string(path) {
         Ok(s) => Ok(Some(s)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(PkiError::Io { path: path.into(), source: e }),
+        Err(e) => Err(PkiError::Io {
+            path: path.into(),
+            source: e,
+        }),
     }
 }
 
@@ -44,12 +50,21 @@ fn read(path: &Path) -> Result<Option<String>, PkiError> {
 pub fn write_private(path: &Path, contents: &str) -> Result<(), PkiError> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let io = |e| PkiError::Io { path: path.into(), source: e };
+    let io = |e| PkiError::Io {
+        path: path.into(),
+        source: e,
+    };
     if let Some(dir) = path.parent() {
         fs::create_dir_all(dir).map_err(io)?;
     }
     let tmp = path.with_extension("tmp");
-    let mut f = fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp).map_err(io)?;
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(io)?;
     f.write_all(contents.as_bytes()).map_err(io)?;
     f.sync_all().map_err(io)?;
     fs::rename(&tmp, path).map_err(io)
@@ -61,7 +76,11 @@ fn ca_params() -> Result<CertificateParams, rcgen::Error> {
     dn.push(DnType::CommonName, "weft-ca");
     p.distinguished_name = dn;
     p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    p.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
     p.not_before = rcgen::date_time_ymd(2024, 1, 1);
     p.not_after = rcgen::date_time_ymd(2124, 1, 1);
     Ok(p)
@@ -71,7 +90,11 @@ fn ca_params() -> Result<CertificateParams, rcgen::Error> {
 /// certificate whenever the wanted subject names change.
 pub fn ensure_pki(dir: &Path, sans: &[String]) -> Result<Pki, PkiError> {
     let (ca_crt, ca_key) = (dir.join("ca.crt"), dir.join("ca.key"));
-    let (crt, key, sans_file) = (dir.join("server.crt"), dir.join("server.key"), dir.join("server.sans"));
+    let (crt, key, sans_file) = (
+        dir.join("server.crt"),
+        dir.join("server.key"),
+        dir.join("server.sans"),
+    );
 
     let (ca_pem, ca_keypair) = match (read(&ca_crt)?, read(&ca_key)?) {
         (Some(c), Some(k)) => (c, KeyPair::from_pem(&k)?),
@@ -88,7 +111,11 @@ pub fn ensure_pki(dir: &Path, sans: &[String]) -> Result<Pki, PkiError> {
     if let (Some(c), Some(k), Some(s)) = (read(&crt)?, read(&key)?, read(&sans_file)?)
         && s == wanted
     {
-        return Ok(Pki { ca_pem, cert_pem: c, key_pem: k });
+        return Ok(Pki {
+            ca_pem,
+            cert_pem: c,
+            key_pem: k,
+        });
     }
     // Same DN and key as the stored CA, so what it signs chains to ca.crt.
     let issuer = ca_params()?.self_signed(&ca_keypair)?;
@@ -96,7 +123,10 @@ pub fn ensure_pki(dir: &Path, sans: &[String]) -> Result<Pki, PkiError> {
     let mut dn = DistinguishedName::new();
     dn.push(DnType::CommonName, "weft-apiserver");
     p.distinguished_name = dn;
-    p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+    p.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
     p.not_before = rcgen::date_time_ymd(2024, 1, 1);
     p.not_after = rcgen::date_time_ymd(2124, 1, 1);
     let kp = KeyPair::generate()?;
@@ -104,12 +134,17 @@ pub fn ensure_pki(dir: &Path, sans: &[String]) -> Result<Pki, PkiError> {
     write_private(&key, &kp.serialize_pem())?;
     write_private(&crt, &cert.pem())?;
     write_private(&sans_file, &wanted)?;
-    Ok(Pki { ca_pem, cert_pem: cert.pem(), key_pem: kp.serialize_pem() })
+    Ok(Pki {
+        ca_pem,
+        cert_pem: cert.pem(),
+        key_pem: kp.serialize_pem(),
+    })
 }
 
 /// A rustls server config speaking HTTP/1.1 (what kubectl uses).
 pub fn server_config(pki: &Pki) -> Result<Arc<rustls::ServerConfig>, PkiError> {
-    let certs = CertificateDer::pem_slice_iter(pki.cert_pem.as_bytes()).collect::<Result<Vec<_>, _>>()?;
+    let certs =
+        CertificateDer::pem_slice_iter(pki.cert_pem.as_bytes()).collect::<Result<Vec<_>, _>>()?;
     let key = PrivateKeyDer::from_pem_slice(pki.key_pem.as_bytes())?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
@@ -149,12 +184,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let a = ensure_pki(dir.path(), &["127.0.0.1".into(), "localhost".into()]).unwrap();
         let b = ensure_pki(dir.path(), &["127.0.0.1".into(), "localhost".into()]).unwrap();
-        assert_eq!(a.cert_pem, b.cert_pem, "unchanged names reuse the certificate");
+        assert_eq!(
+            a.cert_pem, b.cert_pem,
+            "unchanged names reuse the certificate"
+        );
         let c = ensure_pki(dir.path(), &["127.0.0.2".into()]).unwrap();
         assert_eq!(a.ca_pem, c.ca_pem, "the CA survives");
         assert_ne!(a.cert_pem, c.cert_pem);
         server_config(&c).unwrap();
-        let mode = std::fs::metadata(dir.path().join("ca.key")).unwrap().permissions();
+        let mode = std::fs::metadata(dir.path().join("ca.key"))
+            .unwrap()
+            .permissions();
         use std::os::unix::fs::PermissionsExt;
         assert_eq!(mode.mode() & 0o777, 0o600);
     }

@@ -33,7 +33,10 @@ fn split_top(s: &str) -> Vec<&str> {
         }
     }
     out.push(&s[start..]);
-    out.into_iter().map(str::trim).filter(|p| !p.is_empty()).collect()
+    out.into_iter()
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .collect()
 }
 
 fn parse_set(key: &str, rest: &str, raw: &str) -> Result<(String, Vec<String>), Status> {
@@ -90,12 +93,21 @@ impl LabelSelector {
                 reqs.push(LabelReq::Eq(k.clone(), v.as_str()?.to_string()));
             }
         }
-        for e in sel.get("matchExpressions").and_then(Value::as_array).into_iter().flatten() {
+        for e in sel
+            .get("matchExpressions")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
             let key = e.get("key")?.as_str()?.to_string();
             let values: Vec<String> = e
                 .get("values")
                 .and_then(Value::as_array)
-                .map(|a| a.iter().filter_map(|v| v.as_str().map(String::from)).collect())
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|v| v.as_str().map(String::from))
+                        .collect()
+                })
                 .unwrap_or_default();
             reqs.push(match e.get("operator")?.as_str()? {
                 "In" => LabelReq::In(key, values),
@@ -113,7 +125,9 @@ impl LabelSelector {
     }
 
     pub fn matches(&self, object: &Value) -> bool {
-        let labels = object.pointer("/metadata/labels").and_then(Value::as_object);
+        let labels = object
+            .pointer("/metadata/labels")
+            .and_then(Value::as_object);
         let get = |k: &str| labels.and_then(|l| l.get(k)).and_then(Value::as_str);
         self.0.iter().all(|r| match r {
             LabelReq::Eq(k, v) => get(k) == Some(v.as_str()),
@@ -213,7 +227,11 @@ impl FieldSelector {
 
 /// The string form of a selectable field; absent fields read as "".
 fn field_value(object: &Value, field: &str) -> String {
-    let path = if field == "source" { "source.component" } else { field };
+    let path = if field == "source" {
+        "source.component"
+    } else {
+        field
+    };
     let mut cur = object;
     for seg in path.split('.') {
         match cur.get(seg) {
@@ -254,7 +272,11 @@ mod tests {
             ("app=web,tier=back", false),
             ("missing notin (x)", true),
         ] {
-            assert_eq!(LabelSelector::parse(sel).unwrap().matches(&p), want, "{sel}");
+            assert_eq!(
+                LabelSelector::parse(sel).unwrap().matches(&p),
+                want,
+                "{sel}"
+            );
         }
         assert!(LabelSelector::parse("app in web").is_err());
     }
@@ -262,7 +284,8 @@ mod tests {
     #[test]
     fn label_selector_from_object() {
         let sel = LabelSelector::from_object(&json!({"matchLabels": {"app": "web"},
-            "matchExpressions": [{"key": "tier", "operator": "In", "values": ["front"]}]})).unwrap();
+            "matchExpressions": [{"key": "tier", "operator": "In", "values": ["front"]}]}))
+        .unwrap();
         assert!(sel.matches(&pod(json!({"app": "web", "tier": "front"}))));
         assert!(!sel.matches(&pod(json!({"app": "web"}))));
     }
@@ -279,6 +302,10 @@ mod tests {
         assert_eq!(err.code, 400);
         assert!(err.message.contains("spec.bogus"));
         let ev = json!({"involvedObject": {"namespace": ""}, "source": {"component": "kubelet"}});
-        assert!(FieldSelector::parse("involvedObject.namespace=,source=kubelet", "Event").unwrap().matches(&ev));
+        assert!(
+            FieldSelector::parse("involvedObject.namespace=,source=kubelet", "Event")
+                .unwrap()
+                .matches(&ev)
+        );
     }
 }

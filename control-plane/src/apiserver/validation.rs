@@ -2,10 +2,10 @@
 //! are found by round-tripping) and semantic validation that yields 422s
 //! naming the offending field.
 
-use weft_api::k8s_openapi::api::{apps, autoscaling, batch, coordination, core, discovery, node};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
+use weft_api::k8s_openapi::api::{apps, autoscaling, batch, coordination, core, discovery, node};
 use weft_api::{Cause, Resource, Status};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,7 +83,9 @@ fn normalize_quantities(v: &mut Value, parent_key: &str) {
                 }
             }
         }
-        Value::Array(a) => a.iter_mut().for_each(|c| normalize_quantities(c, parent_key)),
+        Value::Array(a) => a
+            .iter_mut()
+            .for_each(|c| normalize_quantities(c, parent_key)),
         _ => {}
     }
 }
@@ -93,7 +95,11 @@ fn unknown_fields(input: &Value, typed: &Value, path: &str, out: &mut Vec<String
     match (input, typed) {
         (Value::Object(i), Value::Object(t)) => {
             for (k, iv) in i {
-                let p = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
+                let p = if path.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{path}.{k}")
+                };
                 match t.get(k) {
                     Some(tv) => unknown_fields(iv, tv, &p, out),
                     None if iv.is_null() => {}
@@ -112,20 +118,38 @@ fn unknown_fields(input: &Value, typed: &Value, path: &str, out: &mut Vec<String
 
 /// Decodes a body into its kind. Returns the canonical object and any
 /// warnings (unknown fields under `Warn`).
-pub fn decode(kind: &str, mut object: Value, fv: FieldValidation) -> Result<(Value, Vec<String>), Status> {
+pub fn decode(
+    kind: &str,
+    mut object: Value,
+    fv: FieldValidation,
+) -> Result<(Value, Vec<String>), Status> {
     normalize_quantities(&mut object, "");
     let typed = typed_roundtrip(kind, object.clone()).map_err(|e| {
-        Status::bad_request(format!("{kind} in version \"v1\" cannot be handled as a {kind}: {e}"))
+        Status::bad_request(format!(
+            "{kind} in version \"v1\" cannot be handled as a {kind}: {e}"
+        ))
     })?;
     let mut unknown = Vec::new();
     if fv != FieldValidation::Ignore {
         unknown_fields(&object, &typed, "", &mut unknown);
     }
     if fv == FieldValidation::Strict && !unknown.is_empty() {
-        let list = unknown.iter().map(|f| format!("unknown field {f:?}")).collect::<Vec<_>>().join(", ");
-        return Err(Status::bad_request(format!("strict decoding error: {list}")));
+        let list = unknown
+            .iter()
+            .map(|f| format!("unknown field {f:?}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        return Err(Status::bad_request(format!(
+            "strict decoding error: {list}"
+        )));
     }
-    Ok((typed, unknown.into_iter().map(|f| format!("unknown field {f:?}")).collect()))
+    Ok((
+        typed,
+        unknown
+            .into_iter()
+            .map(|f| format!("unknown field {f:?}"))
+            .collect(),
+    ))
 }
 
 const DNS1123_LABEL_MSG: &str = "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character (e.g. 'my-name',  or '123-abc', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?')";
@@ -134,7 +158,8 @@ const DNS1123_SUBDOMAIN_MSG: &str = "a lowercase RFC 1123 subdomain must consist
 pub fn is_dns1123_label(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
-        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !s.starts_with('-')
         && !s.ends_with('-')
 }
@@ -148,11 +173,19 @@ pub fn name_problem(resource: &Resource, name: &str) -> Option<String> {
     let label_only = matches!(resource.kind, "Namespace" | "Service");
     if label_only {
         (!is_dns1123_label(name)).then(|| {
-            if name.len() > 63 { "must be no more than 63 characters".to_string() } else { DNS1123_LABEL_MSG.to_string() }
+            if name.len() > 63 {
+                "must be no more than 63 characters".to_string()
+            } else {
+                DNS1123_LABEL_MSG.to_string()
+            }
         })
     } else {
         (!is_dns1123_subdomain(name)).then(|| {
-            if name.len() > 253 { "must be no more than 253 characters".to_string() } else { DNS1123_SUBDOMAIN_MSG.to_string() }
+            if name.len() > 253 {
+                "must be no more than 253 characters".to_string()
+            } else {
+                DNS1123_SUBDOMAIN_MSG.to_string()
+            }
         })
     }
 }
@@ -164,7 +197,9 @@ fn qualified_name_ok(s: &str) -> bool {
     };
     let name_ok = !name.is_empty()
         && name.len() <= 63
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
         && name.as_bytes()[0].is_ascii_alphanumeric()
         && name.as_bytes()[name.len() - 1].is_ascii_alphanumeric();
     name_ok && prefix.is_none_or(is_dns1123_subdomain)
@@ -173,7 +208,8 @@ fn qualified_name_ok(s: &str) -> bool {
 fn label_value_ok(s: &str) -> bool {
     s.is_empty()
         || (s.len() <= 63
-            && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
             && s.as_bytes()[0].is_ascii_alphanumeric()
             && s.as_bytes()[s.len() - 1].is_ascii_alphanumeric())
 }
@@ -199,7 +235,11 @@ fn validate_meta(meta: &Value, path: &str, causes: &mut Vec<Cause>) {
             }
         }
         if total > 256 * 1024 {
-            causes.push(Cause::new("FieldValueTooLong", format!("{path}.annotations"), "Too long: must have at most 262144 bytes"));
+            causes.push(Cause::new(
+                "FieldValueTooLong",
+                format!("{path}.annotations"),
+                "Too long: must have at most 262144 bytes",
+            ));
         }
     }
 }
@@ -210,25 +250,56 @@ fn validate_pod_spec(spec: &Value, path: &str, causes: &mut Vec<Cause>) {
         causes.push(Cause::required(format!("{path}.containers")));
     }
     let mut seen = Vec::new();
-    for (field, list) in [("initContainers", spec.get("initContainers")), ("containers", spec.get("containers"))] {
-        for (i, c) in list.and_then(Value::as_array).into_iter().flatten().enumerate() {
+    for (field, list) in [
+        ("initContainers", spec.get("initContainers")),
+        ("containers", spec.get("containers")),
+    ] {
+        for (i, c) in list
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .enumerate()
+        {
             let cp = format!("{path}.{field}[{i}]");
             let name = c.get("name").and_then(Value::as_str).unwrap_or("");
             if name.is_empty() {
                 causes.push(Cause::required(format!("{cp}.name")));
             } else if !is_dns1123_label(name) {
-                causes.push(Cause::invalid_value(format!("{cp}.name"), name, DNS1123_LABEL_MSG));
+                causes.push(Cause::invalid_value(
+                    format!("{cp}.name"),
+                    name,
+                    DNS1123_LABEL_MSG,
+                ));
             } else if seen.contains(&name) {
-                causes.push(Cause::new("FieldValueDuplicate", format!("{cp}.name"), format!("Duplicate value: {name:?}")));
+                causes.push(Cause::new(
+                    "FieldValueDuplicate",
+                    format!("{cp}.name"),
+                    format!("Duplicate value: {name:?}"),
+                ));
             }
             seen.push(name);
-            if c.get("image").and_then(Value::as_str).unwrap_or("").trim().is_empty() {
+            if c.get("image")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .trim()
+                .is_empty()
+            {
                 causes.push(Cause::required(format!("{cp}.image")));
             }
-            for (j, p) in c.get("ports").and_then(Value::as_array).into_iter().flatten().enumerate() {
+            for (j, p) in c
+                .get("ports")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .enumerate()
+            {
                 let port = p.get("containerPort").and_then(Value::as_i64).unwrap_or(0);
                 if !(1..=65535).contains(&port) {
-                    causes.push(Cause::invalid_value(format!("{cp}.ports[{j}].containerPort"), &port.to_string(), "must be between 1 and 65535, inclusive"));
+                    causes.push(Cause::invalid_value(
+                        format!("{cp}.ports[{j}].containerPort"),
+                        &port.to_string(),
+                        "must be between 1 and 65535, inclusive",
+                    ));
                 }
             }
         }
@@ -236,7 +307,13 @@ fn validate_pod_spec(spec: &Value, path: &str, causes: &mut Vec<Cause>) {
     if let Some(rp) = spec.get("restartPolicy").and_then(Value::as_str)
         && !matches!(rp, "Always" | "OnFailure" | "Never")
     {
-        causes.push(Cause::new("FieldValueNotSupported", format!("{path}.restartPolicy"), format!("Unsupported value: {rp:?}: supported values: \"Always\", \"OnFailure\", \"Never\"")));
+        causes.push(Cause::new(
+            "FieldValueNotSupported",
+            format!("{path}.restartPolicy"),
+            format!(
+                "Unsupported value: {rp:?}: supported values: \"Always\", \"OnFailure\", \"Never\""
+            ),
+        ));
     }
 }
 
@@ -245,20 +322,41 @@ fn validate_workload(spec: &Value, path: &str, causes: &mut Vec<Cause>, selector
     if let Some(r) = spec.get("replicas").and_then(Value::as_i64)
         && r < 0
     {
-        causes.push(Cause::invalid_value(format!("{path}.replicas"), &r.to_string(), "must be greater than or equal to 0"));
+        causes.push(Cause::invalid_value(
+            format!("{path}.replicas"),
+            &r.to_string(),
+            "must be greater than or equal to 0",
+        ));
     }
     match spec.get("selector") {
         None if selector_required => causes.push(Cause::required(format!("{path}.selector"))),
         None => {}
         Some(sel) => {
-            let empty = sel.get("matchLabels").and_then(Value::as_object).is_none_or(|m| m.is_empty())
-                && sel.get("matchExpressions").and_then(Value::as_array).is_none_or(|m| m.is_empty());
+            let empty = sel
+                .get("matchLabels")
+                .and_then(Value::as_object)
+                .is_none_or(|m| m.is_empty())
+                && sel
+                    .get("matchExpressions")
+                    .and_then(Value::as_array)
+                    .is_none_or(|m| m.is_empty());
             if empty {
-                causes.push(Cause::invalid_value(format!("{path}.selector"), "{}", "empty selector is invalid for deployment"));
+                causes.push(Cause::invalid_value(
+                    format!("{path}.selector"),
+                    "{}",
+                    "empty selector is invalid for deployment",
+                ));
             } else if let Some(s) = super::selectors::LabelSelector::from_object(sel) {
                 let template = spec.get("template").cloned().unwrap_or(Value::Null);
                 if !s.matches(&template) {
-                    causes.push(Cause::invalid_value(format!("{path}.template.metadata.labels"), &template.pointer("/metadata/labels").map(Value::to_string).unwrap_or_default(), "`selector` does not match template `labels`"));
+                    causes.push(Cause::invalid_value(
+                        format!("{path}.template.metadata.labels"),
+                        &template
+                            .pointer("/metadata/labels")
+                            .map(Value::to_string)
+                            .unwrap_or_default(),
+                        "`selector` does not match template `labels`",
+                    ));
                 }
             }
         }
@@ -268,19 +366,33 @@ fn validate_workload(spec: &Value, path: &str, causes: &mut Vec<Cause>, selector
             if let Some(m) = t.get("metadata") {
                 validate_meta(m, &format!("{path}.template.metadata"), causes);
             }
-            validate_pod_spec(t.get("spec").unwrap_or(&Value::Null), &format!("{path}.template.spec"), causes);
+            validate_pod_spec(
+                t.get("spec").unwrap_or(&Value::Null),
+                &format!("{path}.template.spec"),
+                causes,
+            );
         }
         None => causes.push(Cause::required(format!("{path}.template"))),
     }
 }
 
 fn validate_service(spec: &Value, causes: &mut Vec<Cause>) {
-    let ty = spec.get("type").and_then(Value::as_str).unwrap_or("ClusterIP");
-    if !matches!(ty, "ClusterIP" | "NodePort" | "LoadBalancer" | "ExternalName") {
+    let ty = spec
+        .get("type")
+        .and_then(Value::as_str)
+        .unwrap_or("ClusterIP");
+    if !matches!(
+        ty,
+        "ClusterIP" | "NodePort" | "LoadBalancer" | "ExternalName"
+    ) {
         causes.push(Cause::new("FieldValueNotSupported", "spec.type", format!("Unsupported value: {ty:?}: supported values: \"ClusterIP\", \"ExternalName\", \"LoadBalancer\", \"NodePort\"")));
     }
     let headless = spec.get("clusterIP").and_then(Value::as_str) == Some("None");
-    let ports = spec.get("ports").and_then(Value::as_array).cloned().unwrap_or_default();
+    let ports = spec
+        .get("ports")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
     if ports.is_empty() && !headless && ty != "ExternalName" {
         causes.push(Cause::required("spec.ports"));
     }
@@ -288,24 +400,40 @@ fn validate_service(spec: &Value, causes: &mut Vec<Cause>) {
     for (i, p) in ports.iter().enumerate() {
         let port = p.get("port").and_then(Value::as_i64).unwrap_or(0);
         if !(1..=65535).contains(&port) {
-            causes.push(Cause::invalid_value(format!("spec.ports[{i}].port"), &port.to_string(), "must be between 1 and 65535, inclusive"));
+            causes.push(Cause::invalid_value(
+                format!("spec.ports[{i}].port"),
+                &port.to_string(),
+                "must be between 1 and 65535, inclusive",
+            ));
         }
         let name = p.get("name").and_then(Value::as_str).unwrap_or("");
         if ports.len() > 1 && name.is_empty() {
             causes.push(Cause::required(format!("spec.ports[{i}].name")));
         }
         if !name.is_empty() && names.contains(&name) {
-            causes.push(Cause::new("FieldValueDuplicate", format!("spec.ports[{i}].name"), format!("Duplicate value: {name:?}")));
+            causes.push(Cause::new(
+                "FieldValueDuplicate",
+                format!("spec.ports[{i}].name"),
+                format!("Duplicate value: {name:?}"),
+            ));
         }
         names.push(name);
     }
 }
 
 fn validate_data_keys(obj: &Value, field: &str, causes: &mut Vec<Cause>) {
-    for k in obj.get(field).and_then(Value::as_object).into_iter().flat_map(|m| m.keys()) {
-        let ok = !k.is_empty() && k.len() <= 253 && k.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    for k in obj
+        .get(field)
+        .and_then(Value::as_object)
+        .into_iter()
+        .flat_map(|m| m.keys())
+    {
+        let ok = !k.is_empty()
+            && k.len() <= 253
+            && k.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
         if !ok {
-            causes.push(Cause::invalid_value(format!("{field}"), k, "a valid config key must consist of alphanumeric characters, '-', '_' or '.' (e.g. 'key.name',  or 'KEY_NAME',  or 'key-name', regex used for validation is '[-._a-zA-Z0-9]+')"));
+            causes.push(Cause::invalid_value(field, k, "a valid config key must consist of alphanumeric characters, '-', '_' or '.' (e.g. 'key.name',  or 'KEY_NAME',  or 'key-name', regex used for validation is '[-._a-zA-Z0-9]+')"));
         }
     }
 }
@@ -313,26 +441,54 @@ fn validate_data_keys(obj: &Value, field: &str, causes: &mut Vec<Cause>) {
 /// Semantic validation of a decoded, defaulted object. 422 with every cause.
 pub fn validate(resource: &Resource, obj: &Value) -> Result<(), Status> {
     let mut causes = Vec::new();
-    let name = obj.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("");
+    let name = obj
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or("");
     if name.is_empty() {
-        causes.push(Cause::new("FieldValueRequired", "metadata.name", "Required value: name or generateName is required"));
+        causes.push(Cause::new(
+            "FieldValueRequired",
+            "metadata.name",
+            "Required value: name or generateName is required",
+        ));
     } else if let Some(why) = name_problem(resource, name) {
         causes.push(Cause::invalid_value("metadata.name", name, &why));
     }
-    validate_meta(obj.get("metadata").unwrap_or(&Value::Null), "metadata", &mut causes);
+    validate_meta(
+        obj.get("metadata").unwrap_or(&Value::Null),
+        "metadata",
+        &mut causes,
+    );
     let spec = obj.get("spec").unwrap_or(&Value::Null);
     match resource.kind {
         "Pod" => validate_pod_spec(spec, "spec", &mut causes),
-        "Deployment" | "ReplicaSet" | "DaemonSet" => validate_workload(spec, "spec", &mut causes, true),
+        "Deployment" | "ReplicaSet" | "DaemonSet" => {
+            validate_workload(spec, "spec", &mut causes, true)
+        }
         "Job" => {
             validate_workload(spec, "spec", &mut causes, false);
-            let rp = spec.pointer("/template/spec/restartPolicy").and_then(Value::as_str).unwrap_or("Always");
+            let rp = spec
+                .pointer("/template/spec/restartPolicy")
+                .and_then(Value::as_str)
+                .unwrap_or("Always");
             if !matches!(rp, "OnFailure" | "Never") {
-                causes.push(Cause::new("FieldValueNotSupported", "spec.template.spec.restartPolicy", format!("Unsupported value: {rp:?}: supported values: \"OnFailure\", \"Never\"")));
+                causes.push(Cause::new(
+                    "FieldValueNotSupported",
+                    "spec.template.spec.restartPolicy",
+                    format!(
+                        "Unsupported value: {rp:?}: supported values: \"OnFailure\", \"Never\""
+                    ),
+                ));
             }
         }
         "CronJob" => {
-            if spec.get("schedule").and_then(Value::as_str).unwrap_or("").trim().is_empty() {
+            if spec
+                .get("schedule")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .trim()
+                .is_empty()
+            {
                 causes.push(Cause::required("spec.schedule"));
             }
             match spec.pointer("/jobTemplate/spec") {
@@ -344,20 +500,31 @@ pub fn validate(resource: &Resource, obj: &Value) -> Result<(), Status> {
         "ConfigMap" | "Secret" => {
             validate_data_keys(obj, "data", &mut causes);
             validate_data_keys(obj, "binaryData", &mut causes);
-            let size = serde_json::to_vec(obj.get("data").unwrap_or(&Value::Null)).map_or(0, |v| v.len())
-                + serde_json::to_vec(obj.get("binaryData").unwrap_or(&Value::Null)).map_or(0, |v| v.len());
+            let size = serde_json::to_vec(obj.get("data").unwrap_or(&Value::Null))
+                .map_or(0, |v| v.len())
+                + serde_json::to_vec(obj.get("binaryData").unwrap_or(&Value::Null))
+                    .map_or(0, |v| v.len());
             if size > 1024 * 1024 {
-                causes.push(Cause::new("FieldValueTooLong", "data", "Too long: must have at most 1048576 bytes"));
+                causes.push(Cause::new(
+                    "FieldValueTooLong",
+                    "data",
+                    "Too long: must have at most 1048576 bytes",
+                ));
             }
         }
-        "Event" => {
-            if obj.pointer("/involvedObject/name").is_none() && obj.pointer("/regarding/name").is_none() {
-                causes.push(Cause::required("involvedObject"));
-            }
+        "Event"
+            if obj.pointer("/involvedObject/name").is_none()
+                && obj.pointer("/regarding/name").is_none() =>
+        {
+            causes.push(Cause::required("involvedObject"));
         }
         _ => {}
     }
-    if causes.is_empty() { Ok(()) } else { Err(Status::invalid(resource.kind, name, causes)) }
+    if causes.is_empty() {
+        Ok(())
+    } else {
+        Err(Status::invalid(resource.kind, name, causes))
+    }
 }
 
 #[cfg(test)]
@@ -372,7 +539,11 @@ mod tests {
             "spec": {"containers": [{"name": "c", "image": "i", "bogus": 1}], "alsoBogus": true}});
         let err = decode("Pod", pod.clone(), FieldValidation::Strict).unwrap_err();
         assert_eq!(err.code, 400);
-        assert!(err.message.contains("spec.containers[0].bogus"), "{}", err.message);
+        assert!(
+            err.message.contains("spec.containers[0].bogus"),
+            "{}",
+            err.message
+        );
         assert!(err.message.contains("spec.alsoBogus"));
         let (clean, warnings) = decode("Pod", pod, FieldValidation::Warn).unwrap();
         assert_eq!(warnings.len(), 2);
@@ -392,7 +563,10 @@ mod tests {
         let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"},
             "spec": {"containers": [{"name": "c", "image": "i", "resources": {"limits": {"cpu": 1}}}]}});
         let (clean, _) = decode("Pod", pod, FieldValidation::Strict).unwrap();
-        assert_eq!(clean["spec"]["containers"][0]["resources"]["limits"]["cpu"], "1");
+        assert_eq!(
+            clean["spec"]["containers"][0]["resources"]["limits"]["cpu"],
+            "1"
+        );
     }
 
     #[test]
@@ -416,7 +590,13 @@ mod tests {
                      "template": {"metadata": {"labels": {"app": "b"}}, "spec": {"containers": [{"name": "c"}]}}}});
         let err = validate(d, &obj).unwrap_err();
         assert_eq!(err.code, 422);
-        let fields: Vec<_> = err.details.unwrap().causes.into_iter().map(|c| c.field).collect();
+        let fields: Vec<_> = err
+            .details
+            .unwrap()
+            .causes
+            .into_iter()
+            .map(|c| c.field)
+            .collect();
         assert!(fields.contains(&"metadata.labels".to_string()));
         assert!(fields.contains(&"spec.template.metadata.labels".to_string()));
         assert!(fields.contains(&"spec.template.spec.containers[0].image".to_string()));

@@ -83,7 +83,10 @@ impl Encoder {
 
     fn object(&self, ty: EventType, o: &Value) -> Bytes {
         if self.table {
-            let rv = o.pointer("/metadata/resourceVersion").and_then(Value::as_str).unwrap_or("");
+            let rv = o
+                .pointer("/metadata/resourceVersion")
+                .and_then(Value::as_str)
+                .unwrap_or("");
             let t = table::render(self.kind, &[o], rv, None, &self.include, false);
             return self.line(ty.as_str(), t.to_string().as_bytes());
         }
@@ -108,23 +111,37 @@ pub async fn serve(ctx: &Ctx<'_>) -> ApiResult {
     let res = ctx.target.res;
     let labels = LabelSelector::parse(ctx.query.label_selector.as_deref().unwrap_or(""))?;
     let fields = FieldSelector::parse(ctx.query.field_selector.as_deref().unwrap_or(""), res.kind)?;
-    let accept = ctx.headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let accept = ctx
+        .headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
     let enc = Encoder {
         kind: res.kind,
         api_version: res.api_version(),
         table: table::wants_table(accept),
-        include: ctx.query.include_object.clone().unwrap_or_else(|| "Metadata".into()),
+        include: ctx
+            .query
+            .include_object
+            .clone()
+            .unwrap_or_else(|| "Metadata".into()),
     };
     let initial_events = ctx.query.send_initial_events == Some(true);
-    let rv = ctx.query.resource_version.as_deref().filter(|s| !s.is_empty() && *s != "0");
+    let rv = ctx
+        .query
+        .resource_version
+        .as_deref()
+        .filter(|s| !s.is_empty() && *s != "0");
 
     // Without a revision (or with sendInitialEvents) the watch starts with the
     // current state as synthetic ADDED events, then continues from that snapshot.
     let mut initial = Vec::new();
     let from = match rv {
-        Some(rv) if !initial_events => rv
-            .parse::<u64>()
-            .map_err(|_| Status::bad_request(format!("invalid resourceVersion {rv:?}: must be a decimal revision")))?,
+        Some(rv) if !initial_events => rv.parse::<u64>().map_err(|_| {
+            Status::bad_request(format!(
+                "invalid resourceVersion {rv:?}: must be a decimal revision"
+            ))
+        })?,
         _ => {
             let (rev, items, _) = collect(ctx, &labels, &fields, None, None)?;
             initial = items;
@@ -132,11 +149,23 @@ pub async fn serve(ctx: &Ctx<'_>) -> ApiResult {
         }
     };
     let prefix = {
-        let ns = if res.namespaced { ctx.target.namespace.as_deref() } else { None };
+        let ns = if res.namespaced {
+            ctx.target.namespace.as_deref()
+        } else {
+            None
+        };
         crate::store::prefix(res.group, res.plural, ns)
     };
-    let filter = Filter { prefix, labels, fields };
-    let timeout = ctx.query.timeout_seconds.map(Duration::from_secs).unwrap_or(DEFAULT_TIMEOUT);
+    let filter = Filter {
+        prefix,
+        labels,
+        fields,
+    };
+    let timeout = ctx
+        .query
+        .timeout_seconds
+        .map(Duration::from_secs)
+        .unwrap_or(DEFAULT_TIMEOUT);
     let bookmarks = ctx.query.allow_watch_bookmarks == Some(true);
     let bookmark_every = ctx.api.bookmark_interval;
 
@@ -154,7 +183,10 @@ pub async fn serve(ctx: &Ctx<'_>) -> ApiResult {
         let (backlog, mut live) = match subscription {
             Ok(s) => s,
             Err(e) => {
-                let s = Status::expired(format!("too old resource version: {} ({})", e.requested, e.oldest));
+                let s = Status::expired(format!(
+                    "too old resource version: {} ({})",
+                    e.requested, e.oldest
+                ));
                 send(enc.error(&s)).await;
                 watchers.dec();
                 return;
@@ -218,7 +250,15 @@ pub async fn serve(ctx: &Ctx<'_>) -> ApiResult {
     });
 
     let body = Body::from_stream(ReceiverStream::new(rx));
-    Ok((StatusCode::OK, [(header::CONTENT_TYPE, "application/json;stream=watch"), (header::CACHE_CONTROL, "no-cache, private")], body).into_response())
+    Ok((
+        StatusCode::OK,
+        [
+            (header::CONTENT_TYPE, "application/json;stream=watch"),
+            (header::CACHE_CONTROL, "no-cache, private"),
+        ],
+        body,
+    )
+        .into_response())
 }
 
 #[cfg(test)]
@@ -237,15 +277,35 @@ mod tests {
 
     #[test]
     fn selector_transitions() {
-        let f = Filter { prefix: "\0pods\0default\0".into(), labels: LabelSelector::parse("app=web").unwrap(), fields: FieldSelector::default() };
+        let f = Filter {
+            prefix: "\0pods\0default\0".into(),
+            labels: LabelSelector::parse("app=web").unwrap(),
+            fields: FieldSelector::default(),
+        };
         let web = json!({"app": "web"});
         let other = json!({"app": "db"});
-        assert_eq!(f.classify(&ev(EventType::Added, web.clone(), None)), Some(EventType::Added));
+        assert_eq!(
+            f.classify(&ev(EventType::Added, web.clone(), None)),
+            Some(EventType::Added)
+        );
         assert_eq!(f.classify(&ev(EventType::Added, other.clone(), None)), None);
-        assert_eq!(f.classify(&ev(EventType::Modified, web.clone(), Some(other.clone()))), Some(EventType::Added));
-        assert_eq!(f.classify(&ev(EventType::Modified, other.clone(), Some(web.clone()))), Some(EventType::Deleted));
-        assert_eq!(f.classify(&ev(EventType::Deleted, web.clone(), Some(web.clone()))), Some(EventType::Deleted));
-        let elsewhere = Filter { prefix: "\0pods\0other\0".into(), labels: LabelSelector::default(), fields: FieldSelector::default() };
+        assert_eq!(
+            f.classify(&ev(EventType::Modified, web.clone(), Some(other.clone()))),
+            Some(EventType::Added)
+        );
+        assert_eq!(
+            f.classify(&ev(EventType::Modified, other.clone(), Some(web.clone()))),
+            Some(EventType::Deleted)
+        );
+        assert_eq!(
+            f.classify(&ev(EventType::Deleted, web.clone(), Some(web.clone()))),
+            Some(EventType::Deleted)
+        );
+        let elsewhere = Filter {
+            prefix: "\0pods\0other\0".into(),
+            labels: LabelSelector::default(),
+            fields: FieldSelector::default(),
+        };
         assert_eq!(elsewhere.classify(&ev(EventType::Added, web, None)), None);
     }
 }

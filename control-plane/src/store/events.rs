@@ -41,8 +41,21 @@ pub struct Event {
 }
 
 impl Event {
-    pub fn new(revision: u64, kind: EventType, key: String, object: Arc<Value>, prev: Option<Arc<Value>>) -> Self {
-        Event { revision, kind, key, object, prev, encoded: OnceLock::new() }
+    pub fn new(
+        revision: u64,
+        kind: EventType,
+        key: String,
+        object: Arc<Value>,
+        prev: Option<Arc<Value>>,
+    ) -> Self {
+        Event {
+            revision,
+            kind,
+            key,
+            object,
+            prev,
+            encoded: OnceLock::new(),
+        }
     }
 
     /// The JSON of `object`, serialised on first use.
@@ -153,7 +166,13 @@ mod tests {
     use super::*;
 
     fn ev(revision: u64) -> Event {
-        Event::new(revision, EventType::Added, format!("k{revision}"), Arc::new(Value::Null), None)
+        Event::new(
+            revision,
+            EventType::Added,
+            format!("k{revision}"),
+            Arc::new(Value::Null),
+            None,
+        )
     }
 
     #[test]
@@ -161,7 +180,10 @@ mod tests {
         let log = EventLog::new(10, 0);
         log.publish((1..=5).map(ev).collect());
         let (backlog, mut rx) = log.subscribe(3).unwrap();
-        assert_eq!(backlog.iter().map(|e| e.revision).collect::<Vec<_>>(), vec![4, 5]);
+        assert_eq!(
+            backlog.iter().map(|e| e.revision).collect::<Vec<_>>(),
+            vec![4, 5]
+        );
         log.publish(vec![ev(6)]);
         match rx.try_recv().unwrap() {
             Feed::Event(e) => assert_eq!(e.revision, 6),
@@ -174,7 +196,13 @@ mod tests {
         let log = EventLog::new(3, 0);
         log.publish((1..=10).map(ev).collect());
         assert_eq!(log.compacted(), 7);
-        assert_eq!(log.subscribe(6).unwrap_err(), Expired { requested: 6, oldest: 7 });
+        assert_eq!(
+            log.subscribe(6).unwrap_err(),
+            Expired {
+                requested: 6,
+                oldest: 7
+            }
+        );
         let (backlog, _) = log.subscribe(7).unwrap();
         assert_eq!(backlog.len(), 3);
     }

@@ -1,5 +1,7 @@
 //! The Raft log on rocksdb. Every append is one synced WriteBatch, so an
 //! entry the leader counts towards a quorum is on disk.
+// openraft's storage traits fix the error type (`StorageError`, ~224 bytes).
+#![allow(clippy::result_large_err)]
 
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
@@ -48,7 +50,9 @@ impl LogStore {
     }
 
     fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
-        self.db.cf_handle(name).expect("column family created at open")
+        self.db
+            .cf_handle(name)
+            .expect("column family created at open")
     }
 
     fn get_meta<T: DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StorageError<NodeId>> {
@@ -58,9 +62,18 @@ impl LogStore {
         serde_json::from_slice(&bytes).map(Some).map_err(read_err)
     }
 
-    fn put_meta<T: Serialize>(&self, key: &[u8], v: &T, sync: bool) -> Result<(), StorageError<NodeId>> {
+    fn put_meta<T: Serialize>(
+        &self,
+        key: &[u8],
+        v: &T,
+        sync: bool,
+    ) -> Result<(), StorageError<NodeId>> {
         let bytes = serde_json::to_vec(v).map_err(write_err)?;
-        let opts = if sync { synced() } else { WriteOptions::default() };
+        let opts = if sync {
+            synced()
+        } else {
+            WriteOptions::default()
+        };
         self.db
             .put_cf_opt(self.cf(CF_RAFT), key, bytes, &opts)
             .map_err(write_err)
@@ -95,9 +108,11 @@ impl RaftLogReader<TypeConfig> for LogStore {
         );
         for item in iter {
             let (k, v) = item.map_err(read_err)?;
-            let index = u64::from_be_bytes(k.as_ref().try_into().map_err(|_| {
-                read_err(std::io::Error::other("corrupt log key"))
-            })?);
+            let index = u64::from_be_bytes(
+                k.as_ref()
+                    .try_into()
+                    .map_err(|_| read_err(std::io::Error::other("corrupt log key")))?,
+            );
             if !range.contains(&index) {
                 break;
             }
@@ -137,23 +152,33 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError<NodeId>> {
         let vote = *vote;
-        self.blocking(move |s| s.put_meta(KEY_VOTE, &vote, true)).await
+        self.blocking(move |s| s.put_meta(KEY_VOTE, &vote, true))
+            .await
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, StorageError<NodeId>> {
         self.get_meta(KEY_VOTE)
     }
 
-    async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> Result<(), StorageError<NodeId>> {
+    async fn save_committed(
+        &mut self,
+        committed: Option<LogId<NodeId>>,
+    ) -> Result<(), StorageError<NodeId>> {
         // Not synced: losing it only means re-applying from the last synced point.
         self.put_meta(KEY_COMMITTED, &committed, false)
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId<NodeId>>, StorageError<NodeId>> {
-        Ok(self.get_meta::<Option<LogId<NodeId>>>(KEY_COMMITTED)?.flatten())
+        Ok(self
+            .get_meta::<Option<LogId<NodeId>>>(KEY_COMMITTED)?
+            .flatten())
     }
 
-    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError<NodeId>>
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), StorageError<NodeId>>
     where
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,

@@ -88,7 +88,10 @@ pub enum Failed {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum OpResult {
     /// Written at `revision`; `object` is the stored (or, for a delete, the last) state.
-    Ok { revision: u64, object: Option<Value> },
+    Ok {
+        revision: u64,
+        object: Option<Value>,
+    },
     Failed(Failed),
 }
 
@@ -162,7 +165,9 @@ async fn batch_writes(raft: WeftRaft, mut rx: tokio::sync::mpsc::UnboundedReceiv
             }
             Err(e) => {
                 let leader = match &e {
-                    RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => Some(f.leader_node.as_ref().map(|n| n.addr.clone())),
+                    RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
+                        Some(f.leader_node.as_ref().map(|n| n.addr.clone()))
+                    }
                     _ => None,
                 };
                 let msg = e.to_string();
@@ -199,10 +204,16 @@ fn open_db(dir: &Path) -> Result<rocksdb::DB, rocksdb::Error> {
 }
 
 /// Opens the log store and state machine over one rocksdb under `dir`.
-pub fn open_storage(dir: &Path, watch_window: usize) -> Result<(LogStore, StateMachine), StoreError> {
+pub fn open_storage(
+    dir: &Path,
+    watch_window: usize,
+) -> Result<(LogStore, StateMachine), StoreError> {
     std::fs::create_dir_all(dir)?;
     let db = Arc::new(open_db(&dir.join("db"))?);
-    Ok((LogStore::new(db.clone()), StateMachine::open(db, watch_window)?))
+    Ok((
+        LogStore::new(db.clone()),
+        StateMachine::open(db, watch_window)?,
+    ))
 }
 
 impl Store {
@@ -229,7 +240,12 @@ impl Store {
 
         let (writes, rx) = tokio::sync::mpsc::unbounded_channel();
         tokio::spawn(batch_writes(raft.clone(), rx));
-        let store = Store { raft, sm: shared, node_id: cfg.node_id, writes };
+        let store = Store {
+            raft,
+            sm: shared,
+            node_id: cfg.node_id,
+            writes,
+        };
         let initialized = store
             .raft
             .is_initialized()
@@ -279,8 +295,11 @@ impl Store {
     /// durable). Concurrent writes share Raft entries.
     pub async fn write(&self, op: Op) -> Result<(u64, Option<Value>), StoreError> {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        self.writes.send((op, tx)).map_err(|_| StoreError::Raft("the store is shut down".into()))?;
-        rx.await.map_err(|_| StoreError::Raft("the store is shut down".into()))?
+        self.writes
+            .send((op, tx))
+            .map_err(|_| StoreError::Raft("the store is shut down".into()))?;
+        rx.await
+            .map_err(|_| StoreError::Raft("the store is shut down".into()))?
     }
 
     /// Makes the following local reads linearizable (a quorum read, as
@@ -288,9 +307,11 @@ impl Store {
     pub async fn linearize(&self) -> Result<(), StoreError> {
         match self.raft.ensure_linearizable().await {
             Ok(_) => Ok(()),
-            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => Err(StoreError::NotLeader {
-                leader: f.leader_node.map(|n| n.addr),
-            }),
+            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
+                Err(StoreError::NotLeader {
+                    leader: f.leader_node.map(|n| n.addr),
+                })
+            }
             Err(e) => Err(StoreError::Raft(e.to_string())),
         }
     }
@@ -305,12 +326,15 @@ impl Store {
         prefix: &str,
         start_after: Option<&str>,
         limit: Option<usize>,
-    ) -> Result<(u64, Vec<(String, Value)>, bool), StoreError> {
+    ) -> Result<state_machine::Page, StoreError> {
         Ok(self.sm.list(prefix, start_after, limit)?)
     }
 
     /// Changes after revision `from`: the backlog still in the window, then a live feed.
-    pub fn watch(&self, from: u64) -> Result<(Vec<Arc<Event>>, tokio::sync::broadcast::Receiver<Feed>), Expired> {
+    pub fn watch(
+        &self,
+        from: u64,
+    ) -> Result<(Vec<Arc<Event>>, tokio::sync::broadcast::Receiver<Feed>), Expired> {
         self.sm.events.subscribe(from)
     }
 

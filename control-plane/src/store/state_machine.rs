@@ -1,6 +1,8 @@
 //! The replicated state: Kubernetes objects keyed by group/resource/namespace/name,
 //! each stamped with the global revision that last changed it. Durable when
 //! `apply` returns: every batch of entries is one synced WriteBatch.
+// openraft's storage traits fix the error type (`StorageError`, ~224 bytes).
+#![allow(clippy::result_large_err)]
 
 use std::collections::HashMap;
 use std::io::Cursor;
@@ -23,6 +25,9 @@ const KEY_APPLIED: &[u8] = b"applied";
 const KEY_MEMBERSHIP: &[u8] = b"membership";
 const KEY_REVISION: &[u8] = b"revision";
 const KEY_SNAPSHOT: &[u8] = b"snapshot";
+
+/// A page of a list: (revision, (key, object) pairs, whether more remain).
+pub type Page = (u64, Vec<(String, Value)>, bool);
 
 /// Shared between openraft's state-machine worker (writes) and the API
 /// server (reads, watches).
@@ -63,7 +68,10 @@ fn synced() -> WriteOptions {
 /// Stamps `metadata.resourceVersion`.
 fn stamp(object: &mut Value, revision: u64) {
     if let Some(meta) = object.get_mut("metadata").and_then(Value::as_object_mut) {
-        meta.insert("resourceVersion".into(), Value::String(revision.to_string()));
+        meta.insert(
+            "resourceVersion".into(),
+            Value::String(revision.to_string()),
+        );
     }
 }
 
@@ -82,10 +90,15 @@ struct StoredSnapshot {
 
 impl SmShared {
     fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
-        self.db.cf_handle(name).expect("column family created at open")
+        self.db
+            .cf_handle(name)
+            .expect("column family created at open")
     }
 
-    fn meta<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StorageError<NodeId>> {
+    fn meta<T: serde::de::DeserializeOwned>(
+        &self,
+        key: &[u8],
+    ) -> Result<Option<T>, StorageError<NodeId>> {
         match self.db.get_cf(self.cf(CF_SM), key).map_err(sm_err)? {
             Some(b) => serde_json::from_slice(&b).map(Some).map_err(sm_err),
             None => Ok(None),
@@ -110,7 +123,7 @@ impl SmShared {
         prefix: &str,
         start_after: Option<&str>,
         limit: Option<usize>,
-    ) -> Result<(u64, Vec<(String, Value)>, bool), rocksdb::Error> {
+    ) -> Result<Page, rocksdb::Error> {
         let snap = self.db.snapshot();
         let revision = snap
             .get_cf(self.cf(CF_SM), KEY_REVISION)?
@@ -136,8 +149,12 @@ impl SmShared {
                 more = true;
                 break;
             }
-            let Some((_, json)) = decode(&v) else { continue };
-            let Ok(obj) = serde_json::from_slice(json) else { continue };
+            let Some((_, json)) = decode(&v) else {
+                continue;
+            };
+            let Ok(obj) = serde_json::from_slice(json) else {
+                continue;
+            };
             out.push((String::from_utf8_lossy(&k).into_owned(), obj));
         }
         Ok((revision, out, more))
@@ -161,15 +178,25 @@ impl SmShared {
         for entry in entries {
             last_applied = Some(entry.log_id);
             match entry.payload {
-                EntryPayload::Blank => responses.push(Response { results: Vec::new() }),
+                EntryPayload::Blank => responses.push(Response {
+                    results: Vec::new(),
+                }),
                 EntryPayload::Membership(m) => {
                     membership = Some(StoredMembership::new(Some(entry.log_id), m));
-                    responses.push(Response { results: Vec::new() });
+                    responses.push(Response {
+                        results: Vec::new(),
+                    });
                 }
                 EntryPayload::Normal(req) => {
                     let mut results = Vec::with_capacity(req.ops.len());
                     for op in req.ops {
-                        results.push(self.apply_op(op, &mut revision, &mut overlay, &mut batch, &mut events)?);
+                        results.push(self.apply_op(
+                            op,
+                            &mut revision,
+                            &mut overlay,
+                            &mut batch,
+                            &mut events,
+                        )?);
                     }
                     responses.push(Response { results });
                 }
@@ -178,7 +205,11 @@ impl SmShared {
 
         let sm = self.cf(CF_SM);
         batch.put_cf(sm, KEY_REVISION, revision.to_be_bytes());
-        batch.put_cf(sm, KEY_APPLIED, serde_json::to_vec(&last_applied).map_err(sm_err)?);
+        batch.put_cf(
+            sm,
+            KEY_APPLIED,
+            serde_json::to_vec(&last_applied).map_err(sm_err)?,
+        );
         if let Some(m) = &membership {
             batch.put_cf(sm, KEY_MEMBERSHIP, serde_json::to_vec(m).map_err(sm_err)?);
         }
@@ -197,12 +228,17 @@ impl SmShared {
         events: &mut Vec<Event>,
     ) -> Result<OpResult, StorageError<NodeId>> {
         let (key, pre, is_put) = match &op {
-            Op::Put { key, precondition, .. } => (key.clone(), *precondition, true),
+            Op::Put {
+                key, precondition, ..
+            } => (key.clone(), *precondition, true),
             Op::Delete { key, precondition } => (key.clone(), *precondition, false),
         };
         let current = match overlay.get(&key) {
             Some(v) => v.clone(),
-            None => self.get(&key).map_err(sm_err)?.map(|(r, v)| (r, Arc::new(v))),
+            None => self
+                .get(&key)
+                .map_err(sm_err)?
+                .map(|(r, v)| (r, Arc::new(v))),
         };
         if let Err(f) = check(pre, current.as_ref().map(|c| c.0), is_put) {
             return Ok(OpResult::Failed(f));
@@ -216,10 +252,17 @@ impl SmShared {
                 let json = serde_json::to_vec(&object).map_err(sm_err)?;
                 batch.put_cf(self.cf(CF_OBJECTS), &key, encode(rev, &json));
                 let object = Arc::new(object);
-                let kind = if prev.is_some() { EventType::Modified } else { EventType::Added };
+                let kind = if prev.is_some() {
+                    EventType::Modified
+                } else {
+                    EventType::Added
+                };
                 overlay.insert(key.clone(), Some((rev, object.clone())));
                 events.push(Event::new(rev, kind, key, object.clone(), prev));
-                Ok(OpResult::Ok { revision: rev, object: Some((*object).clone()) })
+                Ok(OpResult::Ok {
+                    revision: rev,
+                    object: Some((*object).clone()),
+                })
             }
             Op::Delete { .. } => {
                 let prev = prev.expect("checked by precondition");
@@ -228,37 +271,51 @@ impl SmShared {
                 batch.delete_cf(self.cf(CF_OBJECTS), &key);
                 overlay.insert(key.clone(), None);
                 let object = Arc::new(last);
-                events.push(Event::new(rev, EventType::Deleted, key, object.clone(), Some(prev)));
-                Ok(OpResult::Ok { revision: rev, object: Some((*object).clone()) })
+                events.push(Event::new(
+                    rev,
+                    EventType::Deleted,
+                    key,
+                    object.clone(),
+                    Some(prev),
+                ));
+                Ok(OpResult::Ok {
+                    revision: rev,
+                    object: Some((*object).clone()),
+                })
             }
         }
     }
 
     fn build_snapshot(&self) -> Result<Snapshot<TypeConfig>, StorageError<NodeId>> {
         let snap = self.db.snapshot();
-        let read = |key: &[u8]| -> Result<Option<Vec<u8>>, StorageError<NodeId>> {
-            snap.get_cf(self.cf(CF_SM), key).map_err(sm_err)
+        let read_json = |key: &[u8]| -> Result<Option<serde_json::Value>, StorageError<NodeId>> {
+            match snap.get_cf(self.cf(CF_SM), key).map_err(sm_err)? {
+                Some(b) => serde_json::from_slice(&b).map(Some).map_err(sm_err),
+                None => Ok(None),
+            }
         };
-        let parse = |b: Option<Vec<u8>>| -> Result<Option<serde_json::Value>, StorageError<NodeId>> {
-            b.map(|b| serde_json::from_slice(&b).map_err(sm_err)).transpose()
+        let last_applied: Option<LogId<NodeId>> = match read_json(KEY_APPLIED)? {
+            Some(v) => serde_json::from_value(v).map_err(sm_err)?,
+            None => None,
         };
-        let last_applied: Option<LogId<NodeId>> = parse(read(KEY_APPLIED)?)?
-            .map(serde_json::from_value)
-            .transpose()
+        let membership: StoredMembership<NodeId, openraft::BasicNode> =
+            match read_json(KEY_MEMBERSHIP)? {
+                Some(v) => serde_json::from_value(v).map_err(sm_err)?,
+                None => StoredMembership::default(),
+            };
+        let revision = snap
+            .get_cf(self.cf(CF_SM), KEY_REVISION)
             .map_err(sm_err)?
-            .flatten();
-        let membership: StoredMembership<NodeId, openraft::BasicNode> = parse(read(KEY_MEMBERSHIP)?)?
-            .map(serde_json::from_value)
-            .transpose()
-            .map_err(sm_err)?
-            .unwrap_or_default();
-        let revision = read(KEY_REVISION)?
             .and_then(|b| Some(u64::from_be_bytes(b.as_slice().try_into().ok()?)))
             .unwrap_or(0);
 
         // Format: u32 header length, JSON header, then (u32 key len, key, u32 value len, value)*.
-        let header = serde_json::to_vec(&SnapshotHeader { revision, last_applied, membership: membership.clone() })
-            .map_err(sm_err)?;
+        let header = serde_json::to_vec(&SnapshotHeader {
+            revision,
+            last_applied,
+            membership: membership.clone(),
+        })
+        .map_err(sm_err)?;
         let mut data = Vec::new();
         push_chunk(&mut data, &header);
         for item in snap.iterator_cf(self.cf(CF_OBJECTS), IteratorMode::Start) {
@@ -271,11 +328,22 @@ impl SmShared {
             last_membership: membership,
             snapshot_id: format!("{}-{revision}", last_applied.map(|l| l.index).unwrap_or(0)),
         };
-        let stored = StoredSnapshot { meta: meta.clone(), data: data.clone() };
+        let stored = StoredSnapshot {
+            meta: meta.clone(),
+            data: data.clone(),
+        };
         self.db
-            .put_cf_opt(self.cf(CF_SM), KEY_SNAPSHOT, serde_json::to_vec(&stored).map_err(sm_err)?, &synced())
+            .put_cf_opt(
+                self.cf(CF_SM),
+                KEY_SNAPSHOT,
+                serde_json::to_vec(&stored).map_err(sm_err)?,
+                &synced(),
+            )
             .map_err(sm_err)?;
-        Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) })
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(data)),
+        })
     }
 
     fn install_snapshot(
@@ -283,9 +351,13 @@ impl SmShared {
         meta: &SnapshotMeta<NodeId, openraft::BasicNode>,
         data: Vec<u8>,
     ) -> Result<(), StorageError<NodeId>> {
-        let mut chunks = Chunks { data: &data, pos: 0 };
+        let mut chunks = Chunks {
+            data: &data,
+            pos: 0,
+        };
         let header: SnapshotHeader =
-            serde_json::from_slice(chunks.next().ok_or_else(|| sm_err(corrupt()))?).map_err(sm_err)?;
+            serde_json::from_slice(chunks.next().ok_or_else(|| sm_err(corrupt()))?)
+                .map_err(sm_err)?;
         let mut batch = WriteBatch::default();
         let objects = self.cf(CF_OBJECTS);
         // Objects keys are UTF-8 text, so a 0xFF byte sorts after every one of them.
@@ -296,10 +368,25 @@ impl SmShared {
         }
         let sm = self.cf(CF_SM);
         batch.put_cf(sm, KEY_REVISION, header.revision.to_be_bytes());
-        batch.put_cf(sm, KEY_APPLIED, serde_json::to_vec(&meta.last_log_id).map_err(sm_err)?);
-        batch.put_cf(sm, KEY_MEMBERSHIP, serde_json::to_vec(&meta.last_membership).map_err(sm_err)?);
-        let stored = StoredSnapshot { meta: meta.clone(), data };
-        batch.put_cf(sm, KEY_SNAPSHOT, serde_json::to_vec(&stored).map_err(sm_err)?);
+        batch.put_cf(
+            sm,
+            KEY_APPLIED,
+            serde_json::to_vec(&meta.last_log_id).map_err(sm_err)?,
+        );
+        batch.put_cf(
+            sm,
+            KEY_MEMBERSHIP,
+            serde_json::to_vec(&meta.last_membership).map_err(sm_err)?,
+        );
+        let stored = StoredSnapshot {
+            meta: meta.clone(),
+            data,
+        };
+        batch.put_cf(
+            sm,
+            KEY_SNAPSHOT,
+            serde_json::to_vec(&stored).map_err(sm_err)?,
+        );
         self.db.write_opt(batch, &synced()).map_err(sm_err)?;
         self.revision.store(header.revision, Ordering::Release);
         self.events.reset(header.revision);
@@ -324,7 +411,8 @@ struct Chunks<'a> {
 impl<'a> Iterator for Chunks<'a> {
     type Item = &'a [u8];
     fn next(&mut self) -> Option<&'a [u8]> {
-        let len = u32::from_be_bytes(self.data.get(self.pos..self.pos + 4)?.try_into().ok()?) as usize;
+        let len =
+            u32::from_be_bytes(self.data.get(self.pos..self.pos + 4)?.try_into().ok()?) as usize;
         let chunk = self.data.get(self.pos + 4..self.pos + 4 + len)?;
         self.pos += 4 + len;
         Some(chunk)
@@ -336,7 +424,9 @@ fn check(pre: Precondition, current: Option<u64>, is_put: bool) -> Result<(), Fa
     match (pre, current) {
         (Precondition::Absent, Some(_)) => Err(Failed::AlreadyExists),
         (Precondition::Revision(_) | Precondition::Exists, None) => Err(Failed::NotFound),
-        (Precondition::Revision(want), Some(have)) if want != have => Err(Failed::Conflict { current: have }),
+        (Precondition::Revision(want), Some(have)) if want != have => {
+            Err(Failed::Conflict { current: have })
+        }
         (Precondition::None, None) if !is_put => Err(Failed::NotFound),
         _ => Ok(()),
     }
@@ -377,8 +467,17 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
     async fn applied_state(
         &mut self,
-    ) -> Result<(Option<LogId<NodeId>>, StoredMembership<NodeId, openraft::BasicNode>), StorageError<NodeId>> {
-        let applied = self.shared.meta::<Option<LogId<NodeId>>>(KEY_APPLIED)?.flatten();
+    ) -> Result<
+        (
+            Option<LogId<NodeId>>,
+            StoredMembership<NodeId, openraft::BasicNode>,
+        ),
+        StorageError<NodeId>,
+    > {
+        let applied = self
+            .shared
+            .meta::<Option<LogId<NodeId>>>(KEY_APPLIED)?
+            .flatten();
         let membership = self.shared.meta(KEY_MEMBERSHIP)?.unwrap_or_default();
         Ok((applied, membership))
     }
@@ -402,7 +501,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         self.clone()
     }
 
-    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError<NodeId>> {
+    async fn begin_receiving_snapshot(
+        &mut self,
+    ) -> Result<Box<Cursor<Vec<u8>>>, StorageError<NodeId>> {
         Ok(Box::new(Cursor::new(Vec::new())))
     }
 
@@ -419,9 +520,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .map_err(sm_err)?
     }
 
-    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError<NodeId>> {
+    async fn get_current_snapshot(
+        &mut self,
+    ) -> Result<Option<Snapshot<TypeConfig>>, StorageError<NodeId>> {
         let stored: Option<StoredSnapshot> = self.shared.meta(KEY_SNAPSHOT)?;
-        Ok(stored.map(|s| Snapshot { meta: s.meta, snapshot: Box::new(Cursor::new(s.data)) }))
+        Ok(stored.map(|s| Snapshot {
+            meta: s.meta,
+            snapshot: Box::new(Cursor::new(s.data)),
+        }))
     }
 }
 
@@ -431,12 +537,24 @@ mod tests {
 
     #[test]
     fn preconditions() {
-        assert_eq!(check(Precondition::Absent, Some(3), true), Err(Failed::AlreadyExists));
+        assert_eq!(
+            check(Precondition::Absent, Some(3), true),
+            Err(Failed::AlreadyExists)
+        );
         assert_eq!(check(Precondition::Absent, None, true), Ok(()));
-        assert_eq!(check(Precondition::Revision(3), Some(4), true), Err(Failed::Conflict { current: 4 }));
+        assert_eq!(
+            check(Precondition::Revision(3), Some(4), true),
+            Err(Failed::Conflict { current: 4 })
+        );
         assert_eq!(check(Precondition::Revision(4), Some(4), true), Ok(()));
-        assert_eq!(check(Precondition::Exists, None, true), Err(Failed::NotFound));
-        assert_eq!(check(Precondition::None, None, false), Err(Failed::NotFound));
+        assert_eq!(
+            check(Precondition::Exists, None, true),
+            Err(Failed::NotFound)
+        );
+        assert_eq!(
+            check(Precondition::None, None, false),
+            Err(Failed::NotFound)
+        );
         assert_eq!(check(Precondition::None, None, true), Ok(()));
     }
 

@@ -45,6 +45,8 @@ const SCALE: Subresource = Subresource {
     verbs: &["get", "patch", "update"],
 };
 
+// One positional row per resource keeps the table readable at a glance.
+#[allow(clippy::too_many_arguments)]
 const fn res(
     group: &'static str,
     version: &'static str,
@@ -71,31 +73,207 @@ const fn res(
 
 /// Every served resource, in discovery order.
 pub static RESOURCES: &[Resource] = &[
-    res("", "v1", "Namespace", "namespaces", "namespace", false, &["ns"], &[], &[
-        STATUS,
-        Subresource { name: "finalize", kind: ("", "v1", "Namespace"), verbs: &["update"] },
-    ]),
-    res("", "v1", "Pod", "pods", "pod", true, &["po"], &["all"], &[
-        STATUS,
-        Subresource { name: "binding", kind: ("", "v1", "Binding"), verbs: &["create"] },
-        Subresource { name: "eviction", kind: ("policy", "v1", "Eviction"), verbs: &["create"] },
-        Subresource { name: "log", kind: ("", "v1", "Pod"), verbs: &["get"] },
-    ]),
-    res("", "v1", "Node", "nodes", "node", false, &["no"], &[], &[STATUS]),
-    res("", "v1", "Service", "services", "service", true, &["svc"], &["all"], &[STATUS]),
-    res("", "v1", "Endpoints", "endpoints", "endpoints", true, &["ep"], &[], &[]),
-    res("", "v1", "ConfigMap", "configmaps", "configmap", true, &["cm"], &[], &[]),
+    res(
+        "",
+        "v1",
+        "Namespace",
+        "namespaces",
+        "namespace",
+        false,
+        &["ns"],
+        &[],
+        &[
+            STATUS,
+            Subresource {
+                name: "finalize",
+                kind: ("", "v1", "Namespace"),
+                verbs: &["update"],
+            },
+        ],
+    ),
+    res(
+        "",
+        "v1",
+        "Pod",
+        "pods",
+        "pod",
+        true,
+        &["po"],
+        &["all"],
+        &[
+            STATUS,
+            Subresource {
+                name: "binding",
+                kind: ("", "v1", "Binding"),
+                verbs: &["create"],
+            },
+            Subresource {
+                name: "eviction",
+                kind: ("policy", "v1", "Eviction"),
+                verbs: &["create"],
+            },
+            Subresource {
+                name: "log",
+                kind: ("", "v1", "Pod"),
+                verbs: &["get"],
+            },
+        ],
+    ),
+    res(
+        "",
+        "v1",
+        "Node",
+        "nodes",
+        "node",
+        false,
+        &["no"],
+        &[],
+        &[STATUS],
+    ),
+    res(
+        "",
+        "v1",
+        "Service",
+        "services",
+        "service",
+        true,
+        &["svc"],
+        &["all"],
+        &[STATUS],
+    ),
+    res(
+        "",
+        "v1",
+        "Endpoints",
+        "endpoints",
+        "endpoints",
+        true,
+        &["ep"],
+        &[],
+        &[],
+    ),
+    res(
+        "",
+        "v1",
+        "ConfigMap",
+        "configmaps",
+        "configmap",
+        true,
+        &["cm"],
+        &[],
+        &[],
+    ),
     res("", "v1", "Secret", "secrets", "secret", true, &[], &[], &[]),
-    res("", "v1", "Event", "events", "event", true, &["ev"], &[], &[]),
-    res("", "v1", "ServiceAccount", "serviceaccounts", "serviceaccount", true, &["sa"], &[], &[]),
-    res("apps", "v1", "Deployment", "deployments", "deployment", true, &["deploy"], &["all"], &[STATUS, SCALE]),
-    res("apps", "v1", "ReplicaSet", "replicasets", "replicaset", true, &["rs"], &["all"], &[STATUS, SCALE]),
-    res("apps", "v1", "DaemonSet", "daemonsets", "daemonset", true, &["ds"], &["all"], &[STATUS]),
-    res("batch", "v1", "Job", "jobs", "job", true, &[], &["all"], &[STATUS]),
-    res("batch", "v1", "CronJob", "cronjobs", "cronjob", true, &["cj"], &["all"], &[STATUS]),
-    res("coordination.k8s.io", "v1", "Lease", "leases", "lease", true, &[], &[], &[]),
-    res("discovery.k8s.io", "v1", "EndpointSlice", "endpointslices", "endpointslice", true, &[], &[], &[]),
-    res("node.k8s.io", "v1", "RuntimeClass", "runtimeclasses", "runtimeclass", false, &[], &[], &[]),
+    res(
+        "",
+        "v1",
+        "Event",
+        "events",
+        "event",
+        true,
+        &["ev"],
+        &[],
+        &[],
+    ),
+    res(
+        "",
+        "v1",
+        "ServiceAccount",
+        "serviceaccounts",
+        "serviceaccount",
+        true,
+        &["sa"],
+        &[],
+        &[],
+    ),
+    res(
+        "apps",
+        "v1",
+        "Deployment",
+        "deployments",
+        "deployment",
+        true,
+        &["deploy"],
+        &["all"],
+        &[STATUS, SCALE],
+    ),
+    res(
+        "apps",
+        "v1",
+        "ReplicaSet",
+        "replicasets",
+        "replicaset",
+        true,
+        &["rs"],
+        &["all"],
+        &[STATUS, SCALE],
+    ),
+    res(
+        "apps",
+        "v1",
+        "DaemonSet",
+        "daemonsets",
+        "daemonset",
+        true,
+        &["ds"],
+        &["all"],
+        &[STATUS],
+    ),
+    res(
+        "batch",
+        "v1",
+        "Job",
+        "jobs",
+        "job",
+        true,
+        &[],
+        &["all"],
+        &[STATUS],
+    ),
+    res(
+        "batch",
+        "v1",
+        "CronJob",
+        "cronjobs",
+        "cronjob",
+        true,
+        &["cj"],
+        &["all"],
+        &[STATUS],
+    ),
+    res(
+        "coordination.k8s.io",
+        "v1",
+        "Lease",
+        "leases",
+        "lease",
+        true,
+        &[],
+        &[],
+        &[],
+    ),
+    res(
+        "discovery.k8s.io",
+        "v1",
+        "EndpointSlice",
+        "endpointslices",
+        "endpointslice",
+        true,
+        &[],
+        &[],
+        &[],
+    ),
+    res(
+        "node.k8s.io",
+        "v1",
+        "RuntimeClass",
+        "runtimeclasses",
+        "runtimeclass",
+        false,
+        &[],
+        &[],
+        &[],
+    ),
 ];
 
 impl Resource {
@@ -140,7 +318,10 @@ impl Resource {
     }
 
     /// The kind a subresource's body has; `status` shares the parent's kind.
-    pub fn subresource_kind(&self, sub: &Subresource) -> (&'static str, &'static str, &'static str) {
+    pub fn subresource_kind(
+        &self,
+        sub: &Subresource,
+    ) -> (&'static str, &'static str, &'static str) {
         if sub.kind.2.is_empty() {
             (self.group, self.version, self.kind)
         } else {
@@ -196,12 +377,25 @@ mod tests {
     #[test]
     fn paths() {
         let pods = by_plural("", "v1", "pods").unwrap();
-        assert_eq!(pods.object_path(Some("default"), "x"), "/api/v1/namespaces/default/pods/x");
+        assert_eq!(
+            pods.object_path(Some("default"), "x"),
+            "/api/v1/namespaces/default/pods/x"
+        );
         let nodes = by_kind("v1", "Node").unwrap();
         assert_eq!(nodes.object_path(Some("ignored"), "n1"), "/api/v1/nodes/n1");
         let deploy = by_kind("apps/v1", "Deployment").unwrap();
         assert_eq!(deploy.collection_path(None), "/apis/apps/v1/deployments");
-        assert_eq!(deploy.subresource_kind(deploy.subresource("scale").unwrap()).2, "Scale");
-        assert_eq!(deploy.subresource_kind(deploy.subresource("status").unwrap()).2, "Deployment");
+        assert_eq!(
+            deploy
+                .subresource_kind(deploy.subresource("scale").unwrap())
+                .2,
+            "Scale"
+        );
+        assert_eq!(
+            deploy
+                .subresource_kind(deploy.subresource("status").unwrap())
+                .2,
+            "Deployment"
+        );
     }
 }

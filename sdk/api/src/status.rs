@@ -18,7 +18,8 @@ pub struct Status {
     pub code: u16,
     pub reason: String,
     pub message: String,
-    pub details: Option<Details>,
+    /// Boxed: most errors carry none, and `Result<_, Status>` stays small.
+    pub details: Option<Box<Details>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -50,12 +51,12 @@ impl Status {
     }
 
     fn with_details(mut self, group: &str, kind: &str, name: &str) -> Self {
-        self.details = Some(Details {
+        self.details = Some(Box::new(Details {
             name: name.to_string(),
             group: group.to_string(),
             kind: kind.to_string(),
             ..Default::default()
-        });
+        }));
         self
     }
 
@@ -90,7 +91,9 @@ impl Status {
         Status::new(
             405,
             "MethodNotAllowed",
-            format!("the server does not allow this method on the requested resource: {verb} {what}"),
+            format!(
+                "the server does not allow this method on the requested resource: {verb} {what}"
+            ),
         )
     }
 
@@ -137,7 +140,9 @@ impl Status {
         Status::new(
             415,
             "UnsupportedMediaType",
-            format!("the body of the request was in an unknown format - accepted media types include: application/json, application/yaml, application/vnd.kubernetes.protobuf (got {content_type:?})"),
+            format!(
+                "the body of the request was in an unknown format - accepted media types include: application/json, application/yaml, application/vnd.kubernetes.protobuf (got {content_type:?})"
+            ),
         )
     }
 
@@ -157,12 +162,12 @@ impl Status {
             "Invalid",
             format!("{kind} \"{name}\" is invalid: {summary}"),
         );
-        s.details = Some(Details {
+        s.details = Some(Box::new(Details {
             name: name.to_string(),
             kind: kind.to_string(),
             causes,
             ..Default::default()
-        });
+        }));
         s
     }
 
@@ -178,10 +183,10 @@ impl Status {
     /// 503 ServiceUnavailable, for errors a client should retry.
     pub fn unavailable(message: impl Into<String>) -> Self {
         let mut s = Status::new(503, "ServiceUnavailable", message);
-        s.details = Some(Details {
+        s.details = Some(Box::new(Details {
             retry_after_seconds: Some(1),
             ..Default::default()
-        });
+        }));
         s
     }
 
@@ -284,6 +289,9 @@ mod tests {
         );
         assert_eq!(s.code, 422);
         assert!(s.message.contains("spec.containers: Required value"));
-        assert!(s.message.contains("metadata.name: Invalid value: \"A\": bad"));
+        assert!(
+            s.message
+                .contains("metadata.name: Invalid value: \"A\": bad")
+        );
     }
 }

@@ -51,37 +51,66 @@ fn cfg_err(msg: impl Into<String>) -> ClientError {
 }
 
 fn named<'a>(list: &'a Value, field: &str, name: &str) -> Option<&'a Value> {
-    list.get(field)?.as_array()?.iter().find(|e| e.get("name").and_then(Value::as_str) == Some(name))
+    list.get(field)?
+        .as_array()?
+        .iter()
+        .find(|e| e.get("name").and_then(Value::as_str) == Some(name))
 }
 
 impl Client {
     /// Reads the kubeconfig's current context.
     pub fn from_kubeconfig(path: &Path) -> Result<Client, ClientError> {
-        let text = std::fs::read_to_string(path).map_err(|e| cfg_err(format!("cannot read {}: {e}", path.display())))?;
-        let cfg: Value = serde_yaml::from_str(&text).map_err(|e| cfg_err(format!("{}: {e}", path.display())))?;
-        let ctx_name = cfg.get("current-context").and_then(Value::as_str).ok_or_else(|| cfg_err("no current-context"))?;
-        let ctx = named(&cfg, "contexts", ctx_name).and_then(|c| c.get("context")).ok_or_else(|| cfg_err(format!("context {ctx_name:?} not found")))?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| cfg_err(format!("cannot read {}: {e}", path.display())))?;
+        let cfg: Value =
+            serde_yaml::from_str(&text).map_err(|e| cfg_err(format!("{}: {e}", path.display())))?;
+        let ctx_name = cfg
+            .get("current-context")
+            .and_then(Value::as_str)
+            .ok_or_else(|| cfg_err("no current-context"))?;
+        let ctx = named(&cfg, "contexts", ctx_name)
+            .and_then(|c| c.get("context"))
+            .ok_or_else(|| cfg_err(format!("context {ctx_name:?} not found")))?;
         let cluster_name = ctx.get("cluster").and_then(Value::as_str).unwrap_or("");
-        let cluster = named(&cfg, "clusters", cluster_name).and_then(|c| c.get("cluster")).ok_or_else(|| cfg_err(format!("cluster {cluster_name:?} not found")))?;
+        let cluster = named(&cfg, "clusters", cluster_name)
+            .and_then(|c| c.get("cluster"))
+            .ok_or_else(|| cfg_err(format!("cluster {cluster_name:?} not found")))?;
         let user_name = ctx.get("user").and_then(Value::as_str).unwrap_or("");
         let user = named(&cfg, "users", user_name).and_then(|u| u.get("user"));
-        let server = cluster.get("server").and_then(Value::as_str).ok_or_else(|| cfg_err("cluster has no server"))?;
+        let server = cluster
+            .get("server")
+            .and_then(Value::as_str)
+            .ok_or_else(|| cfg_err("cluster has no server"))?;
         let mut builder = reqwest::Client::builder();
-        if let Some(ca) = cluster.get("certificate-authority-data").and_then(Value::as_str) {
+        if let Some(ca) = cluster
+            .get("certificate-authority-data")
+            .and_then(Value::as_str)
+        {
             use base64::Engine;
             let pem = base64::engine::general_purpose::STANDARD
                 .decode(ca.trim())
                 .map_err(|e| cfg_err(format!("certificate-authority-data is not base64: {e}")))?;
             builder = builder.add_root_certificate(reqwest::Certificate::from_pem(&pem)?);
         }
-        if cluster.get("insecure-skip-tls-verify").and_then(Value::as_bool) == Some(true) {
+        if cluster
+            .get("insecure-skip-tls-verify")
+            .and_then(Value::as_bool)
+            == Some(true)
+        {
             builder = builder.danger_accept_invalid_certs(true);
         }
         Ok(Client {
             http: builder.build()?,
             server: server.trim_end_matches('/').to_string(),
-            token: user.and_then(|u| u.get("token")).and_then(Value::as_str).map(String::from),
-            namespace: ctx.get("namespace").and_then(Value::as_str).unwrap_or("default").to_string(),
+            token: user
+                .and_then(|u| u.get("token"))
+                .and_then(Value::as_str)
+                .map(String::from),
+            namespace: ctx
+                .get("namespace")
+                .and_then(Value::as_str)
+                .unwrap_or("default")
+                .to_string(),
         })
     }
 
@@ -90,7 +119,13 @@ impl Client {
     }
 
     /// One request; a non-2xx answer becomes `ClientError::Api` with the server's Status.
-    pub async fn request(&self, method: Method, path: &str, body: Option<(&str, Vec<u8>)>, accept: Option<&str>) -> Result<Value, ClientError> {
+    pub async fn request(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<(&str, Vec<u8>)>,
+        accept: Option<&str>,
+    ) -> Result<Value, ClientError> {
         let mut req = self.http.request(method, format!("{}{path}", self.server));
         if let Some(t) = &self.token {
             req = req.bearer_auth(t);
@@ -108,33 +143,73 @@ impl Client {
         if code.is_success() {
             return Ok(v);
         }
-        Err(ClientError::Api(Status::from_json(&v).unwrap_or_else(|| {
-            Status::new(code.as_u16(), code.canonical_reason().unwrap_or("Error"), v.to_string())
-        })))
+        Err(ClientError::Api(Status::from_json(&v).unwrap_or_else(
+            || {
+                Status::new(
+                    code.as_u16(),
+                    code.canonical_reason().unwrap_or("Error"),
+                    v.to_string(),
+                )
+            },
+        )))
     }
 
     fn ns_for<'a>(&'a self, res: &Resource, ns: Option<&'a str>) -> Option<&'a str> {
         res.namespaced.then(|| ns.unwrap_or(&self.namespace))
     }
 
-    pub async fn get(&self, res: &Resource, ns: Option<&str>, name: &str) -> Result<Value, ClientError> {
-        self.request(Method::GET, &res.object_path(self.ns_for(res, ns), name), None, None).await
+    pub async fn get(
+        &self,
+        res: &Resource,
+        ns: Option<&str>,
+        name: &str,
+    ) -> Result<Value, ClientError> {
+        self.request(
+            Method::GET,
+            &res.object_path(self.ns_for(res, ns), name),
+            None,
+            None,
+        )
+        .await
     }
 
     /// Lists a resource; `all_namespaces` ignores `ns`. `table` asks for server-rendered rows.
-    pub async fn list(&self, res: &Resource, ns: Option<&str>, all_namespaces: bool, selector: Option<&str>, table: bool) -> Result<Value, ClientError> {
-        let ns = if all_namespaces { None } else { self.ns_for(res, ns) };
+    pub async fn list(
+        &self,
+        res: &Resource,
+        ns: Option<&str>,
+        all_namespaces: bool,
+        selector: Option<&str>,
+        table: bool,
+    ) -> Result<Value, ClientError> {
+        let ns = if all_namespaces {
+            None
+        } else {
+            self.ns_for(res, ns)
+        };
         let mut path = res.collection_path(ns);
         if let Some(s) = selector {
             path.push_str(&format!("?labelSelector={}", urlencode(s)));
         }
-        let accept = table.then_some("application/json;as=Table;v=v1;g=meta.k8s.io,application/json");
+        let accept =
+            table.then_some("application/json;as=Table;v=v1;g=meta.k8s.io,application/json");
         self.request(Method::GET, &path, None, accept).await
     }
 
-    pub async fn delete(&self, res: &Resource, ns: Option<&str>, name: &str) -> Result<Value, ClientError> {
+    pub async fn delete(
+        &self,
+        res: &Resource,
+        ns: Option<&str>,
+        name: &str,
+    ) -> Result<Value, ClientError> {
         let body = br#"{"propagationPolicy":"Background"}"#.to_vec();
-        self.request(Method::DELETE, &res.object_path(self.ns_for(res, ns), name), Some(("application/json", body)), None).await
+        self.request(
+            Method::DELETE,
+            &res.object_path(self.ns_for(res, ns), name),
+            Some(("application/json", body)),
+            None,
+        )
+        .await
     }
 
     /// Creates the object, or server-side-applies it over the existing one.
@@ -148,7 +223,14 @@ impl Client {
         };
         let body = serde_json::to_vec(obj).map_err(|e| ClientError::Manifest(e.to_string()))?;
         let query = "?fieldManager=weft&fieldValidation=Strict&force=true";
-        let after = self.request(Method::PATCH, &format!("{path}{query}"), Some(("application/apply-patch+yaml", body)), None).await?;
+        let after = self
+            .request(
+                Method::PATCH,
+                &format!("{path}{query}"),
+                Some(("application/apply-patch+yaml", body)),
+                None,
+            )
+            .await?;
         let rv = |v: &Value| v.pointer("/metadata/resourceVersion").cloned();
         let how = match before {
             None => Applied::Created,
@@ -159,21 +241,42 @@ impl Client {
     }
 
     /// The resource, namespace and name a manifest addresses.
-    pub fn locate(&self, obj: &Value) -> Result<(&'static Resource, Option<String>, String), ClientError> {
+    pub fn locate(
+        &self,
+        obj: &Value,
+    ) -> Result<(&'static Resource, Option<String>, String), ClientError> {
         let av = obj.get("apiVersion").and_then(Value::as_str).unwrap_or("");
         let kind = obj.get("kind").and_then(Value::as_str).unwrap_or("");
-        let res = resources::by_kind(av, kind).ok_or_else(|| ClientError::Manifest(format!("no resource serves apiVersion {av:?} kind {kind:?}")))?;
-        let name = obj.pointer("/metadata/name").and_then(Value::as_str).filter(|n| !n.is_empty())
-            .ok_or_else(|| ClientError::Manifest(format!("a {kind} manifest has no metadata.name")))?;
-        let ns = obj.pointer("/metadata/namespace").and_then(Value::as_str).unwrap_or(&self.namespace);
-        Ok((res, res.namespaced.then(|| ns.to_string()), name.to_string()))
+        let res = resources::by_kind(av, kind).ok_or_else(|| {
+            ClientError::Manifest(format!(
+                "no resource serves apiVersion {av:?} kind {kind:?}"
+            ))
+        })?;
+        let name = obj
+            .pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .filter(|n| !n.is_empty())
+            .ok_or_else(|| {
+                ClientError::Manifest(format!("a {kind} manifest has no metadata.name"))
+            })?;
+        let ns = obj
+            .pointer("/metadata/namespace")
+            .and_then(Value::as_str)
+            .unwrap_or(&self.namespace);
+        Ok((
+            res,
+            res.namespaced.then(|| ns.to_string()),
+            name.to_string(),
+        ))
     }
 }
 
 fn urlencode(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
             _ => format!("%{b:02X}"),
         })
         .collect()
@@ -184,14 +287,24 @@ pub fn parse_manifests(text: &str) -> Result<Vec<Value>, ClientError> {
     use serde::Deserialize;
     let mut out = Vec::new();
     for doc in serde_yaml::Deserializer::from_str(text) {
-        let v = Value::deserialize(doc).map_err(|e| ClientError::Manifest(format!("invalid YAML: {e}")))?;
+        let v = Value::deserialize(doc)
+            .map_err(|e| ClientError::Manifest(format!("invalid YAML: {e}")))?;
         match v {
             Value::Null => {}
-            Value::Object(ref m) if m.get("kind").and_then(Value::as_str).is_some_and(|k| k.ends_with("List")) && m.contains_key("items") => {
+            Value::Object(ref m)
+                if m.get("kind")
+                    .and_then(Value::as_str)
+                    .is_some_and(|k| k.ends_with("List"))
+                    && m.contains_key("items") =>
+            {
                 out.extend(m["items"].as_array().cloned().unwrap_or_default());
             }
             Value::Object(_) => out.push(v),
-            other => return Err(ClientError::Manifest(format!("a manifest must be a mapping, got {other}"))),
+            other => {
+                return Err(ClientError::Manifest(format!(
+                    "a manifest must be a mapping, got {other}"
+                )));
+            }
         }
     }
     Ok(out)
@@ -203,7 +316,10 @@ mod tests {
 
     #[test]
     fn manifests_split_and_lists_expand() {
-        let docs = parse_manifests("a: 1\nkind: X\n---\n---\nkind: PodList\nitems: [{kind: Pod}, {kind: Pod}]\n").unwrap();
+        let docs = parse_manifests(
+            "a: 1\nkind: X\n---\n---\nkind: PodList\nitems: [{kind: Pod}, {kind: Pod}]\n",
+        )
+        .unwrap();
         assert_eq!(docs.len(), 3);
         assert!(parse_manifests("- 1\n- 2\n").is_err());
         assert!(parse_manifests("a: [").is_err());
