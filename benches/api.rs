@@ -228,10 +228,10 @@ fn main() {
             .pool_max_idle_per_host(128)
             .build()
             .unwrap();
-        for ns in ["bench-1", "bench-64"] {
+        for ns in ["bench-warm", "bench-1", "bench-64"] {
             create_ns(&cp, &http, ns).await;
         }
-        creates(&cp, &http, "bench-1", 8, 400, Duration::from_secs(30)).await; // warm-up: connections, caches
+        creates(&cp, &http, "bench-warm", 8, 400, Duration::from_secs(30)).await; // warm-up: connections, caches
         let one = creates(&cp, &http, "bench-1", 1, single_n, Duration::from_secs(60)).await;
         let many = creates(&cp, &http, "bench-64", 64, multi_n, Duration::from_secs(60)).await;
         let (each_p50, all_p50, all_p99) = fanout(&cp, &http, 100, writes).await;

@@ -1264,6 +1264,8 @@ pub async fn bootstrap(api: &Api) -> Result<(), StoreError> {
             .await
         {
             Ok(_) | Err(StoreError::Precondition(Failed::AlreadyExists)) => {}
+            // Bootstrapping is the leader's job; followers receive the result.
+            Err(StoreError::NotLeader { .. }) => return Ok(()),
             Err(e) => return Err(e),
         }
     }
