@@ -389,6 +389,15 @@ fn cases(stale_rv: &str) -> Vec<Case> {
             "merge key",
         ),
         raw(
+            "scale without replicas",
+            "PUT",
+            &format!("{DEPLOYS}/good/scale"),
+            "application/json",
+            br#"{"apiVersion": "autoscaling/v1", "kind": "Scale", "metadata": {"name": "good"}, "spec": {}}"#,
+            422,
+            "spec.replicas: Required value",
+        ),
+        raw(
             "negative scale",
             "PATCH",
             &format!("{DEPLOYS}/good/scale"),

@@ -1,8 +1,6 @@
 //! `weft control-plane`: the API server and one Raft store member.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -10,15 +8,8 @@ use weft_control_plane::apiserver::{ControlPlane, ControlPlaneConfig};
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Where the store, PKI, tokens and kubeconfig live.
-    #[arg(long)]
-    pub data_dir: Option<PathBuf>,
-    /// API listen address; port 0 picks a free port.
-    #[arg(long, default_value = "127.0.0.1:6443")]
-    pub listen: SocketAddr,
-    /// Serve plain HTTP without authentication (local experiments only).
-    #[arg(long)]
-    pub insecure: bool,
+    #[command(flatten)]
+    pub serve: super::ServeArgs,
     /// This member's Raft node id.
     #[arg(long, default_value_t = 1)]
     pub node_id: u64,
@@ -33,11 +24,12 @@ pub struct Args {
 impl Args {
     pub fn config(&self) -> anyhow::Result<ControlPlaneConfig> {
         let data_dir = self
+            .serve
             .data_dir
             .clone()
             .unwrap_or_else(super::default_data_dir);
-        let mut cfg = ControlPlaneConfig::new(data_dir, self.listen);
-        cfg.insecure = self.insecure;
+        let mut cfg = ControlPlaneConfig::new(data_dir, self.serve.listen);
+        cfg.insecure = self.serve.insecure;
         cfg.node_id = self.node_id;
         cfg.watch_window = self.watch_window;
         cfg.peers = parse_peers(&self.peers)?;

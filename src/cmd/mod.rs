@@ -23,6 +23,20 @@ pub fn default_data_dir() -> PathBuf {
     home.join(".local/share/weft")
 }
 
+/// Flags of the verbs that serve the API (`up`, `control-plane`).
+#[derive(clap::Args, Clone)]
+pub struct ServeArgs {
+    /// Where the store, PKI, tokens and kubeconfig live; reused across restarts.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// API listen address; port 0 picks a free port.
+    #[arg(long, default_value = "127.0.0.1:6443")]
+    pub listen: std::net::SocketAddr,
+    /// Serve plain HTTP without authentication (local experiments only).
+    #[arg(long)]
+    pub insecure: bool,
+}
+
 /// Client flags shared by apply/get/delete.
 #[derive(clap::Args, Clone)]
 pub struct ClientArgs {

@@ -1,26 +1,14 @@
 //! `weft up`: the all-in-one local cluster.
 
-use std::net::SocketAddr;
-use std::path::PathBuf;
-
 #[derive(clap::Args)]
 pub struct Args {
-    /// Where cluster state lives; reused across restarts.
-    #[arg(long)]
-    pub data_dir: Option<PathBuf>,
-    /// API listen address; port 0 picks a free port.
-    #[arg(long, default_value = "127.0.0.1:6443")]
-    pub listen: SocketAddr,
-    /// Serve plain HTTP without authentication (local experiments only).
-    #[arg(long)]
-    pub insecure: bool,
+    #[command(flatten)]
+    pub serve: super::ServeArgs,
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let cp_args = super::control_plane::Args {
-        data_dir: args.data_dir,
-        listen: args.listen,
-        insecure: args.insecure,
+        serve: args.serve,
         node_id: 1,
         peers: Vec::new(),
         watch_window: 20_000,

@@ -105,12 +105,18 @@ impl TestCluster {
         start.elapsed()
     }
 
-    pub fn kubectl(&self, args: &[&str]) -> Output {
-        Command::new(kubectl_path())
-            .env("KUBECONFIG", &self.kubeconfig)
+    /// kubectl pointed at this cluster, with a discovery cache of its own.
+    fn kubectl_cmd(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(kubectl_path());
+        cmd.env("KUBECONFIG", &self.kubeconfig)
             .arg("--cache-dir")
             .arg(self.cache.path())
-            .args(args)
+            .args(args);
+        cmd
+    }
+
+    pub fn kubectl(&self, args: &[&str]) -> Output {
+        self.kubectl_cmd(args)
             .stdin(Stdio::null())
             .output()
             .expect("run kubectl")
@@ -131,11 +137,8 @@ impl TestCluster {
     /// Runs kubectl with `stdin` as the manifest (`-f -`).
     pub fn kubectl_stdin(&self, args: &[&str], stdin: &str) -> Output {
         use std::io::Write;
-        let mut child = Command::new(kubectl_path())
-            .env("KUBECONFIG", &self.kubeconfig)
-            .arg("--cache-dir")
-            .arg(self.cache.path())
-            .args(args)
+        let mut child = self
+            .kubectl_cmd(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -152,11 +155,7 @@ impl TestCluster {
 
     /// A kubectl child process for streaming commands (`get -w`).
     pub fn kubectl_spawn(&self, args: &[&str]) -> Child {
-        Command::new(kubectl_path())
-            .env("KUBECONFIG", &self.kubeconfig)
-            .arg("--cache-dir")
-            .arg(self.cache.path())
-            .args(args)
+        self.kubectl_cmd(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -757,10 +757,7 @@ pub async fn update(ctx: &Ctx<'_>, body: &Bytes) -> ApiResult {
     let sub = ctx.target.sub.clone();
     let (stored, warnings) = match sub.as_deref() {
         Some("scale") => {
-            let replicas = body
-                .pointer("/spec/replicas")
-                .and_then(Value::as_i64)
-                .unwrap_or(0);
+            let replicas = scale_replicas(&body, ctx.name())?;
             let (stored, w) =
                 update_with(ctx, |cur| Ok((with_replicas(cur, replicas), pinned))).await?;
             (scale_of(&stored), w)
@@ -782,6 +779,27 @@ pub async fn update(ctx: &Ctx<'_>, body: &Bytes) -> ApiResult {
         _ => update_with(ctx, |_| Ok((body.clone(), pinned))).await?,
     };
     Ok(ctx.respond(StatusCode::OK, &stored, &warnings))
+}
+
+/// `spec.replicas` of a Scale body: required, and not negative.
+fn scale_replicas(scale: &Value, name: &str) -> Result<i64, Status> {
+    match scale.pointer("/spec/replicas").and_then(Value::as_i64) {
+        None => Err(Status::invalid(
+            "Scale",
+            name,
+            vec![weft_api::Cause::required("spec.replicas")],
+        )),
+        Some(r) if r < 0 => Err(Status::invalid(
+            "Scale",
+            name,
+            vec![weft_api::Cause::invalid_value(
+                "spec.replicas",
+                &r.to_string(),
+                "must be greater than or equal to 0",
+            )],
+        )),
+        Some(r) => Ok(r),
+    }
 }
 
 fn with_replicas(cur: &Value, replicas: i64) -> Value {
@@ -860,27 +878,7 @@ pub async fn patch(ctx: &Ctx<'_>, body: &Bytes) -> ApiResult {
         Some("scale") => {
             let (stored, w) = update_with(ctx, |cur| {
                 let (scale, pinned) = apply_to(&scale_of(cur))?;
-                let replicas = scale
-                    .pointer("/spec/replicas")
-                    .and_then(Value::as_i64)
-                    .ok_or_else(|| {
-                        Status::invalid(
-                            "Scale",
-                            ctx.name(),
-                            vec![weft_api::Cause::required("spec.replicas")],
-                        )
-                    })?;
-                if replicas < 0 {
-                    return Err(Status::invalid(
-                        "Scale",
-                        ctx.name(),
-                        vec![weft_api::Cause::invalid_value(
-                            "spec.replicas",
-                            &replicas.to_string(),
-                            "must be greater than or equal to 0",
-                        )],
-                    ));
-                }
+                let replicas = scale_replicas(&scale, ctx.name())?;
                 Ok((with_replicas(cur, replicas), pinned))
             })
             .await?;

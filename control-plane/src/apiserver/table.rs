@@ -336,6 +336,26 @@ fn event_object(e: &Value) -> String {
 
 /// Column definitions and the cells of one object, per kind.
 fn columns(kind: &str) -> Vec<Value> {
+    // The `-o wide` columns every pod-template workload shares.
+    let template_cols = [
+        col(
+            "Containers",
+            "string",
+            1,
+            "Names of each container in the template.",
+        ),
+        col(
+            "Images",
+            "string",
+            1,
+            "Images referenced by each container in the template.",
+        ),
+        col("Selector", "string", 1, "Label selector for pods."),
+    ];
+    let with_template = |mut cols: Vec<Value>| {
+        cols.extend(template_cols.iter().cloned());
+        cols
+    };
     let name = col(
         "Name",
         "string",
@@ -380,7 +400,7 @@ fn columns(kind: &str) -> Vec<Value> {
             ),
             col("Readiness Gates", "string", 1, "Pod readiness gates."),
         ],
-        "Deployment" => vec![
+        "Deployment" => with_template(vec![
             name,
             col("Ready", "string", 0, "Number of the pod with ready state"),
             col(
@@ -396,41 +416,15 @@ fn columns(kind: &str) -> Vec<Value> {
                 "Total number of available pods (ready for at least minReadySeconds) targeted by this deployment.",
             ),
             age_col,
-            col(
-                "Containers",
-                "string",
-                1,
-                "Names of each container in the template.",
-            ),
-            col(
-                "Images",
-                "string",
-                1,
-                "Images referenced by each container in the template.",
-            ),
-            col("Selector", "string", 1, "Label selector for pods."),
-        ],
-        "ReplicaSet" => vec![
+        ]),
+        "ReplicaSet" => with_template(vec![
             name,
             col("Desired", "integer", 0, "Number of desired pods."),
             col("Current", "integer", 0, "Number of actual running pods."),
             col("Ready", "integer", 0, "Number of ready pods."),
             age_col,
-            col(
-                "Containers",
-                "string",
-                1,
-                "Names of each container in the template.",
-            ),
-            col(
-                "Images",
-                "string",
-                1,
-                "Images referenced by each container in the template.",
-            ),
-            col("Selector", "string", 1, "Label selector for pods."),
-        ],
-        "DaemonSet" => vec![
+        ]),
+        "DaemonSet" => with_template(vec![
             name,
             col(
                 "Desired",
@@ -469,20 +463,7 @@ fn columns(kind: &str) -> Vec<Value> {
                 "Node selector of the pod template.",
             ),
             age_col,
-            col(
-                "Containers",
-                "string",
-                1,
-                "Names of each container in the template.",
-            ),
-            col(
-                "Images",
-                "string",
-                1,
-                "Images referenced by each container in the template.",
-            ),
-            col("Selector", "string", 1, "Label selector for pods."),
-        ],
+        ]),
         "Service" => vec![
             name,
             col("Type", "string", 0, "The type of the service."),
@@ -548,7 +529,7 @@ fn columns(kind: &str) -> Vec<Value> {
             col("Endpoints", "string", 0, "Endpoint addresses."),
             age_col,
         ],
-        "Job" => vec![
+        "Job" => with_template(vec![
             name,
             col("Status", "string", 0, "Status of the job."),
             col(
@@ -564,21 +545,8 @@ fn columns(kind: &str) -> Vec<Value> {
                 "Time required to complete the job.",
             ),
             age_col,
-            col(
-                "Containers",
-                "string",
-                1,
-                "Names of each container in the template.",
-            ),
-            col(
-                "Images",
-                "string",
-                1,
-                "Images referenced by each container in the template.",
-            ),
-            col("Selector", "string", 1, "Label selector for pods."),
-        ],
-        "CronJob" => vec![
+        ]),
+        "CronJob" => with_template(vec![
             name,
             col("Schedule", "string", 0, "The schedule."),
             col("Timezone", "string", 0, "The time zone."),
@@ -591,20 +559,7 @@ fn columns(kind: &str) -> Vec<Value> {
             col("Active", "integer", 0, "Active jobs."),
             col("Last Schedule", "string", 0, "When the job last ran."),
             age_col,
-            col(
-                "Containers",
-                "string",
-                1,
-                "Names of each container in the template.",
-            ),
-            col(
-                "Images",
-                "string",
-                1,
-                "Images referenced by each container in the template.",
-            ),
-            col("Selector", "string", 1, "Label selector for pods."),
-        ],
+        ]),
         "Lease" => vec![
             name,
             col("Holder", "string", 0, "The holder of the lease."),
