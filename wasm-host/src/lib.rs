@@ -359,6 +359,17 @@ impl HttpHandler {
         store
     }
 
+    /// Creates and instantiates a fresh instance, then drops it: the per-request
+    /// setup cost, and a readiness check that the pod can start at all.
+    pub async fn instantiate(&self) -> Result<(), RequestError> {
+        let mut store = self.store();
+        self.pre
+            .instantiate_async(&mut store)
+            .await
+            .map(drop)
+            .map_err(|e| RequestError::Trap(format!("{e:#}")))
+    }
+
     /// Runs one request in a fresh instance.
     pub async fn handle<B>(&self, req: hyper::Request<B>) -> Result<Response, RequestError>
     where

@@ -1,48 +1,12 @@
 //! The wasm host with the real wasmtime and the real `samples/hello` component.
 
-use std::path::PathBuf;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
+mod guests;
+
+use guests::{guest, sample};
 use http_body_util::{BodyExt, Empty};
 use weft_wasm_host::{Host, HostConfig, HostError, Limits};
-
-/// Builds a guest for wasm32-wasip2 and returns its bytes. `dir` is relative
-/// to this crate; cargo makes repeated builds no-ops.
-fn guest(dir: &str, name: &str) -> Vec<u8> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(dir);
-    let target = std::env::var("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| dir.join("target"));
-    let status = Command::new(env!("CARGO"))
-        .args([
-            "build",
-            "--quiet",
-            "--release",
-            "--target",
-            "wasm32-wasip2",
-            "--manifest-path",
-        ])
-        .arg(dir.join("Cargo.toml"))
-        .env("CARGO_TARGET_DIR", &target)
-        .status()
-        .expect("run cargo for the guest");
-    assert!(
-        status.success(),
-        "building {} failed (is the wasm32-wasip2 target installed? ./dev installs it)",
-        dir.display()
-    );
-    std::fs::read(
-        target
-            .join("wasm32-wasip2/release")
-            .join(format!("{name}.wasm")),
-    )
-    .expect("guest artifact")
-}
-
-fn sample(name: &str) -> Vec<u8> {
-    guest(&format!("../samples/{name}"), name)
-}
 
 fn request(host: &str) -> hyper::Request<Empty<bytes::Bytes>> {
     hyper::Request::builder()

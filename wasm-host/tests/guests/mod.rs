@@ -1,0 +1,43 @@
+//! Builds the Wasm guests tests and benchmarks run (samples and test guests).
+
+#![allow(dead_code)] // each user needs a subset
+
+use std::path::PathBuf;
+use std::process::Command;
+
+/// Builds a guest for wasm32-wasip2 and returns its bytes. `dir` is relative
+/// to this crate; cargo makes repeated builds no-ops.
+pub fn guest(dir: &str, name: &str) -> Vec<u8> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(dir);
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| dir.join("target"));
+    let status = Command::new(env!("CARGO"))
+        .args([
+            "build",
+            "--quiet",
+            "--release",
+            "--target",
+            "wasm32-wasip2",
+            "--manifest-path",
+        ])
+        .arg(dir.join("Cargo.toml"))
+        .env("CARGO_TARGET_DIR", &target)
+        .status()
+        .expect("run cargo for the guest");
+    assert!(
+        status.success(),
+        "building {} failed (is the wasm32-wasip2 target installed? ./dev installs it)",
+        dir.display()
+    );
+    std::fs::read(
+        target
+            .join("wasm32-wasip2/release")
+            .join(format!("{name}.wasm")),
+    )
+    .expect("guest artifact")
+}
+
+pub fn sample(name: &str) -> Vec<u8> {
+    guest(&format!("../samples/{name}"), name)
+}
