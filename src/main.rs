@@ -27,6 +27,8 @@ enum Command {
     Get(cmd::get::Args),
     /// Delete objects by name or by manifest.
     Delete(cmd::delete::Args),
+    /// Publish a .wasm file to an OCI registry as a Wasm artifact.
+    Push(cmd::push::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -49,6 +51,7 @@ fn main() -> anyhow::Result<()> {
             Command::Apply(a) => cmd::apply::run(a).await,
             Command::Get(a) => cmd::get::run(a).await,
             Command::Delete(a) => cmd::delete::run(a).await,
+            Command::Push(a) => cmd::push::run(a).await,
         }
     })
 }

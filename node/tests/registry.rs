@@ -1,0 +1,226 @@
+//! The artifact pipeline against a real registry (Debian's docker-registry) on loopback.
+
+#[path = "../../wasm-host/tests/guests/mod.rs"]
+mod guests;
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use http_body_util::{BodyExt, Empty};
+use oci_client::client::{Config, ImageLayer};
+use oci_client::secrets::RegistryAuth;
+use weft_node::artifacts::{self, ArtifactStore, PullError, PullPolicy};
+use weft_wasm_host::{Host, HostConfig, Limits};
+
+/// A registry on 127.0.0.1:<free port>, storing into a temp dir; killed on drop.
+struct Registry {
+    child: Child,
+    pub addr: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Registry {
+    fn start() -> Registry {
+        let bin = ["/usr/bin/docker-registry", "/usr/sbin/docker-registry"]
+            .into_iter()
+            .find(|p| std::path::Path::new(p).exists())
+            .expect("docker-registry is not installed: ./dev installs Debian's docker-registry");
+        let dir = tempfile::tempdir().unwrap();
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let addr = format!("127.0.0.1:{port}");
+        let config = dir.path().join("config.yml");
+        std::fs::write(&config, format!("version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {addr}\n", dir.path().join("data").display())).unwrap();
+        let child = Command::new(bin)
+            .arg("serve")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start docker-registry");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(&addr).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "registry did not listen on {addr}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Registry {
+            child,
+            addr,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+const ANON: RegistryAuth = RegistryAuth::Anonymous;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn push_pull_cache_and_serve() {
+    let registry = Registry::start();
+    let wasm = guests::sample("hello");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("hello.wasm");
+    std::fs::write(&file, &wasm).unwrap();
+    let image = format!("{}/samples/hello:1", registry.addr);
+
+    let pushed = artifacts::push(&file, &image, &ANON)
+        .await
+        .expect("push to the loopback registry");
+    assert_eq!(pushed, artifacts::sha256(&wasm));
+
+    let store = ArtifactStore::new(dir.path().join("artifacts")).unwrap();
+    let pulled = store
+        .pull(&image, PullPolicy::IfNotPresent, &ANON)
+        .await
+        .expect("pull");
+    assert_eq!(pulled.digest, pushed, "digest verified and kept");
+    assert_eq!(std::fs::read(&pulled.path).unwrap(), wasm);
+
+    // The pulled artifact runs.
+    let host = Host::new(HostConfig::new(dir.path().join("cwasm"))).unwrap();
+    let artifact = host
+        .load(&pulled.digest, &std::fs::read(&pulled.path).unwrap())
+        .unwrap();
+    let handler = host
+        .http_handler(
+            &artifact,
+            vec![("HOSTNAME".into(), "from-registry".into())],
+            Limits::default(),
+        )
+        .unwrap();
+    let resp = handler
+        .handle(
+            hyper::Request::builder()
+                .uri("http://x/")
+                .body(Empty::<bytes::Bytes>::new())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.into_body().collect().await.unwrap().to_bytes(),
+        "Hello from from-registry\n"
+    );
+
+    // A missing tag is ErrImagePull carrying the registry's message.
+    let missing = store
+        .pull(
+            &format!("{}/samples/hello:nope", registry.addr),
+            PullPolicy::Always,
+            &ANON,
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(missing.reason(), "ErrImagePull");
+    assert!(
+        missing.to_string().to_lowercase().contains("manifest"),
+        "{missing}"
+    );
+
+    // With the registry gone, IfNotPresent is served from the cache and Always fails.
+    drop(registry);
+    assert_eq!(
+        store
+            .pull(&image, PullPolicy::IfNotPresent, &ANON)
+            .await
+            .unwrap(),
+        pulled
+    );
+    assert_eq!(
+        store.pull(&image, PullPolicy::Never, &ANON).await.unwrap(),
+        pulled
+    );
+    let gone = store
+        .pull(&image, PullPolicy::Always, &ANON)
+        .await
+        .unwrap_err();
+    assert_eq!(gone.reason(), "ErrImagePull");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn single_layer_images_and_non_wasm_images() {
+    let registry = Registry::start();
+    let wasm = guests::sample("hello");
+    let dir = tempfile::tempdir().unwrap();
+    let store = ArtifactStore::new(dir.path().into()).unwrap();
+    let client = oci_client::Client::new(oci_client::client::ClientConfig {
+        protocol: oci_client::client::ClientProtocol::HttpsExcept(vec![registry.addr.clone()]),
+        ..Default::default()
+    });
+    let image_config = || {
+        Config::new(
+            br#"{"architecture":"amd64","os":"linux"}"#.to_vec(),
+            oci_client::manifest::IMAGE_CONFIG_MEDIA_TYPE.to_string(),
+            None,
+        )
+    };
+
+    // A plain single-layer image whose layer is the .wasm file.
+    let plain = format!("{}/plain/hello:1", registry.addr);
+    let layer = ImageLayer::new(
+        wasm.clone(),
+        oci_client::manifest::IMAGE_LAYER_MEDIA_TYPE.to_string(),
+        None,
+    );
+    client
+        .push(
+            &plain.parse().unwrap(),
+            &[layer],
+            image_config(),
+            &ANON,
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .pull(&plain, PullPolicy::Always, &ANON)
+            .await
+            .unwrap()
+            .digest,
+        artifacts::sha256(&wasm)
+    );
+
+    // An ordinary container image is not Wasm: that decides the runtime later.
+    let container = format!("{}/plain/busybox:1", registry.addr);
+    let layer = ImageLayer::new(
+        b"not a wasm module, a tarball".to_vec(),
+        oci_client::manifest::IMAGE_LAYER_MEDIA_TYPE.to_string(),
+        None,
+    );
+    client
+        .push(
+            &container.parse().unwrap(),
+            &[layer],
+            image_config(),
+            &ANON,
+            None,
+        )
+        .await
+        .unwrap();
+    assert!(matches!(
+        store.pull(&container, PullPolicy::Always, &ANON).await,
+        Err(PullError::NotWasm(_))
+    ));
+
+    // Pushing something that is not Wasm is refused before any upload.
+    let junk = dir.path().join("junk.wasm");
+    std::fs::write(&junk, b"junk").unwrap();
+    assert!(matches!(
+        artifacts::push(&junk, &plain, &ANON).await,
+        Err(PullError::NotWasm(_))
+    ));
+}
