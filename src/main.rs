@@ -17,7 +17,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run an all-in-one local cluster (control plane; node agent and proxy come later).
+    /// Run an all-in-one local cluster: the control plane and one node agent.
     Up(cmd::up::Args),
     /// Run the control plane alone: API server and Raft store member.
     ControlPlane(cmd::control_plane::Args),
@@ -29,6 +29,8 @@ enum Command {
     Delete(cmd::delete::Args),
     /// Publish a .wasm file to an OCI registry as a Wasm artifact.
     Push(cmd::push::Args),
+    /// Run a node agent on its own, against a control plane.
+    Node(cmd::node::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -52,6 +54,7 @@ fn main() -> anyhow::Result<()> {
             Command::Get(a) => cmd::get::run(a).await,
             Command::Delete(a) => cmd::delete::run(a).await,
             Command::Push(a) => cmd::push::run(a).await,
+            Command::Node(a) => cmd::node::run(a).await,
         }
     })
 }

@@ -114,6 +114,8 @@ fn is_loopback(registry: &str) -> bool {
 }
 
 fn client_for(reference: &Reference) -> Client {
+    // rustls needs one process-wide crypto provider; ring is the one Weft builds.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let registry = reference.resolve_registry().to_string();
     let protocol = if is_loopback(&registry) {
         ClientProtocol::HttpsExcept(vec![registry])
@@ -146,8 +148,6 @@ impl ArtifactStore {
             let p = dir.join(sub);
             std::fs::create_dir_all(&p).map_err(|source| PullError::Cache { path: p, source })?;
         }
-        // rustls needs one process-wide crypto provider; ring is the one Weft builds.
-        let _ = rustls::crypto::ring::default_provider().install_default();
         Ok(ArtifactStore { dir })
     }
 

@@ -1,4 +1,6 @@
-//! The Weft node agent (kubelet's role). This crate grows with the node-agent
-//! issue; today it holds the artifact pipeline the agent and `weft push` share.
+//! The Weft node agent (kubelet's role): artifacts, the workload runtimes
+//! behind one trait, and the agent loop that runs the pods bound to its node.
 
+pub mod agent;
 pub mod artifacts;
+pub mod runtime;

@@ -2,68 +2,15 @@
 
 #[path = "../../wasm-host/tests/guests/mod.rs"]
 mod guests;
-
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+#[path = "../../tests/common/registry.rs"]
+mod registry;
 
 use http_body_util::{BodyExt, Empty};
 use oci_client::client::{Config, ImageLayer};
 use oci_client::secrets::RegistryAuth;
+use registry::Registry;
 use weft_node::artifacts::{self, ArtifactStore, PullError, PullPolicy};
 use weft_wasm_host::{Host, HostConfig, Limits};
-
-/// A registry on 127.0.0.1:<free port>, storing into a temp dir; killed on drop.
-struct Registry {
-    child: Child,
-    pub addr: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Registry {
-    fn start() -> Registry {
-        let bin = ["/usr/bin/docker-registry", "/usr/sbin/docker-registry"]
-            .into_iter()
-            .find(|p| std::path::Path::new(p).exists())
-            .expect("docker-registry is not installed: ./dev installs Debian's docker-registry");
-        let dir = tempfile::tempdir().unwrap();
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let addr = format!("127.0.0.1:{port}");
-        let config = dir.path().join("config.yml");
-        std::fs::write(&config, format!("version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {addr}\n", dir.path().join("data").display())).unwrap();
-        let child = Command::new(bin)
-            .arg("serve")
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start docker-registry");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(&addr).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "registry did not listen on {addr}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Registry {
-            child,
-            addr,
-            _dir: dir,
-        }
-    }
-}
-
-impl Drop for Registry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 const ANON: RegistryAuth = RegistryAuth::Anonymous;
 
@@ -156,6 +103,8 @@ async fn single_layer_images_and_non_wasm_images() {
     let wasm = guests::sample("hello");
     let dir = tempfile::tempdir().unwrap();
     let store = ArtifactStore::new(dir.path().into()).unwrap();
+    // This test drives oci-client directly, so it picks rustls' provider itself.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let client = oci_client::Client::new(oci_client::client::ClientConfig {
         protocol: oci_client::client::ClientProtocol::HttpsExcept(vec![registry.addr.clone()]),
         ..Default::default()

@@ -14,13 +14,24 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         watch_window: 20_000,
     };
     let cfg = cp_args.config()?;
-    let kubeconfig = cfg.data_dir.join("kubeconfig");
+    let data_dir = cfg.data_dir.clone();
+    let kubeconfig = data_dir.join("kubeconfig");
     let cp = super::control_plane::start(cfg).await?;
+    let ca = data_dir.join("pki/ca.crt");
+    let client = super::node::client(
+        &cp.url,
+        &cp.token,
+        cp.ca_pem.is_some().then_some(ca.as_path()),
+    )?;
+    let agent_cfg =
+        weft_node::agent::AgentConfig::new(super::node::default_name(), data_dir.join("node"));
+    let node = weft_node::agent::start(client, agent_cfg).await?;
     // Tests and scripts wait for this line: the API is ready and the kubeconfig written.
     println!("weft is up: API at {}", cp.url);
     println!("  export KUBECONFIG={}", kubeconfig.display());
     println!("  kubectl get namespaces");
     super::shutdown_signal().await;
+    node.shutdown(super::SHUTDOWN_DEADLINE).await;
     cp.shutdown(super::SHUTDOWN_DEADLINE).await;
     Ok(())
 }

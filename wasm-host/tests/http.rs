@@ -123,7 +123,10 @@ async fn hostile_guests_hurt_only_themselves() {
     let dir = tempfile::tempdir().unwrap();
     let host = Host::new(HostConfig::new(dir.path().into())).unwrap();
     let hostile = host
-        .load("sha256:hostile", &guest("tests/guests/hostile", "hostile"))
+        .load(
+            "sha256:hostile",
+            &guest("wasm-host/tests/guests/hostile", "hostile"),
+        )
         .unwrap();
     let limits = Limits {
         memory_bytes: 16 << 20,

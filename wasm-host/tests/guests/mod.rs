@@ -5,10 +5,19 @@
 use std::path::PathBuf;
 use std::process::Command;
 
+/// The repository root, whichever crate includes this file.
+fn repo_root() -> PathBuf {
+    let here = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    here.ancestors()
+        .find(|p| p.join("samples").is_dir())
+        .expect("inside the weft repository")
+        .to_path_buf()
+}
+
 /// Builds a guest for wasm32-wasip2 and returns its bytes. `dir` is relative
-/// to this crate; cargo makes repeated builds no-ops.
+/// to the repository root; cargo makes repeated builds no-ops.
 pub fn guest(dir: &str, name: &str) -> Vec<u8> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(dir);
+    let dir = repo_root().join(dir);
     let target = std::env::var("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|_| dir.join("target"));
@@ -39,5 +48,5 @@ pub fn guest(dir: &str, name: &str) -> Vec<u8> {
 }
 
 pub fn sample(name: &str) -> Vec<u8> {
-    guest(&format!("../samples/{name}"), name)
+    guest(&format!("samples/{name}"), name)
 }

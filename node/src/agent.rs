@@ -1,0 +1,403 @@
+//! The node agent (kubelet's role): registers its Node, heartbeats with a
+//! Lease, and runs the pods bound to it through the workload runtime.
+
+use std::collections::{HashMap, HashSet};
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::runtime::watcher;
+use serde_json::{Value, json};
+use tokio::sync::{mpsc, watch as signal};
+use weft_api::k8s_openapi::api::coordination::v1::Lease;
+use weft_api::k8s_openapi::api::core::v1::{Node, Pod};
+use weft_api::k8s_openapi::api::node::v1::RuntimeClass;
+use weft_wasm_host::{Host, HostConfig};
+
+use crate::artifacts::ArtifactStore;
+use crate::runtime::{RunningPod, WasmRuntime, Workload};
+
+/// The label nodes carry when their agent runs Wasm pods.
+pub const WASM_LABEL: &str = "weft.dev/wasm";
+const FIELD_MANAGER: &str = "weft-node";
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("api: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("wasm host: {0}")]
+    Host(#[from] weft_wasm_host::HostError),
+    #[error("artifacts: {0}")]
+    Artifacts(#[from] crate::artifacts::PullError),
+    #[error("invalid pod CIDR {0:?}: want an IPv4 a.b.c.d/len")]
+    PodCidr(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    pub name: String,
+    pub data_dir: PathBuf,
+    /// Pod IPs come from here. Loopback by default, so pods need no privileges.
+    pub pod_cidr: String,
+    pub heartbeat: Duration,
+    /// Wait before retrying a pod that failed to start (ImagePullBackOff).
+    pub retry_after: Duration,
+}
+
+impl AgentConfig {
+    pub fn new(name: String, data_dir: PathBuf) -> Self {
+        AgentConfig {
+            name,
+            data_dir,
+            pod_cidr: "127.10.0.0/16".into(),
+            heartbeat: Duration::from_secs(10),
+            retry_after: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Hands out pod IPs from the node's range.
+pub struct IpPool {
+    base: u32,
+    size: u32,
+    used: HashSet<u32>,
+}
+
+impl IpPool {
+    pub fn parse(cidr: &str) -> Option<IpPool> {
+        let (ip, len) = cidr.split_once('/')?;
+        let ip: Ipv4Addr = ip.parse().ok()?;
+        let len: u32 = len.parse().ok().filter(|l| (8..=30).contains(l))?;
+        let mask = u32::MAX << (32 - len);
+        Some(IpPool {
+            base: u32::from(ip) & mask,
+            size: 1 << (32 - len),
+            used: HashSet::new(),
+        })
+    }
+
+    /// `want` if it is free and in range (a pod keeping its IP across agent restarts), else the next free one.
+    pub fn take(&mut self, want: Option<Ipv4Addr>) -> Option<Ipv4Addr> {
+        if let Some(w) = want.map(u32::from)
+            && w > self.base + 1
+            && w < self.base + self.size - 1
+            && self.used.insert(w)
+        {
+            return Some(Ipv4Addr::from(w));
+        }
+        // .0 is the network and .1 the node itself.
+        let free = (2..self.size - 1)
+            .map(|o| self.base + o)
+            .find(|a| !self.used.contains(a))?;
+        self.used.insert(free);
+        Some(Ipv4Addr::from(free))
+    }
+
+    pub fn release(&mut self, ip: Ipv4Addr) {
+        self.used.remove(&u32::from(ip));
+    }
+}
+
+fn now() -> String {
+    jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string()
+}
+
+fn now_micro() -> String {
+    jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%S.%6fZ")
+        .to_string()
+}
+
+async fn register(client: &kube::Client, cfg: &AgentConfig) -> Result<(), AgentError> {
+    let nodes: Api<Node> = Api::all(client.clone());
+    let node = json!({"apiVersion": "v1", "kind": "Node",
+        "metadata": {"name": cfg.name, "labels": {
+            "kubernetes.io/hostname": cfg.name, "kubernetes.io/os": std::env::consts::OS,
+            "kubernetes.io/arch": if std::env::consts::ARCH == "x86_64" { "amd64" } else { std::env::consts::ARCH },
+            WASM_LABEL: "true"}},
+        "spec": {"podCIDR": cfg.pod_cidr, "podCIDRs": [cfg.pod_cidr]}});
+    nodes
+        .patch(
+            &cfg.name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&node),
+        )
+        .await?;
+    nodes
+        .patch_status(
+            &cfg.name,
+            &PatchParams::default(),
+            &Patch::Merge(&node_status(cfg)),
+        )
+        .await?;
+    let classes: Api<RuntimeClass> = Api::all(client.clone());
+    if classes.get_opt("wasm").await?.is_none() {
+        let rc: RuntimeClass = serde_json::from_value(json!({"apiVersion": "node.k8s.io/v1", "kind": "RuntimeClass", "metadata": {"name": "wasm"}, "handler": "wasmtime"}))
+            .expect("static RuntimeClass");
+        match classes.create(&Default::default(), &rc).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 409 => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+fn node_status(cfg: &AgentConfig) -> Value {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let ts = now();
+    let cond = |ty: &str, status: &str, reason: &str, msg: &str| json!({"type": ty, "status": status, "reason": reason, "message": msg, "lastHeartbeatTime": ts, "lastTransitionTime": ts});
+    json!({"status": {
+        "capacity": {"cpu": cpus.to_string(), "memory": "24Gi", "pods": "10000"},
+        "allocatable": {"cpu": cpus.to_string(), "memory": "24Gi", "pods": "10000"},
+        "conditions": [
+            cond("MemoryPressure", "False", "KubeletHasSufficientMemory", "weft node agent has sufficient memory available"),
+            cond("DiskPressure", "False", "KubeletHasNoDiskPressure", "weft node agent has no disk pressure"),
+            cond("PIDPressure", "False", "KubeletHasSufficientPID", "weft node agent has sufficient PID available"),
+            cond("Ready", "True", "KubeletReady", "weft node agent is posting ready status"),
+        ],
+        "addresses": [{"type": "InternalIP", "address": "127.0.0.1"}, {"type": "Hostname", "address": cfg.name}],
+        "nodeInfo": {"kubeletVersion": "v1.32.0-weft", "kubeProxyVersion": "", "osImage": "weft", "kernelVersion": "",
+                     "containerRuntimeVersion": "wasmtime://48.0.8", "operatingSystem": std::env::consts::OS,
+                     "architecture": if std::env::consts::ARCH == "x86_64" { "amd64" } else { std::env::consts::ARCH },
+                     "machineID": "", "systemUUID": "", "bootID": ""}}})
+}
+
+async fn heartbeat(client: &kube::Client, cfg: &AgentConfig) -> Result<(), AgentError> {
+    let leases: Api<Lease> = Api::namespaced(client.clone(), "kube-node-lease");
+    let lease = json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": {"name": cfg.name, "namespace": "kube-node-lease"},
+        "spec": {"holderIdentity": cfg.name, "leaseDurationSeconds": 40, "renewTime": now_micro()}});
+    leases
+        .patch(
+            &cfg.name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&lease),
+        )
+        .await?;
+    let nodes: Api<Node> = Api::all(client.clone());
+    nodes
+        .patch_status(
+            &cfg.name,
+            &PatchParams::default(),
+            &Patch::Merge(&node_status(cfg)),
+        )
+        .await?;
+    Ok(())
+}
+
+/// A running agent; `shutdown` stops its pods (leaving them in the API, to be
+/// resumed by the next start) and its loops.
+pub struct AgentHandle {
+    stop: signal::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl AgentHandle {
+    pub async fn shutdown(self, deadline: Duration) {
+        let _ = self.stop.send(true);
+        if tokio::time::timeout(deadline, self.task).await.is_err() {
+            tracing::warn!("node agent did not stop within {deadline:?}");
+        }
+    }
+}
+
+pub async fn start(client: kube::Client, cfg: AgentConfig) -> Result<AgentHandle, AgentError> {
+    let pool =
+        IpPool::parse(&cfg.pod_cidr).ok_or_else(|| AgentError::PodCidr(cfg.pod_cidr.clone()))?;
+    let host = Arc::new(Host::new(HostConfig::new(cfg.data_dir.join("cwasm")))?);
+    let artifacts = Arc::new(ArtifactStore::new(cfg.data_dir.join("artifacts"))?);
+    register(&client, &cfg).await?;
+    let (stop, stopped) = signal::channel(false);
+    let agent = PodLoop {
+        client,
+        cfg,
+        runtime: WasmRuntime::new(host, artifacts),
+        pool,
+        running: HashMap::new(),
+    };
+    let task = tokio::spawn(agent.run(stopped));
+    Ok(AgentHandle { stop, task })
+}
+
+struct Active {
+    ip: Ipv4Addr,
+    run: RunningPod,
+}
+
+struct PodLoop<W: Workload> {
+    client: kube::Client,
+    cfg: AgentConfig,
+    runtime: W,
+    pool: IpPool,
+    /// By pod uid.
+    running: HashMap<String, Active>,
+}
+
+impl<W: Workload> PodLoop<W> {
+    async fn run(mut self, mut stop: signal::Receiver<bool>) {
+        let pods: Api<Pod> = Api::all(self.client.clone());
+        let wc = watcher::Config::default().fields(&format!("spec.nodeName={}", self.cfg.name));
+        let mut events = watcher::watcher(pods, wc).boxed();
+        let (retry_tx, mut retry_rx) = mpsc::unbounded_channel::<(String, String)>();
+        let mut beat = tokio::time::interval(self.cfg.heartbeat);
+        loop {
+            tokio::select! {
+                _ = stop.changed() => break,
+                _ = beat.tick() => {
+                    if let Err(e) = heartbeat(&self.client, &self.cfg).await {
+                        tracing::warn!("heartbeat: {e}");
+                    }
+                }
+                Some((ns, name)) = retry_rx.recv() => {
+                    let api: Api<Pod> = Api::namespaced(self.client.clone(), &ns);
+                    if let Ok(Some(pod)) = api.get_opt(&name).await {
+                        self.sync(pod, &retry_tx).await;
+                    }
+                }
+                ev = events.next() => match ev {
+                    Some(Ok(watcher::Event::Apply(pod) | watcher::Event::InitApply(pod))) => self.sync(pod, &retry_tx).await,
+                    Some(Ok(watcher::Event::Delete(pod))) => self.stop_pod(&pod).await,
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => {
+                        tracing::warn!("pod watch: {e}");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                    None => break,
+                }
+            }
+        }
+        for (_, a) in self.running.drain() {
+            a.run.stop().await;
+        }
+    }
+
+    async fn stop_pod(&mut self, pod: &Pod) {
+        let uid = pod.metadata.uid.clone().unwrap_or_default();
+        if let Some(a) = self.running.remove(&uid) {
+            a.run.stop().await;
+            self.pool.release(a.ip);
+        }
+    }
+
+    /// Brings the pod's workload to what its object says.
+    async fn sync(&mut self, pod: Pod, retry: &mpsc::UnboundedSender<(String, String)>) {
+        let uid = pod.metadata.uid.clone().unwrap_or_default();
+        let ns = pod.metadata.namespace.clone().unwrap_or_default();
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), &ns);
+        if pod.metadata.deletion_timestamp.is_some() {
+            // Graceful termination: stop serving, then let the API server remove it.
+            self.stop_pod(&pod).await;
+            match api
+                .delete(
+                    &name,
+                    &DeleteParams {
+                        grace_period_seconds: Some(0),
+                        ..Default::default()
+                    },
+                )
+                .await
+            {
+                Ok(_) | Err(kube::Error::Api(_)) => {}
+                Err(e) => tracing::warn!(pod = %name, "finishing deletion: {e}"),
+            }
+            return;
+        }
+        if self.running.contains_key(&uid) {
+            return;
+        }
+        let phase = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.phase.clone())
+            .unwrap_or_default();
+        if matches!(phase.as_str(), "Succeeded" | "Failed") {
+            return;
+        }
+        let want = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.pod_ip.as_deref())
+            .and_then(|ip| ip.parse().ok());
+        let Some(ip) = self.pool.take(want) else {
+            tracing::error!(pod = %name, "pod IP range {} is exhausted", self.cfg.pod_cidr);
+            return;
+        };
+        let containers = pod
+            .spec
+            .as_ref()
+            .map(|s| s.containers.clone())
+            .unwrap_or_default();
+        let status = match self.runtime.start(&pod, ip).await {
+            Ok(run) => {
+                let statuses: Vec<Value> = run.containers.iter().map(|c| json!({
+                    "name": c.name, "ready": true, "started": true, "restartCount": 0, "image": c.image, "imageID": c.image_id,
+                    "containerID": format!("wasm://{uid}/{}", c.name), "state": {"running": {"startedAt": now()}}})).collect();
+                self.running.insert(uid.clone(), Active { ip, run });
+                let ts = now();
+                let cond = |ty: &str| json!({"type": ty, "status": "True", "lastProbeTime": null, "lastTransitionTime": ts});
+                json!({"status": {"phase": "Running", "podIP": ip.to_string(), "podIPs": [{"ip": ip.to_string()}], "hostIP": "127.0.0.1",
+                    "hostIPs": [{"ip": "127.0.0.1"}], "startTime": ts,
+                    "conditions": [cond("PodScheduled"), cond("Initialized"), cond("ContainersReady"), cond("Ready")],
+                    "containerStatuses": statuses}})
+            }
+            Err(e) => {
+                self.pool.release(ip);
+                tracing::warn!(pod = %name, "start failed: {e}");
+                let statuses: Vec<Value> = containers.iter().map(|c| json!({
+                    "name": c.name, "ready": false, "started": false, "restartCount": 0, "image": c.image.clone().unwrap_or_default(), "imageID": "",
+                    "state": {"waiting": {"reason": e.reason(), "message": e.to_string()}}})).collect();
+                let (tx, delay, key) = (
+                    retry.clone(),
+                    self.cfg.retry_after,
+                    (ns.clone(), name.clone()),
+                );
+                tokio::spawn(async move {
+                    tokio::time::sleep(delay).await;
+                    let _ = tx.send(key);
+                });
+                json!({"status": {"phase": "Pending", "containerStatuses": statuses}})
+            }
+        };
+        if let Err(e) = api
+            .patch_status(&name, &PatchParams::default(), &Patch::Merge(&status))
+            .await
+        {
+            tracing::warn!(pod = %name, "status update: {e}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ip_pool_allocates_reuses_and_releases() {
+        let mut p = IpPool::parse("127.10.0.0/29").unwrap();
+        let a = p.take(None).unwrap();
+        assert_eq!(a, Ipv4Addr::new(127, 10, 0, 2));
+        assert_eq!(
+            p.take(Some(Ipv4Addr::new(127, 10, 0, 5))).unwrap(),
+            Ipv4Addr::new(127, 10, 0, 5),
+            "a restarted pod keeps its IP"
+        );
+        assert_eq!(
+            p.take(Some(a)).unwrap(),
+            Ipv4Addr::new(127, 10, 0, 3),
+            "a taken IP is not handed out twice"
+        );
+        assert_eq!(p.take(None).unwrap(), Ipv4Addr::new(127, 10, 0, 4));
+        assert_eq!(p.take(None).unwrap(), Ipv4Addr::new(127, 10, 0, 6));
+        assert_eq!(p.take(None), None, "/29 holds .2 to .6");
+        p.release(a);
+        assert_eq!(p.take(None), Some(a));
+        assert!(IpPool::parse("10.0.0.0/33").is_none());
+        assert!(IpPool::parse("nonsense").is_none());
+    }
+}

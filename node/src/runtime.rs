@@ -1,0 +1,243 @@
+//! The workload boundary: one trait for running a pod's workload. Wasm
+//! (in-process wasmtime) implements it now; containerd joins later. Every
+//! other part of the agent is the same for both.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use oci_client::secrets::RegistryAuth;
+use weft_api::k8s_openapi::api::core::v1::{Container, Pod};
+use weft_wasm_host::{Host, HttpHandler, Limits, RequestError};
+
+use crate::artifacts::{ArtifactStore, PullError, PullPolicy};
+
+#[derive(Debug, thiserror::Error)]
+pub enum WorkloadError {
+    #[error(transparent)]
+    Pull(#[from] PullError),
+    /// The artifact is not something this runtime can run (`CreateContainerError`).
+    #[error("{0}")]
+    Create(String),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+impl WorkloadError {
+    /// The container waiting reason shown in the pod status.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            WorkloadError::Pull(p) => p.reason(),
+            WorkloadError::Create(_) => "CreateContainerError",
+            WorkloadError::Listen { .. } => "CreateContainerError",
+        }
+    }
+}
+
+/// A started container, for its status.
+#[derive(Debug, Clone)]
+pub struct Started {
+    pub name: String,
+    pub image: String,
+    pub image_id: String,
+}
+
+/// A running pod's workload; dropping it (or `stop`) ends it.
+pub struct RunningPod {
+    pub containers: Vec<Started>,
+    tasks: tokio::task::JoinSet<()>,
+}
+
+impl RunningPod {
+    /// Stops accepting and ends every task of the pod.
+    pub async fn stop(mut self) {
+        self.tasks.shutdown().await;
+    }
+}
+
+pub trait Workload: Send + Sync + 'static {
+    /// Starts every container of `pod`, reachable at `ip`.
+    fn start(
+        &self,
+        pod: &Pod,
+        ip: Ipv4Addr,
+    ) -> impl Future<Output = Result<RunningPod, WorkloadError>> + Send;
+}
+
+/// Wasm pods: wasi:http components served in process, a fresh instance per request.
+pub struct WasmRuntime {
+    host: Arc<Host>,
+    artifacts: Arc<ArtifactStore>,
+}
+
+impl WasmRuntime {
+    pub fn new(host: Arc<Host>, artifacts: Arc<ArtifactStore>) -> Self {
+        WasmRuntime { host, artifacts }
+    }
+
+    async fn handler(
+        &self,
+        pod: &Pod,
+        c: &Container,
+    ) -> Result<(HttpHandler, Started), WorkloadError> {
+        let image = c.image.clone().unwrap_or_default();
+        let policy = PullPolicy::for_container(c.image_pull_policy.as_deref(), &image);
+        let pulled = self
+            .artifacts
+            .pull(&image, policy, &RegistryAuth::Anonymous)
+            .await?;
+        let bytes = std::fs::read(&pulled.path).map_err(|e| {
+            WorkloadError::Create(format!("reading {}: {e}", pulled.path.display()))
+        })?;
+        let artifact = self
+            .host
+            .load(&pulled.digest, &bytes)
+            .map_err(|e| WorkloadError::Create(e.to_string()))?;
+        let pod_name = pod.metadata.name.clone().unwrap_or_default();
+        // Like Kubernetes, HOSTNAME is the pod name; then the container's own env.
+        let mut env = BTreeMap::from([("HOSTNAME".to_string(), pod_name)]);
+        for e in c.env.iter().flatten() {
+            if let Some(v) = &e.value {
+                env.insert(e.name.clone(), v.clone());
+            }
+        }
+        let limits = limits_for(c);
+        let handler = self
+            .host
+            .http_handler(&artifact, env.into_iter().collect(), limits)
+            .map_err(|e| WorkloadError::Create(e.to_string()))?;
+        Ok((
+            handler,
+            Started {
+                name: c.name.clone(),
+                image,
+                image_id: pulled.digest,
+            },
+        ))
+    }
+}
+
+/// `resources.limits.memory` caps each instance's memory.
+fn limits_for(c: &Container) -> Limits {
+    let mut limits = Limits::default();
+    if let Some(mem) = c
+        .resources
+        .as_ref()
+        .and_then(|r| r.limits.as_ref())
+        .and_then(|l| l.get("memory"))
+        .and_then(|q| parse_bytes(&q.0))
+    {
+        limits.memory_bytes = mem;
+    }
+    limits
+}
+
+/// A Kubernetes memory quantity in bytes (`64Mi`, `1G`, `1048576`).
+pub fn parse_bytes(q: &str) -> Option<usize> {
+    let suffixes: [(&str, f64); 11] = [
+        ("Ki", 1024.0),
+        ("Mi", 1048576.0),
+        ("Gi", 1073741824.0),
+        ("Ti", 1099511627776.0),
+        ("k", 1e3),
+        ("K", 1e3),
+        ("M", 1e6),
+        ("G", 1e9),
+        ("T", 1e12),
+        ("m", 1e-3),
+        ("", 1.0),
+    ];
+    let (num, mult) = suffixes
+        .iter()
+        .find_map(|(s, m)| q.strip_suffix(s).filter(|n| !n.is_empty()).map(|n| (n, *m)))?;
+    num.parse::<f64>().ok().map(|n| (n * mult) as usize)
+}
+
+type Body = UnsyncBoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
+
+fn text(code: u16, msg: String) -> hyper::Response<Body> {
+    let body = Full::new(Bytes::from(msg))
+        .map_err(|never: Infallible| match never {})
+        .boxed_unsync();
+    hyper::Response::builder()
+        .status(code)
+        .header("content-type", "text/plain")
+        .body(body)
+        .expect("static response")
+}
+
+/// Serves one pod port: every connection, every request, into the handler.
+async fn serve(listener: tokio::net::TcpListener, handler: HttpHandler) {
+    let mut conns = tokio::task::JoinSet::new();
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let handler = handler.clone();
+        conns.spawn(async move {
+            let svc =
+                hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    let handler = handler.clone();
+                    async move {
+                        Ok::<_, Infallible>(match handler.handle(req).await {
+                            Ok(resp) => resp.map(|b| {
+                                b.map_err(|e| {
+                                    Box::new(std::io::Error::other(format!("{e:?}"))) as _
+                                })
+                                .boxed_unsync()
+                            }),
+                            Err(e @ RequestError::Timeout(_)) => text(504, format!("{e}\n")),
+                            Err(e) => text(500, format!("{e}\n")),
+                        })
+                    }
+                });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+        // Reap finished connections so the set does not grow without bound.
+        while conns.try_join_next().is_some() {}
+    }
+}
+
+impl Workload for WasmRuntime {
+    async fn start(&self, pod: &Pod, ip: Ipv4Addr) -> Result<RunningPod, WorkloadError> {
+        let spec = pod.spec.clone().unwrap_or_default();
+        let mut tasks = tokio::task::JoinSet::new();
+        let mut containers = Vec::new();
+        for c in &spec.containers {
+            let (handler, started) = self.handler(pod, c).await?;
+            for p in c.ports.iter().flatten() {
+                let addr = SocketAddr::from((ip, p.container_port as u16));
+                let listener = tokio::net::TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| WorkloadError::Listen { addr, source })?;
+                tasks.spawn(serve(listener, handler.clone()));
+            }
+            containers.push(started);
+        }
+        Ok(RunningPod { containers, tasks })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memory_quantities() {
+        assert_eq!(parse_bytes("64Mi"), Some(64 << 20));
+        assert_eq!(parse_bytes("1G"), Some(1_000_000_000));
+        assert_eq!(parse_bytes("1048576"), Some(1 << 20));
+        assert_eq!(parse_bytes("lots"), None);
+    }
+}

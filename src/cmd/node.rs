@@ -1,0 +1,92 @@
+//! `weft node`: a node agent on its own (tests start several).
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use weft_node::agent::{self, AgentConfig};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// The API server URL.
+    #[arg(long)]
+    pub server: String,
+    /// A bearer token (the admin token from the kubeconfig is enough for now).
+    #[arg(long, env = "WEFT_TOKEN")]
+    pub token: String,
+    /// The cluster CA (PEM), e.g. DATA_DIR/pki/ca.crt of the control plane.
+    #[arg(long)]
+    pub certificate_authority: Option<PathBuf>,
+    /// This node's name.
+    #[arg(long)]
+    pub name: String,
+    /// Where compiled artifacts and pulled blobs are kept.
+    #[arg(long)]
+    pub data_dir: PathBuf,
+    /// The range pod IPs come from (loopback by default: no privileges needed).
+    #[arg(long, default_value = "127.10.0.0/16")]
+    pub pod_cidr: String,
+}
+
+/// A kube client for a server, token and CA.
+pub fn client(
+    server: &str,
+    token: &str,
+    ca: Option<&std::path::Path>,
+) -> anyhow::Result<kube::Client> {
+    use rustls_pki_types::pem::PemObject;
+    let mut config = kube::Config::new(
+        server
+            .parse()
+            .with_context(|| format!("server URL {server:?}"))?,
+    );
+    config.auth_info.token = Some(token.to_string().into());
+    if let Some(ca) = ca {
+        let pem = std::fs::read(ca).with_context(|| format!("reading {}", ca.display()))?;
+        let certs = rustls_pki_types::CertificateDer::pem_slice_iter(&pem)
+            .map(|c| c.map(|c| c.to_vec()))
+            .collect::<Result<Vec<_>, _>>()?;
+        config.root_cert = Some(certs);
+    }
+    Ok(kube::Client::try_from(config)?)
+}
+
+/// The node name `weft up` uses: the host name, made a valid object name.
+pub fn default_name() -> String {
+    let raw = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let name: String = raw
+        .trim()
+        .to_lowercase()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    let name = name
+        .trim_matches(|c: char| !c.is_ascii_alphanumeric())
+        .to_string();
+    if name.is_empty() {
+        "weft-node".into()
+    } else {
+        name
+    }
+}
+
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let client = client(
+        &args.server,
+        &args.token,
+        args.certificate_authority.as_deref(),
+    )?;
+    let mut cfg = AgentConfig::new(args.name, args.data_dir);
+    cfg.pod_cidr = args.pod_cidr;
+    let node = agent::start(client, cfg)
+        .await
+        .context("starting the node agent")?;
+    super::shutdown_signal().await;
+    node.shutdown(super::SHUTDOWN_DEADLINE).await;
+    Ok(())
+}

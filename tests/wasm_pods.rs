@@ -1,0 +1,159 @@
+//! A Wasm pod end to end: `weft push` to a loopback registry, a pod bound to
+//! the `weft up` node, Running and serving at its pod IP, then deleted.
+
+mod common;
+#[path = "../wasm-host/tests/guests/mod.rs"]
+mod guests;
+
+use std::io::{Read, Write};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::TestCluster;
+use common::registry::Registry;
+
+fn http_get(addr: &str) -> std::io::Result<String> {
+    let mut s =
+        std::net::TcpStream::connect_timeout(&addr.parse().unwrap(), Duration::from_secs(5))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        s,
+        "GET / HTTP/1.1\r\nHost: pod\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    Ok(out)
+}
+
+/// Polls a kubectl jsonpath until it equals `want` (bounded).
+fn wait_for(c: &TestCluster, args: &[&str], want: &str, within: Duration) -> String {
+    let deadline = Instant::now() + within;
+    loop {
+        let got = String::from_utf8_lossy(&c.kubectl(args).stdout).to_string();
+        if got == want || Instant::now() > deadline {
+            return got;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn pod(name: &str, node: &str, image: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:\n  nodeName: {node}\n  containers:\n  - name: app\n    image: {image}\n    ports: [{{containerPort: 8080}}]\n"
+    )
+}
+
+#[test]
+fn wasm_pod_runs_serves_and_is_deleted() {
+    let registry = Registry::start();
+    let c = TestCluster::start();
+    let dir = tempfile::tempdir().unwrap();
+    let wasm = dir.path().join("hello.wasm");
+    std::fs::write(&wasm, guests::sample("hello")).unwrap();
+    let image = format!("{}/samples/hello:1", registry.addr);
+    let out = Command::new(env!("CARGO_BIN_EXE_weft"))
+        .arg("push")
+        .arg(&wasm)
+        .arg(&image)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "weft push: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("sha256:"));
+
+    // The in-process agent registered its node, Ready, labelled as a Wasm node, with the RuntimeClass.
+    let node = c.kubectl_ok(&["get", "nodes", "-o", "jsonpath={.items[0].metadata.name}"]);
+    assert!(!node.is_empty());
+    assert_eq!(c.kubectl_ok(&["get", "node", &node, "-o", "jsonpath={.status.conditions[?(@.type==\"Ready\")].status} {.metadata.labels.weft\\.dev/wasm}"]), "True true");
+    assert_eq!(
+        c.kubectl_ok(&["get", "runtimeclass", "wasm", "-o", "jsonpath={.handler}"]),
+        "wasmtime"
+    );
+    assert_eq!(
+        c.kubectl_ok(&[
+            "get",
+            "lease",
+            &node,
+            "-n",
+            "kube-node-lease",
+            "-o",
+            "jsonpath={.spec.holderIdentity}"
+        ]),
+        node
+    );
+
+    let started = Instant::now();
+    assert!(
+        c.kubectl_stdin(&["apply", "-f", "-"], &pod("hello", &node, &image))
+            .status
+            .success()
+    );
+    let ready = c.kubectl(&[
+        "wait",
+        "--for=condition=Ready",
+        "pod/hello",
+        "--timeout=60s",
+    ]);
+    assert!(
+        ready.status.success(),
+        "pod never Ready: {}",
+        String::from_utf8_lossy(&ready.stderr)
+    );
+    println!(
+        "pod create -> Ready (first pull and compile): {:?}",
+        started.elapsed()
+    );
+    let ip = c.kubectl_ok(&["get", "pod", "hello", "-o", "jsonpath={.status.podIP}"]);
+    assert!(
+        ip.starts_with("127.10."),
+        "pod IP from the node's loopback range: {ip}"
+    );
+    let reply = http_get(&format!("{ip}:8080")).expect("the pod answers at podIP:8080");
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    assert!(reply.contains("Hello from hello\n"), "{reply}");
+    let wide = c.kubectl_ok(&["get", "pod", "hello", "-o", "wide"]);
+    assert!(
+        wide.contains("Running") && wide.contains("1/1") && wide.contains(&ip),
+        "{wide}"
+    );
+
+    // A missing artifact shows ErrImagePull with the registry's message.
+    let missing = format!("{}/samples/nope:1", registry.addr);
+    assert!(
+        c.kubectl_stdin(&["apply", "-f", "-"], &pod("broken", &node, &missing))
+            .status
+            .success()
+    );
+    let reason = wait_for(
+        &c,
+        &[
+            "get",
+            "pod",
+            "broken",
+            "-o",
+            "jsonpath={.status.containerStatuses[0].state.waiting.reason}",
+        ],
+        "ErrImagePull",
+        Duration::from_secs(30),
+    );
+    assert_eq!(reason, "ErrImagePull");
+
+    // Deleting the pod stops it: graceful deletion is finished by the agent.
+    let deleted = c.kubectl(&["delete", "pod", "hello", "--timeout=30s"]);
+    assert!(
+        deleted.status.success(),
+        "{}",
+        String::from_utf8_lossy(&deleted.stderr)
+    );
+    assert!(
+        !c.kubectl(&["get", "pod", "hello"]).status.success(),
+        "the pod object is gone"
+    );
+    assert!(
+        http_get(&format!("{ip}:8080")).is_err(),
+        "nothing listens at the old pod IP"
+    );
+}
