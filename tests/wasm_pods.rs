@@ -107,9 +107,10 @@ fn wasm_pod_runs_serves_and_is_deleted() {
         started.elapsed()
     );
     let ip = c.kubectl_ok(&["get", "pod", "hello", "-o", "jsonpath={.status.podIP}"]);
+    let cidr = std::fs::read_to_string(c.dir.join("test-pod-cidr")).unwrap();
     assert!(
-        ip.starts_with("127.10."),
-        "pod IP from the node's loopback range: {ip}"
+        ip.starts_with(cidr.trim_end_matches("0/24")),
+        "pod IP {ip} from the node's range {cidr}"
     );
     let reply = http_get(&format!("{ip}:8080")).expect("the pod answers at podIP:8080");
     assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
@@ -155,5 +156,75 @@ fn wasm_pod_runs_serves_and_is_deleted() {
     assert!(
         http_get(&format!("{ip}:8080")).is_err(),
         "nothing listens at the old pod IP"
+    );
+}
+
+#[test]
+fn agent_restart_resumes_its_pods() {
+    let registry = Registry::start();
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = TestCluster::start_in(dir.path());
+    let wasm = dir.path().join("hello.wasm");
+    std::fs::write(&wasm, guests::sample("hello")).unwrap();
+    let image = format!("{}/samples/hello:2", registry.addr);
+    assert!(
+        Command::new(env!("CARGO_BIN_EXE_weft"))
+            .arg("push")
+            .arg(&wasm)
+            .arg(&image)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let node = c.kubectl_ok(&["get", "nodes", "-o", "jsonpath={.items[0].metadata.name}"]);
+    assert!(
+        c.kubectl_stdin(&["apply", "-f", "-"], &pod("resume", &node, &image))
+            .status
+            .success()
+    );
+    assert!(
+        c.kubectl(&[
+            "wait",
+            "--for=condition=Ready",
+            "pod/resume",
+            "--timeout=60s"
+        ])
+        .status
+        .success()
+    );
+    let ip = c.kubectl_ok(&["get", "pod", "resume", "-o", "jsonpath={.status.podIP}"]);
+    assert!(
+        http_get(&format!("{ip}:8080"))
+            .unwrap()
+            .contains("Hello from resume")
+    );
+
+    // Stop everything (agent included); the registry goes too, so the restart
+    // must run the pod from its artifact and compile caches.
+    c.stop();
+    assert!(
+        http_get(&format!("{ip}:8080")).is_err(),
+        "stopped with the agent"
+    );
+    drop(registry);
+    let c = TestCluster::start_in(dir.path());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let reply = loop {
+        match http_get(&format!("{ip}:8080")) {
+            Ok(r) => break r,
+            Err(e) if Instant::now() > deadline => panic!("the pod did not come back at {ip}: {e}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(200)),
+        }
+    };
+    assert!(reply.contains("Hello from resume"), "{reply}");
+    assert_eq!(
+        c.kubectl_ok(&[
+            "get",
+            "pod",
+            "resume",
+            "-o",
+            "jsonpath={.status.phase} {.status.podIP}"
+        ]),
+        format!("Running {ip}")
     );
 }

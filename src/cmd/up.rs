@@ -4,11 +4,14 @@
 pub struct Args {
     #[command(flatten)]
     pub serve: super::ServeArgs,
+    /// The range the node's pod IPs come from (loopback by default: no privileges needed).
+    #[arg(long, default_value = "127.10.0.0/16")]
+    pub pod_cidr: String,
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let cp_args = super::control_plane::Args {
-        serve: args.serve,
+        serve: args.serve.clone(),
         node_id: 1,
         peers: Vec::new(),
         watch_window: 20_000,
@@ -23,8 +26,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         &cp.token,
         cp.ca_pem.is_some().then_some(ca.as_path()),
     )?;
-    let agent_cfg =
+    let mut agent_cfg =
         weft_node::agent::AgentConfig::new(super::node::default_name(), data_dir.join("node"));
+    agent_cfg.pod_cidr = args.pod_cidr;
     let node = weft_node::agent::start(client, agent_cfg).await?;
     // Tests and scripts wait for this line: the API is ready and the kubeconfig written.
     println!("weft is up: API at {}", cp.url);

@@ -45,6 +45,16 @@ impl TestCluster {
     /// Starts `weft up` on `dir`, reusing whatever state is there.
     pub fn start_in(dir: &Path) -> TestCluster {
         std::fs::create_dir_all(dir).expect("data dir");
+        // Clusters running side by side need pod IP ranges of their own; a
+        // restarted cluster keeps its range (and so its pods' IPs).
+        let cidr_file = dir.join("test-pod-cidr");
+        let pod_cidr = std::fs::read_to_string(&cidr_file).unwrap_or_else(|_| {
+            static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+            let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let cidr = format!("127.{}.{}.0/24", 100 + std::process::id() % 100, n % 256);
+            std::fs::write(&cidr_file, &cidr).expect("record pod CIDR");
+            cidr
+        });
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -53,7 +63,7 @@ impl TestCluster {
         let mut child = Command::new(env!("CARGO_BIN_EXE_weft"))
             .args(["up", "--data-dir"])
             .arg(dir)
-            .args(["--listen", "127.0.0.1:0"])
+            .args(["--listen", "127.0.0.1:0", "--pod-cidr", &pod_cidr])
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log))
             .spawn()
