@@ -118,7 +118,7 @@ async fn register(client: &kube::Client, cfg: &AgentConfig) -> Result<(), AgentE
     let node = json!({"apiVersion": "v1", "kind": "Node",
         "metadata": {"name": cfg.name, "labels": {
             "kubernetes.io/hostname": cfg.name, "kubernetes.io/os": std::env::consts::OS,
-            "kubernetes.io/arch": if std::env::consts::ARCH == "x86_64" { "amd64" } else { std::env::consts::ARCH },
+            "kubernetes.io/arch": weft_api::go_arch(),
             WASM_LABEL: "true"}},
         "spec": {"podCIDR": cfg.pod_cidr, "podCIDRs": [cfg.pod_cidr]}});
     nodes
@@ -128,13 +128,7 @@ async fn register(client: &kube::Client, cfg: &AgentConfig) -> Result<(), AgentE
             &Patch::Apply(&node),
         )
         .await?;
-    nodes
-        .patch_status(
-            &cfg.name,
-            &PatchParams::default(),
-            &Patch::Merge(&node_status(cfg)),
-        )
-        .await?;
+    post_node_status(client, cfg).await?;
     let classes: Api<RuntimeClass> = Api::all(client.clone());
     if classes.get_opt("wasm").await?.is_none() {
         let rc: RuntimeClass = serde_json::from_value(json!({"apiVersion": "node.k8s.io/v1", "kind": "RuntimeClass", "metadata": {"name": "wasm"}, "handler": "wasmtime"}))
@@ -164,7 +158,7 @@ fn node_status(cfg: &AgentConfig) -> Value {
         "addresses": [{"type": "InternalIP", "address": "127.0.0.1"}, {"type": "Hostname", "address": cfg.name}],
         "nodeInfo": {"kubeletVersion": "v1.32.0-weft", "kubeProxyVersion": "", "osImage": "weft", "kernelVersion": "",
                      "containerRuntimeVersion": "wasmtime://48.0.8", "operatingSystem": std::env::consts::OS,
-                     "architecture": if std::env::consts::ARCH == "x86_64" { "amd64" } else { std::env::consts::ARCH },
+                     "architecture": weft_api::go_arch(),
                      "machineID": "", "systemUUID": "", "bootID": ""}}})
 }
 
@@ -179,6 +173,11 @@ async fn heartbeat(client: &kube::Client, cfg: &AgentConfig) -> Result<(), Agent
             &Patch::Apply(&lease),
         )
         .await?;
+    post_node_status(client, cfg).await
+}
+
+/// Capacity, conditions (Ready with a fresh heartbeat time), addresses, node info.
+async fn post_node_status(client: &kube::Client, cfg: &AgentConfig) -> Result<(), AgentError> {
     let nodes: Api<Node> = Api::all(client.clone());
     nodes
         .patch_status(

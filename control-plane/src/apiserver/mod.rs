@@ -211,7 +211,11 @@ async fn auth_and_metrics(State(api): State<Api>, req: Request, next: Next) -> R
     let resp = if authorized {
         next.run(req).await
     } else {
-        status_response(&Status::unauthorized())
+        // Any request body goes unread: the connection must not be reused.
+        let mut resp = status_response(&Status::unauthorized());
+        resp.headers_mut()
+            .insert(header::CONNECTION, http::HeaderValue::from_static("close"));
+        resp
     };
     let resource = resource_label(&path);
     api.metrics
@@ -237,7 +241,7 @@ async fn version() -> Response {
         StatusCode::OK,
         &json!({"major": KUBE_MAJOR, "minor": KUBE_MINOR, "gitVersion": format!("v{KUBE_MAJOR}.{KUBE_MINOR}.0+weft.{}", env!("CARGO_PKG_VERSION")),
                 "gitCommit": "", "gitTreeState": "clean", "buildDate": "", "goVersion": "", "compiler": "rustc",
-                "platform": format!("{}/{}", std::env::consts::OS, if std::env::consts::ARCH == "x86_64" { "amd64" } else { std::env::consts::ARCH })}),
+                "platform": format!("{}/{}", std::env::consts::OS, weft_api::go_arch())}),
         &[],
     )
 }
@@ -342,7 +346,14 @@ async fn resources(
     }
     let body = match axum::body::to_bytes(body, api.max_body).await {
         Ok(b) => b,
-        Err(_) => return status_response(&Status::too_large(api.max_body)),
+        Err(_) => {
+            // The rest of the body is never read, so this connection cannot be
+            // reused: say so, or a pooling client sends its next request into it.
+            let mut resp = status_response(&Status::too_large(api.max_body));
+            resp.headers_mut()
+                .insert(header::CONNECTION, http::HeaderValue::from_static("close"));
+            return resp;
+        }
     };
     handlers::dispatch(
         &api,

@@ -7,3 +7,12 @@ pub mod status;
 pub use k8s_openapi;
 pub use resources::{RESOURCES, Resource, Subresource};
 pub use status::{Cause, Status};
+
+/// This machine's architecture as Kubernetes names it (Go's GOARCH).
+pub fn go_arch() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => other,
+    }
+}
