@@ -218,9 +218,17 @@ pub async fn start(client: kube::Client, cfg: AgentConfig) -> Result<AgentHandle
         runtime: WasmRuntime::new(host, artifacts),
         pool,
         running: HashMap::new(),
+        backoff: HashMap::new(),
     };
     let task = tokio::spawn(agent.run(stopped));
     Ok(AgentHandle { stop, task })
+}
+
+/// A pod due for another start attempt.
+struct Retry {
+    namespace: String,
+    name: String,
+    uid: String,
 }
 
 struct Active {
@@ -235,6 +243,18 @@ struct PodLoop<W: Workload> {
     pool: IpPool,
     /// By pod uid.
     running: HashMap<String, Active>,
+    /// Pods that failed to start, by uid: how many times. They wait for their
+    /// retry rather than restarting on every watch event (their own status
+    /// updates included).
+    backoff: HashMap<String, u32>,
+}
+
+/// The longest wait between start attempts, as kubelet's image pull backoff.
+const MAX_BACKOFF: Duration = Duration::from_secs(300);
+
+/// `base` doubled per earlier failure, capped at [`MAX_BACKOFF`].
+fn backoff_delay(base: Duration, failures: u32) -> Duration {
+    base.saturating_mul(1 << failures.min(16)).min(MAX_BACKOFF)
 }
 
 impl<W: Workload> PodLoop<W> {
@@ -242,7 +262,7 @@ impl<W: Workload> PodLoop<W> {
         let pods: Api<Pod> = Api::all(self.client.clone());
         let wc = watcher::Config::default().fields(&format!("spec.nodeName={}", self.cfg.name));
         let mut events = watcher::watcher(pods, wc).boxed();
-        let (retry_tx, mut retry_rx) = mpsc::unbounded_channel::<(String, String)>();
+        let (retry_tx, mut retry_rx) = mpsc::unbounded_channel::<Retry>();
         let mut beat = tokio::time::interval(self.cfg.heartbeat);
         loop {
             tokio::select! {
@@ -252,14 +272,16 @@ impl<W: Workload> PodLoop<W> {
                         tracing::warn!("heartbeat: {e}");
                     }
                 }
-                Some((ns, name)) = retry_rx.recv() => {
-                    let api: Api<Pod> = Api::namespaced(self.client.clone(), &ns);
-                    if let Ok(Some(pod)) = api.get_opt(&name).await {
-                        self.sync(pod, &retry_tx).await;
+                Some(r) = retry_rx.recv() => {
+                    let api: Api<Pod> = Api::namespaced(self.client.clone(), &r.namespace);
+                    if let Ok(Some(pod)) = api.get_opt(&r.name).await
+                        && pod.metadata.uid.as_deref() == Some(r.uid.as_str())
+                    {
+                        self.sync(pod, &retry_tx, true).await;
                     }
                 }
                 ev = events.next() => match ev {
-                    Some(Ok(watcher::Event::Apply(pod) | watcher::Event::InitApply(pod))) => self.sync(pod, &retry_tx).await,
+                    Some(Ok(watcher::Event::Apply(pod) | watcher::Event::InitApply(pod))) => self.sync(pod, &retry_tx, false).await,
                     Some(Ok(watcher::Event::Delete(pod))) => self.stop_pod(&pod).await,
                     Some(Ok(_)) => {}
                     Some(Err(e)) => {
@@ -277,14 +299,16 @@ impl<W: Workload> PodLoop<W> {
 
     async fn stop_pod(&mut self, pod: &Pod) {
         let uid = pod.metadata.uid.clone().unwrap_or_default();
+        self.backoff.remove(&uid);
         if let Some(a) = self.running.remove(&uid) {
             a.run.stop().await;
             self.pool.release(a.ip);
         }
     }
 
-    /// Brings the pod's workload to what its object says.
-    async fn sync(&mut self, pod: Pod, retry: &mpsc::UnboundedSender<(String, String)>) {
+    /// Brings the pod's workload to what its object says. A pod in backoff
+    /// starts again only when its retry comes (`retrying`).
+    async fn sync(&mut self, pod: Pod, retry: &mpsc::UnboundedSender<Retry>, retrying: bool) {
         let uid = pod.metadata.uid.clone().unwrap_or_default();
         let ns = pod.metadata.namespace.clone().unwrap_or_default();
         let name = pod.metadata.name.clone().unwrap_or_default();
@@ -307,7 +331,7 @@ impl<W: Workload> PodLoop<W> {
             }
             return;
         }
-        if self.running.contains_key(&uid) {
+        if self.running.contains_key(&uid) || (!retrying && self.backoff.contains_key(&uid)) {
             return;
         }
         let phase = pod
@@ -338,6 +362,7 @@ impl<W: Workload> PodLoop<W> {
                     "name": c.name, "ready": true, "started": true, "restartCount": 0, "image": c.image, "imageID": c.image_id,
                     "containerID": format!("wasm://{uid}/{}", c.name), "state": {"running": {"startedAt": now()}}})).collect();
                 self.running.insert(uid.clone(), Active { ip, run });
+                self.backoff.remove(&uid);
                 let ts = now();
                 let cond = |ty: &str| json!({"type": ty, "status": "True", "lastProbeTime": null, "lastTransitionTime": ts});
                 json!({"status": {"phase": "Running", "podIP": ip.to_string(), "podIPs": [{"ip": ip.to_string()}], "hostIP": "127.0.0.1",
@@ -351,11 +376,15 @@ impl<W: Workload> PodLoop<W> {
                 let statuses: Vec<Value> = containers.iter().map(|c| json!({
                     "name": c.name, "ready": false, "started": false, "restartCount": 0, "image": c.image.clone().unwrap_or_default(), "imageID": "",
                     "state": {"waiting": {"reason": e.reason(), "message": e.to_string()}}})).collect();
-                let (tx, delay, key) = (
-                    retry.clone(),
-                    self.cfg.retry_after,
-                    (ns.clone(), name.clone()),
-                );
+                let failures = self.backoff.entry(uid.clone()).or_insert(0);
+                let delay = backoff_delay(self.cfg.retry_after, *failures);
+                *failures += 1;
+                let tx = retry.clone();
+                let key = Retry {
+                    namespace: ns.clone(),
+                    name: name.clone(),
+                    uid: uid.clone(),
+                };
                 tokio::spawn(async move {
                     tokio::time::sleep(delay).await;
                     let _ = tx.send(key);
@@ -375,6 +404,16 @@ impl<W: Workload> PodLoop<W> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn backoff_doubles_to_five_minutes() {
+        let base = Duration::from_secs(10);
+        assert_eq!(backoff_delay(base, 0), base);
+        assert_eq!(backoff_delay(base, 1), Duration::from_secs(20));
+        assert_eq!(backoff_delay(base, 4), Duration::from_secs(160));
+        assert_eq!(backoff_delay(base, 5), MAX_BACKOFF);
+        assert_eq!(backoff_delay(base, 40), MAX_BACKOFF);
+    }
 
     #[test]
     fn ip_pool_allocates_reuses_and_releases() {
