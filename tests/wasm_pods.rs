@@ -121,6 +121,58 @@ fn wasm_pod_runs_serves_and_is_deleted() {
         "{wide}"
     );
 
+    // Env from a ConfigMap reaches the guest; a missing ConfigMap is a config error.
+    c.kubectl_ok(&[
+        "create",
+        "configmap",
+        "greetings",
+        "--from-literal=GREETING=Hi",
+    ]);
+    let greeter = pod("greeter", &node, &image).replace(
+        "    ports:",
+        "    envFrom: [{configMapRef: {name: greetings}}]\n    ports:",
+    );
+    assert!(
+        c.kubectl_stdin(&["apply", "-f", "-"], &greeter)
+            .status
+            .success()
+    );
+    assert!(
+        c.kubectl(&[
+            "wait",
+            "--for=condition=Ready",
+            "pod/greeter",
+            "--timeout=60s"
+        ])
+        .status
+        .success()
+    );
+    let greeter_ip = c.kubectl_ok(&["get", "pod", "greeter", "-o", "jsonpath={.status.podIP}"]);
+    let reply = http_get(&format!("{greeter_ip}:8080")).unwrap();
+    assert!(reply.contains("Hi from greeter"), "{reply}");
+    let orphan = pod("orphan", &node, &image).replace(
+        "    ports:",
+        "    envFrom: [{configMapRef: {name: missing}}]\n    ports:",
+    );
+    assert!(
+        c.kubectl_stdin(&["apply", "-f", "-"], &orphan)
+            .status
+            .success()
+    );
+    let reason = wait_for(
+        &c,
+        &[
+            "get",
+            "pod",
+            "orphan",
+            "-o",
+            "jsonpath={.status.containerStatuses[0].state.waiting.reason}",
+        ],
+        "CreateContainerConfigError",
+        Duration::from_secs(30),
+    );
+    assert_eq!(reason, "CreateContainerConfigError");
+
     // A missing artifact shows ErrImagePull with the registry's message.
     let missing = format!("{}/samples/nope:1", registry.addr);
     assert!(

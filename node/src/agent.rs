@@ -13,12 +13,13 @@ use kube::runtime::watcher;
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, watch as signal};
 use weft_api::k8s_openapi::api::coordination::v1::Lease;
-use weft_api::k8s_openapi::api::core::v1::{Node, Pod};
+use weft_api::k8s_openapi::api::core::v1::{ConfigMap, Node, Pod, Secret};
 use weft_api::k8s_openapi::api::node::v1::RuntimeClass;
 use weft_wasm_host::{Host, HostConfig};
 
 use crate::artifacts::ArtifactStore;
-use crate::runtime::{RunningPod, WasmRuntime, Workload};
+use crate::env;
+use crate::runtime::{PodEnv, RunningPod, WasmRuntime, Workload, WorkloadError};
 
 /// The label nodes carry when their agent runs Wasm pods.
 pub const WASM_LABEL: &str = "weft.dev/wasm";
@@ -306,6 +307,50 @@ impl<W: Workload> PodLoop<W> {
         }
     }
 
+    /// Each container's environment, with the ConfigMaps and Secrets it names.
+    async fn pod_env(&self, pod: &Pod) -> Result<PodEnv, WorkloadError> {
+        let ns = pod.metadata.namespace.clone().unwrap_or_default();
+        let containers = pod
+            .spec
+            .as_ref()
+            .map(|s| s.containers.clone())
+            .unwrap_or_default();
+        let api_err = |e: kube::Error| WorkloadError::Config(e.to_string());
+        let mut fetched = env::Fetched::default();
+        for c in &containers {
+            let (cms, secrets) = env::references(c);
+            for name in cms {
+                if !fetched.config_maps.contains_key(&name)
+                    && let Some(cm) = Api::<ConfigMap>::namespaced(self.client.clone(), &ns)
+                        .get_opt(&name)
+                        .await
+                        .map_err(api_err)?
+                {
+                    fetched.config_maps.insert(name, cm);
+                }
+            }
+            for name in secrets {
+                if !fetched.secrets.contains_key(&name)
+                    && let Some(s) = Api::<Secret>::namespaced(self.client.clone(), &ns)
+                        .get_opt(&name)
+                        .await
+                        .map_err(api_err)?
+                {
+                    fetched.secrets.insert(name, s);
+                }
+            }
+        }
+        containers
+            .iter()
+            .map(|c| {
+                Ok((
+                    c.name.clone(),
+                    env::resolve(pod, c, &fetched).map_err(|e| WorkloadError::Config(e.0))?,
+                ))
+            })
+            .collect()
+    }
+
     /// Brings the pod's workload to what its object says. A pod in backoff
     /// starts again only when its retry comes (`retrying`).
     async fn sync(&mut self, pod: Pod, retry: &mpsc::UnboundedSender<Retry>, retrying: bool) {
@@ -356,7 +401,11 @@ impl<W: Workload> PodLoop<W> {
             .as_ref()
             .map(|s| s.containers.clone())
             .unwrap_or_default();
-        let status = match self.runtime.start(&pod, ip).await {
+        let started = match self.pod_env(&pod).await {
+            Ok(env) => self.runtime.start(&pod, ip, &env).await,
+            Err(e) => Err(e),
+        };
+        let status = match started {
             Ok(run) => {
                 let statuses: Vec<Value> = run.containers.iter().map(|c| json!({
                     "name": c.name, "ready": true, "started": true, "restartCount": 0, "image": c.image, "imageID": c.image_id,

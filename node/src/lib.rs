@@ -3,4 +3,5 @@
 
 pub mod agent;
 pub mod artifacts;
+pub mod env;
 pub mod runtime;

@@ -29,6 +29,9 @@ pub enum WorkloadError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    /// A ConfigMap or Secret the container needs is missing (`CreateContainerConfigError`).
+    #[error("{0}")]
+    Config(String),
 }
 
 impl WorkloadError {
@@ -38,6 +41,7 @@ impl WorkloadError {
             WorkloadError::Pull(p) => p.reason(),
             WorkloadError::Create(_) => "CreateContainerError",
             WorkloadError::Listen { .. } => "CreateContainerError",
+            WorkloadError::Config(_) => "CreateContainerConfigError",
         }
     }
 }
@@ -63,12 +67,16 @@ impl RunningPod {
     }
 }
 
+/// Each container's resolved environment, by container name.
+pub type PodEnv = BTreeMap<String, Vec<(String, String)>>;
+
 pub trait Workload: Send + Sync + 'static {
-    /// Starts every container of `pod`, reachable at `ip`.
+    /// Starts every container of `pod`, reachable at `ip`, with its resolved env.
     fn start(
         &self,
         pod: &Pod,
         ip: Ipv4Addr,
+        env: &PodEnv,
     ) -> impl Future<Output = Result<RunningPod, WorkloadError>> + Send;
 }
 
@@ -85,8 +93,8 @@ impl WasmRuntime {
 
     async fn handler(
         &self,
-        pod: &Pod,
         c: &Container,
+        env: &[(String, String)],
     ) -> Result<(HttpHandler, Started), WorkloadError> {
         let image = c.image.clone().unwrap_or_default();
         let policy = PullPolicy::for_container(c.image_pull_policy.as_deref(), &image);
@@ -101,18 +109,11 @@ impl WasmRuntime {
             .host
             .load(&pulled.digest, &bytes)
             .map_err(|e| WorkloadError::Create(e.to_string()))?;
-        let pod_name = pod.metadata.name.clone().unwrap_or_default();
-        // Like Kubernetes, HOSTNAME is the pod name; then the container's own env.
-        let mut env = BTreeMap::from([("HOSTNAME".to_string(), pod_name)]);
-        for e in c.env.iter().flatten() {
-            if let Some(v) = &e.value {
-                env.insert(e.name.clone(), v.clone());
-            }
-        }
+        let env = env.to_vec();
         let limits = limits_for(c);
         let handler = self
             .host
-            .http_handler(&artifact, env.into_iter().collect(), limits)
+            .http_handler(&artifact, env, limits)
             .map_err(|e| WorkloadError::Create(e.to_string()))?;
         Ok((
             handler,
@@ -210,12 +211,18 @@ async fn serve(listener: tokio::net::TcpListener, handler: HttpHandler) {
 }
 
 impl Workload for WasmRuntime {
-    async fn start(&self, pod: &Pod, ip: Ipv4Addr) -> Result<RunningPod, WorkloadError> {
+    async fn start(
+        &self,
+        pod: &Pod,
+        ip: Ipv4Addr,
+        env: &PodEnv,
+    ) -> Result<RunningPod, WorkloadError> {
         let spec = pod.spec.clone().unwrap_or_default();
         let mut tasks = tokio::task::JoinSet::new();
         let mut containers = Vec::new();
         for c in &spec.containers {
-            let (handler, started) = self.handler(pod, c).await?;
+            let container_env = env.get(&c.name).map(Vec::as_slice).unwrap_or_default();
+            let (handler, started) = self.handler(c, container_env).await?;
             for p in c.ports.iter().flatten() {
                 let addr = SocketAddr::from((ip, p.container_port as u16));
                 let listener = tokio::net::TcpListener::bind(addr)
