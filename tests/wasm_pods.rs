@@ -37,6 +37,22 @@ fn wait_for(c: &TestCluster, args: &[&str], want: &str, within: Duration) -> Str
     }
 }
 
+/// Applies `manifest` and waits (bounded) for pod `name`'s first container to wait with `reason`.
+fn apply_and_wait_reason(c: &TestCluster, manifest: &str, name: &str, reason: &str) -> String {
+    assert!(
+        c.kubectl_stdin(&["apply", "-f", "-"], manifest)
+            .status
+            .success()
+    );
+    let jsonpath = "jsonpath={.status.containerStatuses[0].state.waiting.reason}";
+    wait_for(
+        c,
+        &["get", "pod", name, "-o", jsonpath],
+        reason,
+        Duration::from_secs(30),
+    )
+}
+
 fn pod(name: &str, node: &str, image: &str) -> String {
     format!(
         "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:\n  nodeName: {node}\n  containers:\n  - name: app\n    image: {image}\n    ports: [{{containerPort: 8080}}]\n"
@@ -154,45 +170,22 @@ fn wasm_pod_runs_serves_and_is_deleted() {
         "    ports:",
         "    envFrom: [{configMapRef: {name: missing}}]\n    ports:",
     );
-    assert!(
-        c.kubectl_stdin(&["apply", "-f", "-"], &orphan)
-            .status
-            .success()
+    assert_eq!(
+        apply_and_wait_reason(&c, &orphan, "orphan", "CreateContainerConfigError"),
+        "CreateContainerConfigError"
     );
-    let reason = wait_for(
-        &c,
-        &[
-            "get",
-            "pod",
-            "orphan",
-            "-o",
-            "jsonpath={.status.containerStatuses[0].state.waiting.reason}",
-        ],
-        "CreateContainerConfigError",
-        Duration::from_secs(30),
-    );
-    assert_eq!(reason, "CreateContainerConfigError");
 
     // A missing artifact shows ErrImagePull with the registry's message.
     let missing = format!("{}/samples/nope:1", registry.addr);
-    assert!(
-        c.kubectl_stdin(&["apply", "-f", "-"], &pod("broken", &node, &missing))
-            .status
-            .success()
-    );
-    let reason = wait_for(
-        &c,
-        &[
-            "get",
-            "pod",
+    assert_eq!(
+        apply_and_wait_reason(
+            &c,
+            &pod("broken", &node, &missing),
             "broken",
-            "-o",
-            "jsonpath={.status.containerStatuses[0].state.waiting.reason}",
-        ],
-        "ErrImagePull",
-        Duration::from_secs(30),
+            "ErrImagePull"
+        ),
+        "ErrImagePull"
     );
-    assert_eq!(reason, "ErrImagePull");
 
     // Deleting the pod stops it: graceful deletion is finished by the agent.
     let deleted = c.kubectl(&["delete", "pod", "hello", "--timeout=30s"]);
