@@ -51,13 +51,7 @@ fn main() {
         weft_node::artifacts::push(&wasm_path, &image, &oci_client::secrets::RegistryAuth::Anonymous).await.unwrap();
         let cfg = ControlPlaneConfig::new(dir.path().join("cluster"), "127.0.0.1:0".parse::<SocketAddr>().unwrap());
         let cp = ControlPlane::start(cfg).await.unwrap();
-        let mut kcfg = kube::Config::new(cp.url.parse().unwrap());
-        kcfg.auth_info.token = Some(cp.token.clone().into());
-        kcfg.root_cert = Some(vec![{
-            use rustls_pki_types::pem::PemObject;
-            rustls_pki_types::CertificateDer::from_pem_slice(cp.ca_pem.as_ref().unwrap().as_bytes()).unwrap().to_vec()
-        }]);
-        let client = kube::Client::try_from(kcfg).unwrap();
+        let client = agent::client(&cp.url, &cp.token, cp.ca_pem.as_ref().map(|p| p.as_bytes())).unwrap();
         let mut acfg = AgentConfig::new("bench-node".into(), dir.path().join("node"));
         acfg.pod_cidr = "127.200.0.0/16".into();
         let node = agent::start(client, acfg).await.unwrap();

@@ -37,6 +37,18 @@ fn wait_for(c: &TestCluster, args: &[&str], want: &str, within: Duration) -> Str
     }
 }
 
+/// Waits (bounded) for pod `name` to be Ready and returns its pod IP.
+fn ready_ip(c: &TestCluster, name: &str) -> String {
+    let pod = format!("pod/{name}");
+    let ready = c.kubectl(&["wait", "--for=condition=Ready", &pod, "--timeout=60s"]);
+    assert!(
+        ready.status.success(),
+        "{pod} never Ready: {}",
+        String::from_utf8_lossy(&ready.stderr)
+    );
+    c.kubectl_ok(&["get", "pod", name, "-o", "jsonpath={.status.podIP}"])
+}
+
 /// Applies `manifest` and waits (bounded) for pod `name`'s first container to wait with `reason`.
 fn apply_and_wait_reason(c: &TestCluster, manifest: &str, name: &str, reason: &str) -> String {
     assert!(
@@ -153,17 +165,7 @@ fn wasm_pod_runs_serves_and_is_deleted() {
             .status
             .success()
     );
-    assert!(
-        c.kubectl(&[
-            "wait",
-            "--for=condition=Ready",
-            "pod/greeter",
-            "--timeout=60s"
-        ])
-        .status
-        .success()
-    );
-    let greeter_ip = c.kubectl_ok(&["get", "pod", "greeter", "-o", "jsonpath={.status.podIP}"]);
+    let greeter_ip = ready_ip(&c, "greeter");
     let reply = http_get(&format!("{greeter_ip}:8080")).unwrap();
     assert!(reply.contains("Hi from greeter"), "{reply}");
     let orphan = pod("orphan", &node, &image).replace(
@@ -227,17 +229,7 @@ fn agent_restart_resumes_its_pods() {
             .status
             .success()
     );
-    assert!(
-        c.kubectl(&[
-            "wait",
-            "--for=condition=Ready",
-            "pod/resume",
-            "--timeout=60s"
-        ])
-        .status
-        .success()
-    );
-    let ip = c.kubectl_ok(&["get", "pod", "resume", "-o", "jsonpath={.status.podIP}"]);
+    let ip = ready_ip(&c, "resume");
     assert!(
         http_get(&format!("{ip}:8080"))
             .unwrap()

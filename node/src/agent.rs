@@ -35,6 +35,30 @@ pub enum AgentError {
     Artifacts(#[from] crate::artifacts::PullError),
     #[error("invalid pod CIDR {0:?}: want an IPv4 a.b.c.d/len")]
     PodCidr(String),
+    #[error("API client configuration: {0}")]
+    Client(String),
+}
+
+/// A kube client for an API server, a bearer token and (for HTTPS) the cluster CA in PEM.
+pub fn client(
+    server: &str,
+    token: &str,
+    ca_pem: Option<&[u8]>,
+) -> Result<kube::Client, AgentError> {
+    use rustls_pki_types::pem::PemObject;
+    let url = server
+        .parse()
+        .map_err(|e| AgentError::Client(format!("server URL {server:?}: {e}")))?;
+    let mut config = kube::Config::new(url);
+    config.auth_info.token = Some(token.to_string().into());
+    if let Some(pem) = ca_pem {
+        let certs = rustls_pki_types::CertificateDer::pem_slice_iter(pem)
+            .map(|c| c.map(|c| c.to_vec()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| AgentError::Client(format!("cluster CA: {e}")))?;
+        config.root_cert = Some(certs);
+    }
+    Ok(kube::Client::try_from(config)?)
 }
 
 #[derive(Debug, Clone)]

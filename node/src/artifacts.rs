@@ -35,14 +35,8 @@ impl PullPolicy {
             Some("Always") => PullPolicy::Always,
             Some("Never") => PullPolicy::Never,
             Some("IfNotPresent") => PullPolicy::IfNotPresent,
-            _ => {
-                let last = image.rsplit('/').next().unwrap_or("");
-                if !image.contains('@') && (!last.contains(':') || last.ends_with(":latest")) {
-                    PullPolicy::Always
-                } else {
-                    PullPolicy::IfNotPresent
-                }
-            }
+            _ if weft_api::default_pull_policy(image) == "Always" => PullPolicy::Always,
+            _ => PullPolicy::IfNotPresent,
         }
     }
 }

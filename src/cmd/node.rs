@@ -27,27 +27,16 @@ pub struct Args {
     pub pod_cidr: String,
 }
 
-/// A kube client for a server, token and CA.
+/// A kube client for a server, token and CA file.
 pub fn client(
     server: &str,
     token: &str,
     ca: Option<&std::path::Path>,
 ) -> anyhow::Result<kube::Client> {
-    use rustls_pki_types::pem::PemObject;
-    let mut config = kube::Config::new(
-        server
-            .parse()
-            .with_context(|| format!("server URL {server:?}"))?,
-    );
-    config.auth_info.token = Some(token.to_string().into());
-    if let Some(ca) = ca {
-        let pem = std::fs::read(ca).with_context(|| format!("reading {}", ca.display()))?;
-        let certs = rustls_pki_types::CertificateDer::pem_slice_iter(&pem)
-            .map(|c| c.map(|c| c.to_vec()))
-            .collect::<Result<Vec<_>, _>>()?;
-        config.root_cert = Some(certs);
-    }
-    Ok(kube::Client::try_from(config)?)
+    let pem = ca
+        .map(|p| std::fs::read(p).with_context(|| format!("reading {}", p.display())))
+        .transpose()?;
+    Ok(agent::client(server, token, pem.as_deref())?)
 }
 
 /// The node name `weft up` uses: the host name, made a valid object name.

@@ -51,14 +51,11 @@ fn default_container(c: &mut Map<String, Value>) {
         .and_then(Value::as_str)
         .unwrap_or("")
         .to_string();
-    // `:latest` or no tag means "always pull", as in Kubernetes.
-    let last = image.rsplit('/').next().unwrap_or("");
-    let pull = if !image.contains('@') && (!last.contains(':') || last.ends_with(":latest")) {
-        "Always"
-    } else {
-        "IfNotPresent"
-    };
-    def(c, "imagePullPolicy", json!(pull));
+    def(
+        c,
+        "imagePullPolicy",
+        json!(weft_api::default_pull_policy(&image)),
+    );
     def(c, "terminationMessagePath", json!("/dev/termination-log"));
     def(c, "terminationMessagePolicy", json!("File"));
     def(c, "resources", json!({}));

@@ -50,9 +50,14 @@ fn encode(revision: u64, json: &[u8]) -> Vec<u8> {
     out
 }
 
+/// A stored big-endian u64 (the revision).
+fn read_u64(bytes: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(bytes.try_into().ok()?))
+}
+
 pub(crate) fn decode(bytes: &[u8]) -> Option<(u64, &[u8])> {
     let (rev, json) = bytes.split_at_checked(8)?;
-    Some((u64::from_be_bytes(rev.try_into().ok()?), json))
+    Some((read_u64(rev)?, json))
 }
 
 fn sm_err(e: impl std::error::Error + 'static) -> StorageError<NodeId> {
@@ -127,7 +132,7 @@ impl SmShared {
         let snap = self.db.snapshot();
         let revision = snap
             .get_cf(self.cf(CF_SM), KEY_REVISION)?
-            .and_then(|b| Some(u64::from_be_bytes(b.as_slice().try_into().ok()?)))
+            .and_then(|b| read_u64(&b))
             .unwrap_or(0);
         let start = match start_after {
             // The smallest key strictly greater than `start_after`.
@@ -306,7 +311,7 @@ impl SmShared {
         let revision = snap
             .get_cf(self.cf(CF_SM), KEY_REVISION)
             .map_err(sm_err)?
-            .and_then(|b| Some(u64::from_be_bytes(b.as_slice().try_into().ok()?)))
+            .and_then(|b| read_u64(&b))
             .unwrap_or(0);
 
         // Format: u32 header length, JSON header, then (u32 key len, key, u32 value len, value)*.
@@ -437,7 +442,7 @@ impl StateMachine {
         let cf = db.cf_handle(CF_SM).expect("column family created at open");
         let revision = db
             .get_cf(cf, KEY_REVISION)?
-            .and_then(|b| Some(u64::from_be_bytes(b.as_slice().try_into().ok()?)))
+            .and_then(|b| read_u64(&b))
             .unwrap_or(0);
         Ok(StateMachine {
             shared: Arc::new(SmShared {

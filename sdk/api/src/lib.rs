@@ -16,3 +16,14 @@ pub fn go_arch() -> &'static str {
         other => other,
     }
 }
+
+/// Kubernetes' default imagePullPolicy for an image: `Always` for `:latest` or
+/// no tag (and no digest), else `IfNotPresent`.
+pub fn default_pull_policy(image: &str) -> &'static str {
+    let last = image.rsplit('/').next().unwrap_or("");
+    if !image.contains('@') && (!last.contains(':') || last.ends_with(":latest")) {
+        "Always"
+    } else {
+        "IfNotPresent"
+    }
+}
