@@ -2,6 +2,11 @@
 
 mod cmd;
 
+// mimalloc over glibc malloc: JSON-heavy API, cache and scheduler work is
+// allocation-bound (see docs/benchmarks.md, scheduler).
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]

@@ -95,7 +95,7 @@ fn wasm_pod_runs_serves_and_is_deleted() {
     // The in-process agent registered its node, Ready, labelled as a Wasm node, with the RuntimeClass.
     let node = c.kubectl_ok(&["get", "nodes", "-o", "jsonpath={.items[0].metadata.name}"]);
     assert!(!node.is_empty());
-    assert_eq!(c.kubectl_ok(&["get", "node", &node, "-o", "jsonpath={.status.conditions[?(@.type==\"Ready\")].status} {.metadata.labels.weft\\.dev/wasm}"]), "True true");
+    assert_eq!(c.kubectl_ok(&["get", "node", &node, "-o", "jsonpath={.status.conditions[?(@.type==\"Ready\")].status} {.metadata.labels.runtime\\.weft\\.dev/wasmtime}"]), "True true");
     assert_eq!(
         c.kubectl_ok(&["get", "runtimeclass", "wasm", "-o", "jsonpath={.handler}"]),
         "wasmtime"

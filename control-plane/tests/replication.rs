@@ -114,3 +114,90 @@ async fn three_members_replicate_writes() {
         m.shutdown(Duration::from_secs(10)).await;
     }
 }
+
+/// Leader election: of three members on one replicated store, exactly one
+/// runs the scheduler and controllers; when it goes, another takes over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exactly_one_member_runs_the_controllers() {
+    let ports = [free_port(), free_port(), free_port()];
+    let peers: BTreeMap<u64, String> = (1..=3)
+        .map(|id| (id, format!("http://127.0.0.1:{}", ports[id as usize - 1])))
+        .collect();
+    let dirs = [
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+    ];
+    let start = |id: u64| {
+        let mut cfg = ControlPlaneConfig::new(
+            dirs[id as usize - 1].path().to_path_buf(),
+            SocketAddr::from(([127, 0, 0, 1], ports[id as usize - 1])),
+        );
+        cfg.insecure = true;
+        cfg.node_id = id;
+        cfg.peers = peers.clone();
+        cfg.lease_duration = Duration::from_secs(3);
+        ControlPlane::start(cfg)
+    };
+    let (a, b, c) = tokio::join!(start(1), start(2), start(3));
+    let mut members: Vec<ControlPlane> = vec![a.unwrap(), b.unwrap(), c.unwrap()];
+    let leaders = |ms: &[ControlPlane]| -> Vec<u64> {
+        ms.iter()
+            .filter(|m| *m.leading.borrow())
+            .map(|m| m.api.store.node_id())
+            .collect()
+    };
+    // Someone acquires; then, sampled over several renewals, never two at once.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while leaders(&members).is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "nobody took the lease"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for _ in 0..40 {
+        assert!(
+            leaders(&members).len() <= 1,
+            "two leaders: {:?}",
+            leaders(&members)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let first = leaders(&members);
+    assert_eq!(first.len(), 1);
+    // Only the Raft leader can write the Lease.
+    let raft_leader = members[0]
+        .api
+        .store
+        .raft()
+        .metrics()
+        .borrow()
+        .current_leader;
+    assert_eq!(Some(first[0]), raft_leader);
+
+    // The lease holder stops; one of the others takes over after the lease lapses.
+    let i = members
+        .iter()
+        .position(|m| m.api.store.node_id() == first[0])
+        .unwrap();
+    let gone = members.remove(i);
+    gone.shutdown(Duration::from_secs(5)).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let now = leaders(&members);
+        assert!(now.len() <= 1, "two leaders: {now:?}");
+        if now.len() == 1 {
+            assert_ne!(now[0], first[0]);
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no member took over"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for m in members {
+        m.shutdown(Duration::from_secs(5)).await;
+    }
+}

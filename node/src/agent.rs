@@ -19,10 +19,12 @@ use weft_wasm_host::{Host, HostConfig};
 
 use crate::artifacts::ArtifactStore;
 use crate::env;
-use crate::runtime::{PodEnv, RunningPod, WasmRuntime, Workload, WorkloadError};
+use crate::runtime::{Exited, PodEnv, RunningPod, Started, WasmRuntime, Workload, WorkloadError};
+use weft_wasm_host::Exit;
 
-/// The label nodes carry when their agent runs Wasm pods.
-pub const WASM_LABEL: &str = "weft.dev/wasm";
+/// The label nodes carry when their agent runs Wasm pods: the scheduler's
+/// runtime fit sends pods of RuntimeClass `wasm` (handler `wasmtime`) here.
+pub const WASM_LABEL: &str = "runtime.weft.dev/wasmtime";
 const FIELD_MANAGER: &str = "weft-node";
 
 #[derive(Debug, thiserror::Error)]
@@ -237,15 +239,19 @@ pub async fn start(client: kube::Client, cfg: AgentConfig) -> Result<AgentHandle
     let artifacts = Arc::new(ArtifactStore::new(cfg.data_dir.join("artifacts"))?);
     register(&client, &cfg).await?;
     let (stop, stopped) = signal::channel(false);
+    let (exits_tx, exits) = mpsc::unbounded_channel();
+    let logs = cfg.data_dir.join("logs");
     let agent = PodLoop {
         client,
         cfg,
-        runtime: WasmRuntime::new(host, artifacts),
+        runtime: WasmRuntime::new(host, artifacts, logs, exits_tx),
         pool,
         running: HashMap::new(),
         backoff: HashMap::new(),
+        restarts: HashMap::new(),
+        finished: HashSet::new(),
     };
-    let task = tokio::spawn(agent.run(stopped));
+    let task = tokio::spawn(agent.run(stopped, exits));
     Ok(AgentHandle { stop, task })
 }
 
@@ -259,6 +265,10 @@ struct Retry {
 struct Active {
     ip: Ipv4Addr,
     run: RunningPod,
+    pod: Pod,
+    started_at: String,
+    /// Command containers that have finished, with how.
+    exited: HashMap<String, Exit>,
 }
 
 struct PodLoop<W: Workload> {
@@ -272,6 +282,10 @@ struct PodLoop<W: Workload> {
     /// retry rather than restarting on every watch event (their own status
     /// updates included).
     backoff: HashMap<String, u32>,
+    /// Restarts per pod uid (containers that exited under restartPolicy OnFailure/Always).
+    restarts: HashMap<String, u32>,
+    /// Pods that ran to completion; stale events must not start them again.
+    finished: HashSet<String>,
 }
 
 /// The longest wait between start attempts, as kubelet's image pull backoff.
@@ -283,7 +297,11 @@ fn backoff_delay(base: Duration, failures: u32) -> Duration {
 }
 
 impl<W: Workload> PodLoop<W> {
-    async fn run(mut self, mut stop: signal::Receiver<bool>) {
+    async fn run(
+        mut self,
+        mut stop: signal::Receiver<bool>,
+        mut exits: mpsc::UnboundedReceiver<Exited>,
+    ) {
         let pods: Api<Pod> = Api::all(self.client.clone());
         let wc = watcher::Config::default().fields(&format!("spec.nodeName={}", self.cfg.name));
         let mut events = watcher::watcher(pods, wc).boxed();
@@ -297,6 +315,7 @@ impl<W: Workload> PodLoop<W> {
                         tracing::warn!("heartbeat: {e}");
                     }
                 }
+                Some(e) = exits.recv() => self.exited(e, &retry_tx).await,
                 Some(r) = retry_rx.recv() => {
                     let api: Api<Pod> = Api::namespaced(self.client.clone(), &r.namespace);
                     if let Ok(Some(pod)) = api.get_opt(&r.name).await
@@ -325,9 +344,96 @@ impl<W: Workload> PodLoop<W> {
     async fn stop_pod(&mut self, pod: &Pod) {
         let uid = pod.metadata.uid.clone().unwrap_or_default();
         self.backoff.remove(&uid);
+        self.restarts.remove(&uid);
+        self.finished.remove(&uid);
         if let Some(a) = self.running.remove(&uid) {
             a.run.stop().await;
             self.pool.release(a.ip);
+        }
+    }
+
+    /// A command container finished. When all of a pod's commands have,
+    /// the pod completes (Succeeded/Failed) or restarts after a backoff, by
+    /// its restartPolicy, as kubelet does.
+    async fn exited(&mut self, e: Exited, retry: &mpsc::UnboundedSender<Retry>) {
+        let Some(active) = self.running.get_mut(&e.pod_uid) else {
+            return;
+        };
+        active.exited.insert(e.container, e.exit);
+        let commands: Vec<&Started> = active.run.containers.iter().filter(|c| c.command).collect();
+        if active.exited.len() < commands.len() || commands.len() < active.run.containers.len() {
+            // Servers keep the pod running; only all-command pods complete.
+            return;
+        }
+        let Some(active) = self.running.remove(&e.pod_uid) else {
+            return;
+        };
+        let containers = active.run.containers.clone();
+        active.run.stop().await;
+        self.pool.release(active.ip);
+        let pod = active.pod;
+        let uid = e.pod_uid;
+        let ns = pod.metadata.namespace.clone().unwrap_or_default();
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        let policy = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.restart_policy.clone())
+            .unwrap_or_else(|| "Always".into());
+        let all_ok = active.exited.values().all(|x| *x == Exit::Code(0));
+        let restarts = self.restarts.get(&uid).copied().unwrap_or(0);
+        let finished = now();
+        let terminated = |c: &Started| {
+            let (code, reason, message) = match active.exited.get(&c.name) {
+                Some(Exit::Code(0)) => (0, "Completed", String::new()),
+                Some(Exit::Code(n)) => (*n, "Error", String::new()),
+                Some(Exit::OutOfMemory(m)) => (137, "OOMKilled", m.clone()),
+                Some(Exit::Trap(m)) => (1, "Error", m.clone()),
+                None => (0, "Completed", String::new()),
+            };
+            json!({"exitCode": code, "reason": reason, "message": message, "startedAt": active.started_at,
+                   "finishedAt": finished, "containerID": format!("wasm://{uid}/{}", c.name)})
+        };
+        let restart = match policy.as_str() {
+            "Never" => false,
+            "OnFailure" => !all_ok,
+            _ => true,
+        };
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), &ns);
+        let status = if restart {
+            let delay = backoff_delay(self.cfg.retry_after, restarts);
+            self.restarts.insert(uid.clone(), restarts + 1);
+            self.backoff.insert(uid.clone(), restarts + 1);
+            let tx = retry.clone();
+            let key = Retry {
+                namespace: ns.clone(),
+                name: name.clone(),
+                uid: uid.clone(),
+            };
+            tokio::spawn(async move {
+                tokio::time::sleep(delay).await;
+                let _ = tx.send(key);
+            });
+            let statuses: Vec<Value> = containers.iter().map(|c| json!({
+                "name": c.name, "ready": false, "started": false, "restartCount": restarts + 1, "image": c.image, "imageID": c.image_id,
+                "lastState": {"terminated": terminated(c)},
+                "state": {"waiting": {"reason": "CrashLoopBackOff", "message": format!("back-off {delay:?} restarting failed container={} pod={name}", c.name)}}})).collect();
+            json!({"status": {"phase": "Running", "containerStatuses": statuses}})
+        } else {
+            self.restarts.remove(&uid);
+            self.finished.insert(uid.clone());
+            let statuses: Vec<Value> = containers.iter().map(|c| json!({
+                "name": c.name, "ready": false, "started": false, "restartCount": restarts, "image": c.image, "imageID": c.image_id,
+                "state": {"terminated": terminated(c)}})).collect();
+            let cond = |ty: &str, st: &str| json!({"type": ty, "status": st, "reason": "PodCompleted", "lastTransitionTime": finished});
+            json!({"status": {"phase": if all_ok { "Succeeded" } else { "Failed" }, "containerStatuses": statuses,
+                "conditions": [cond("PodScheduled", "True"), cond("Initialized", "True"), cond("ContainersReady", "False"), cond("Ready", "False")]}})
+        };
+        if let Err(err) = api
+            .patch_status(&name, &PatchParams::default(), &Patch::Merge(&status))
+            .await
+        {
+            tracing::warn!(pod = %name, "status update: {err}");
         }
     }
 
@@ -400,7 +506,10 @@ impl<W: Workload> PodLoop<W> {
             }
             return;
         }
-        if self.running.contains_key(&uid) || (!retrying && self.backoff.contains_key(&uid)) {
+        if self.running.contains_key(&uid)
+            || self.finished.contains(&uid)
+            || (!retrying && self.backoff.contains_key(&uid))
+        {
             return;
         }
         let phase = pod
@@ -429,12 +538,22 @@ impl<W: Workload> PodLoop<W> {
             Ok(env) => self.runtime.start(&pod, ip, &env).await,
             Err(e) => Err(e),
         };
+        let restarts = self.restarts.get(&uid).copied().unwrap_or(0);
         let status = match started {
             Ok(run) => {
                 let statuses: Vec<Value> = run.containers.iter().map(|c| json!({
-                    "name": c.name, "ready": true, "started": true, "restartCount": 0, "image": c.image, "imageID": c.image_id,
+                    "name": c.name, "ready": true, "started": true, "restartCount": restarts, "image": c.image, "imageID": c.image_id,
                     "containerID": format!("wasm://{uid}/{}", c.name), "state": {"running": {"startedAt": now()}}})).collect();
-                self.running.insert(uid.clone(), Active { ip, run });
+                self.running.insert(
+                    uid.clone(),
+                    Active {
+                        ip,
+                        run,
+                        pod: pod.clone(),
+                        started_at: now(),
+                        exited: HashMap::new(),
+                    },
+                );
                 self.backoff.remove(&uid);
                 let ts = now();
                 let cond = |ty: &str| json!({"type": ty, "status": "True", "lastProbeTime": null, "lastTransitionTime": ts});

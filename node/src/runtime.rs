@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -12,8 +13,9 @@ use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use oci_client::secrets::RegistryAuth;
+use tokio::sync::mpsc;
 use weft_api::k8s_openapi::api::core::v1::{Container, Pod};
-use weft_wasm_host::{Host, HttpHandler, Limits, RequestError};
+use weft_wasm_host::{Command, Exit, Host, HttpHandler, Limits, RequestError};
 
 use crate::artifacts::{ArtifactStore, PullError, PullPolicy};
 
@@ -52,6 +54,8 @@ pub struct Started {
     pub name: String,
     pub image: String,
     pub image_id: String,
+    /// A wasi:cli command that runs to completion (else a wasi:http server).
+    pub command: bool,
 }
 
 /// A running pod's workload; dropping it (or `stop`) ends it.
@@ -81,21 +85,61 @@ pub trait Workload: Send + Sync + 'static {
 }
 
 /// Wasm pods: wasi:http components served in process, a fresh instance per request.
+/// A command container finished.
+#[derive(Debug)]
+pub struct Exited {
+    pub pod_uid: String,
+    pub container: String,
+    pub exit: Exit,
+}
+
 pub struct WasmRuntime {
     host: Arc<Host>,
     artifacts: Arc<ArtifactStore>,
+    logs: PathBuf,
+    exits: mpsc::UnboundedSender<Exited>,
+}
+
+/// What a container runs: a server (wasi:http) or a command (wasi:cli).
+enum Prepared {
+    Http(HttpHandler),
+    Command(Command),
 }
 
 impl WasmRuntime {
-    pub fn new(host: Arc<Host>, artifacts: Arc<ArtifactStore>) -> Self {
-        WasmRuntime { host, artifacts }
+    /// `logs` holds each container's output; `exits` hears when commands finish.
+    pub fn new(
+        host: Arc<Host>,
+        artifacts: Arc<ArtifactStore>,
+        logs: PathBuf,
+        exits: mpsc::UnboundedSender<Exited>,
+    ) -> Self {
+        WasmRuntime {
+            host,
+            artifacts,
+            logs,
+            exits,
+        }
     }
 
-    async fn handler(
+    /// Where a container's output goes: `logs/{namespace}_{pod}_{uid}/{container}.log`.
+    pub fn log_path(&self, pod: &Pod, container: &str) -> PathBuf {
+        let m = &pod.metadata;
+        self.logs
+            .join(format!(
+                "{}_{}_{}",
+                m.namespace.as_deref().unwrap_or(""),
+                m.name.as_deref().unwrap_or(""),
+                m.uid.as_deref().unwrap_or("")
+            ))
+            .join(format!("{container}.log"))
+    }
+
+    async fn prepare(
         &self,
         c: &Container,
         env: &[(String, String)],
-    ) -> Result<(HttpHandler, Started), WorkloadError> {
+    ) -> Result<(Prepared, Started), WorkloadError> {
         let image = c.image.clone().unwrap_or_default();
         let policy = PullPolicy::for_container(c.image_pull_policy.as_deref(), &image);
         let pulled = self
@@ -111,16 +155,31 @@ impl WasmRuntime {
             .map_err(|e| WorkloadError::Create(e.to_string()))?;
         let env = env.to_vec();
         let limits = limits_for(c);
-        let handler = self
-            .host
-            .http_handler(&artifact, env, limits)
-            .map_err(|e| WorkloadError::Create(e.to_string()))?;
+        let create = |e: weft_wasm_host::HostError| WorkloadError::Create(e.to_string());
+        let prepared = if self.host.is_http(&artifact) {
+            Prepared::Http(
+                self.host
+                    .http_handler(&artifact, env, limits)
+                    .map_err(create)?,
+            )
+        } else {
+            // argv: the command (or the container's name as argv[0]), then args.
+            let mut argv = c.command.clone().unwrap_or_else(|| vec![c.name.clone()]);
+            argv.extend(c.args.clone().unwrap_or_default());
+            Prepared::Command(
+                self.host
+                    .command(&artifact, argv, env, limits)
+                    .map_err(create)?,
+            )
+        };
+        let command = matches!(prepared, Prepared::Command(_));
         Ok((
-            handler,
+            prepared,
             Started {
                 name: c.name.clone(),
                 image,
                 image_id: pulled.digest,
+                command,
             },
         ))
     }
@@ -220,15 +279,44 @@ impl Workload for WasmRuntime {
         let spec = pod.spec.clone().unwrap_or_default();
         let mut tasks = tokio::task::JoinSet::new();
         let mut containers = Vec::new();
+        let uid = pod.metadata.uid.clone().unwrap_or_default();
         for c in &spec.containers {
             let container_env = env.get(&c.name).map(Vec::as_slice).unwrap_or_default();
-            let (handler, started) = self.handler(c, container_env).await?;
-            for p in c.ports.iter().flatten() {
-                let addr = SocketAddr::from((ip, p.container_port as u16));
-                let listener = tokio::net::TcpListener::bind(addr)
-                    .await
-                    .map_err(|source| WorkloadError::Listen { addr, source })?;
-                tasks.spawn(serve(listener, handler.clone()));
+            let (prepared, started) = self.prepare(c, container_env).await?;
+            match prepared {
+                Prepared::Http(handler) => {
+                    for p in c.ports.iter().flatten() {
+                        let addr = SocketAddr::from((ip, p.container_port as u16));
+                        let listener = tokio::net::TcpListener::bind(addr)
+                            .await
+                            .map_err(|source| WorkloadError::Listen { addr, source })?;
+                        tasks.spawn(serve(listener, handler.clone()));
+                    }
+                }
+                Prepared::Command(cmd) => {
+                    let path = self.log_path(pod, &c.name);
+                    let open = || -> std::io::Result<(std::fs::File, std::fs::File)> {
+                        std::fs::create_dir_all(path.parent().unwrap_or(&self.logs))?;
+                        let out = std::fs::OpenOptions::new()
+                            .create(true)
+                            .append(true)
+                            .open(&path)?;
+                        Ok((out.try_clone()?, out))
+                    };
+                    let (stdout, stderr) = open().map_err(|e| {
+                        WorkloadError::Create(format!("log file {}: {e}", path.display()))
+                    })?;
+                    let exits = self.exits.clone();
+                    let (pod_uid, container) = (uid.clone(), c.name.clone());
+                    tasks.spawn(async move {
+                        let exit = cmd.run(stdout, stderr).await;
+                        let _ = exits.send(Exited {
+                            pod_uid,
+                            container,
+                            exit,
+                        });
+                    });
+                }
             }
             containers.push(started);
         }

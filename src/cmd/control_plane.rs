@@ -19,6 +19,8 @@ pub struct Args {
     /// How many changes a watch may resume behind the head before getting 410 Gone.
     #[arg(long, default_value_t = 20_000)]
     pub watch_window: usize,
+    #[command(flatten)]
+    pub controllers: super::ControllerArgs,
 }
 
 impl Args {
@@ -33,6 +35,7 @@ impl Args {
         cfg.node_id = self.node_id;
         cfg.watch_window = self.watch_window;
         cfg.peers = parse_peers(&self.peers)?;
+        self.controllers.apply(&mut cfg);
         if !cfg.peers.is_empty() && !cfg.peers.contains_key(&cfg.node_id) {
             bail!(
                 "--peers must include this member's own --node-id {}",

@@ -39,6 +39,33 @@ pub struct ServeArgs {
     pub insecure: bool,
 }
 
+/// Controller settings shared by `up` and `control-plane` (kube-controller-manager's names).
+#[derive(clap::Args, Clone)]
+pub struct ControllerArgs {
+    /// How long a node may go without a heartbeat before it is marked Unknown
+    /// and its pods start being evicted.
+    #[arg(long, default_value = "40s", value_parser = parse_duration)]
+    pub node_monitor_grace_period: Duration,
+    /// How long the leader's Lease lasts without renewal (failover time).
+    #[arg(long, default_value = "15s", value_parser = parse_duration)]
+    pub leader_elect_lease_duration: Duration,
+}
+
+impl ControllerArgs {
+    pub fn apply(&self, cfg: &mut weft_control_plane::apiserver::ControlPlaneConfig) {
+        cfg.controllers.node_monitor_grace_period = self.node_monitor_grace_period;
+        cfg.lease_duration = self.leader_elect_lease_duration;
+    }
+}
+
+/// A duration as Kubernetes flags write them: `40s`, `5m`, `1h30m`, `500ms`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let d: jiff::SignedDuration = s
+        .parse()
+        .map_err(|e| format!("{s:?} is not a duration: {e}"))?;
+    Duration::try_from(d).map_err(|_| format!("{s:?} is negative"))
+}
+
 /// Client flags shared by apply/get/delete.
 #[derive(clap::Args, Clone)]
 pub struct ClientArgs {

@@ -25,6 +25,16 @@ pub struct Args {
     /// The range pod IPs come from (loopback by default: no privileges needed).
     #[arg(long, default_value = "127.10.0.0/16")]
     pub pod_cidr: String,
+    #[command(flatten)]
+    pub status: StatusArgs,
+}
+
+/// Node agent timing (kubelet's names).
+#[derive(clap::Args, Clone)]
+pub struct StatusArgs {
+    /// How often the agent renews its Lease and posts node status.
+    #[arg(long, default_value = "10s", value_parser = super::parse_duration)]
+    pub node_status_update_frequency: std::time::Duration,
 }
 
 /// A kube client for a server, token and CA file.
@@ -72,6 +82,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     )?;
     let mut cfg = AgentConfig::new(args.name, args.data_dir);
     cfg.pod_cidr = args.pod_cidr;
+    cfg.heartbeat = args.status.node_status_update_frequency;
     let node = agent::start(client, cfg)
         .await
         .context("starting the node agent")?;

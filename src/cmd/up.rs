@@ -7,6 +7,13 @@ pub struct Args {
     /// The range the node's pod IPs come from (loopback by default: no privileges needed).
     #[arg(long, default_value = "127.10.0.0/16")]
     pub pod_cidr: String,
+    /// The node's name (default: the host name).
+    #[arg(long)]
+    pub node_name: Option<String>,
+    #[command(flatten)]
+    pub node: super::node::StatusArgs,
+    #[command(flatten)]
+    pub controllers: super::ControllerArgs,
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
@@ -15,6 +22,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         node_id: 1,
         peers: Vec::new(),
         watch_window: 20_000,
+        controllers: args.controllers.clone(),
     };
     let cfg = cp_args.config()?;
     let data_dir = cfg.data_dir.clone();
@@ -26,9 +34,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         &cp.token,
         cp.ca_pem.is_some().then_some(ca.as_path()),
     )?;
-    let mut agent_cfg =
-        weft_node::agent::AgentConfig::new(super::node::default_name(), data_dir.join("node"));
+    let name = args.node_name.unwrap_or_else(super::node::default_name);
+    let mut agent_cfg = weft_node::agent::AgentConfig::new(name, data_dir.join("node"));
     agent_cfg.pod_cidr = args.pod_cidr;
+    agent_cfg.heartbeat = args.node.node_status_update_frequency;
     let node = weft_node::agent::start(client, agent_cfg).await?;
     // Tests and scripts wait for this line: the API is ready and the kubeconfig written.
     println!("weft is up: API at {}", cp.url);

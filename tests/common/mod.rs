@@ -15,6 +15,8 @@ pub struct TestCluster {
     pub dir: PathBuf,
     _tmp: Option<tempfile::TempDir>,
     child: Option<Child>,
+    /// Extra node agents (`weft node` processes) by name.
+    nodes: Vec<(String, Child)>,
     pub url: String,
     pub kubeconfig: PathBuf,
     cache: tempfile::TempDir,
@@ -34,24 +36,130 @@ pub fn kubectl_path() -> PathBuf {
     PathBuf::from(p)
 }
 
+/// `weft push`es `wasm` as `{registry}/{repo}` and returns that image reference.
+pub fn push(registry: &registry::Registry, wasm: &[u8], repo: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("artifact.wasm");
+    std::fs::write(&file, wasm).unwrap();
+    let image = format!("{}/{repo}", registry.addr);
+    let out = Command::new(env!("CARGO_BIN_EXE_weft"))
+        .arg("push")
+        .arg(&file)
+        .arg(&image)
+        .output()
+        .expect("run weft push");
+    assert!(
+        out.status.success(),
+        "weft push {image}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    image
+}
+
+/// A pod IP range no other cluster or node of this test process uses.
+fn fresh_pod_cidr() -> String {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("127.{}.{}.0/24", 100 + std::process::id() % 100, n % 256)
+}
+
 impl TestCluster {
     pub fn start() -> TestCluster {
+        Self::start_with(&[])
+    }
+
+    /// `weft up` with extra flags, its node named `node-1` when flags name it.
+    pub fn start_with(args: &[&str]) -> TestCluster {
         let tmp = tempfile::tempdir().expect("tempdir");
-        let mut c = Self::start_in(tmp.path());
+        let mut c = Self::start_in_with(tmp.path(), args);
         c._tmp = Some(tmp);
         c
     }
 
+    /// A cluster of `n` nodes: `weft up` (node-1, with `args`) plus node
+    /// agents node-2..node-n as `weft node` processes, all Ready.
+    pub fn with_nodes(n: usize, args: &[&str]) -> TestCluster {
+        let mut all = vec![
+            "--node-name",
+            "node-1",
+            "--node-status-update-frequency",
+            "1s",
+        ];
+        all.extend_from_slice(args);
+        let mut c = Self::start_with(&all);
+        for i in 2..=n {
+            c.add_node(&format!("node-{i}"));
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let ready = c.kubectl_ok(&[
+                "get",
+                "nodes",
+                "-o",
+                "jsonpath={.items[*].status.conditions[?(@.type==\"Ready\")].status}",
+            ]);
+            if ready.split_whitespace().filter(|s| *s == "True").count() == n {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{n} nodes never Ready: {ready}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        c
+    }
+
+    /// Starts a `weft node` agent named `name` against this cluster.
+    pub fn add_node(&mut self, name: &str) {
+        let dir = self.dir.join("nodes").join(name);
+        std::fs::create_dir_all(&dir).expect("node dir");
+        let log = std::fs::File::create(dir.join("node.log")).expect("node log");
+        let child = Command::new(env!("CARGO_BIN_EXE_weft"))
+            .args([
+                "node",
+                "--server",
+                &self.url,
+                "--name",
+                name,
+                "--pod-cidr",
+                &fresh_pod_cidr(),
+                "--node-status-update-frequency",
+                "1s",
+                "--data-dir",
+            ])
+            .arg(&dir)
+            .arg("--certificate-authority")
+            .arg(self.dir.join("pki/ca.crt"))
+            .env("WEFT_TOKEN", self.token())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("spawn weft node");
+        self.nodes.push((name.to_string(), child));
+    }
+
+    /// Kills node agent `name` (SIGKILL): its node stops heartbeating.
+    pub fn kill_node(&mut self, name: &str) {
+        if let Some(i) = self.nodes.iter().position(|(n, _)| n == name) {
+            let (_, mut child) = self.nodes.remove(i);
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
     /// Starts `weft up` on `dir`, reusing whatever state is there.
     pub fn start_in(dir: &Path) -> TestCluster {
+        Self::start_in_with(dir, &[])
+    }
+
+    fn start_in_with(dir: &Path, args: &[&str]) -> TestCluster {
         std::fs::create_dir_all(dir).expect("data dir");
         // Clusters running side by side need pod IP ranges of their own; a
         // restarted cluster keeps its range (and so its pods' IPs).
         let cidr_file = dir.join("test-pod-cidr");
         let pod_cidr = std::fs::read_to_string(&cidr_file).unwrap_or_else(|_| {
-            static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-            let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let cidr = format!("127.{}.{}.0/24", 100 + std::process::id() % 100, n % 256);
+            let cidr = fresh_pod_cidr();
             std::fs::write(&cidr_file, &cidr).expect("record pod CIDR");
             cidr
         });
@@ -64,6 +172,7 @@ impl TestCluster {
             .args(["up", "--data-dir"])
             .arg(dir)
             .args(["--listen", "127.0.0.1:0", "--pod-cidr", &pod_cidr])
+            .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log))
             .spawn()
@@ -89,6 +198,7 @@ impl TestCluster {
             dir: dir.to_path_buf(),
             _tmp: None,
             child: Some(child),
+            nodes: Vec::new(),
             url,
             kubeconfig: dir.join("kubeconfig"),
             cache: tempfile::tempdir().expect("cache dir"),
@@ -175,6 +285,42 @@ impl TestCluster {
             .expect("spawn kubectl")
     }
 
+    /// Polls `kubectl args` until `done(stdout)` (bounded by `within`);
+    /// panics with the last output and the cluster's log tail otherwise.
+    pub fn wait_until(
+        &self,
+        args: &[&str],
+        within: Duration,
+        done: impl Fn(&str) -> bool,
+    ) -> String {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            let out = String::from_utf8_lossy(&self.kubectl(args).stdout).to_string();
+            if done(&out) {
+                return out;
+            }
+            if std::time::Instant::now() > deadline {
+                let log = std::fs::read_to_string(self.dir.join("weft.log")).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(40).collect();
+                panic!(
+                    "kubectl {args:?} never satisfied the condition within {within:?}; last output:\n{out}\nweft.log tail:\n{}",
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+
+    /// Applies a manifest with kubectl, asserting success.
+    pub fn apply(&self, manifest: &str) {
+        let out = self.kubectl_stdin(&["apply", "-f", "-"], manifest);
+        assert!(
+            out.status.success(),
+            "kubectl apply failed: {}\n{manifest}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     pub fn token(&self) -> String {
         std::fs::read_to_string(self.dir.join("tokens/admin"))
             .expect("token")
@@ -195,6 +341,10 @@ impl TestCluster {
 
 impl Drop for TestCluster {
     fn drop(&mut self) {
+        for (_, mut n) in self.nodes.drain(..) {
+            let _ = n.kill();
+            let _ = n.wait();
+        }
         self.kill9();
     }
 }

@@ -20,7 +20,8 @@ use wasmtime::{
     Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store,
     StoreLimits, StoreLimitsBuilder,
 };
-use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi::p2::bindings::CommandPre;
+use wasmtime_wasi::{I32Exit, WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::p2::bindings::http::types::{ErrorCode, Scheme};
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
@@ -42,6 +43,8 @@ pub enum HostError {
     },
     #[error("the artifact does not fit the wasi:http/proxy world: {0}")]
     NotProxy(String),
+    #[error("the artifact does not fit the wasi:cli/command world: {0}")]
+    NotCommand(String),
 }
 
 /// Why a request did not get the guest's answer. Distinct from guest-visible
@@ -315,6 +318,121 @@ impl Host {
     }
 }
 
+impl Host {
+    /// Whether the artifact exports wasi:http's handler (a server) rather
+    /// than only wasi:cli's run (a command that runs to completion).
+    pub fn is_http(&self, artifact: &Artifact) -> bool {
+        artifact
+            .component
+            .component_type()
+            .exports(&self.engine)
+            .any(|(name, _)| name.starts_with("wasi:http/incoming-handler@"))
+    }
+
+    /// Prepares a wasi:cli command (a Job's container).
+    pub fn command(
+        &self,
+        artifact: &Artifact,
+        args: Vec<String>,
+        env: Vec<(String, String)>,
+        limits: Limits,
+    ) -> Result<Command, HostError> {
+        let pre = self
+            .linker
+            .instantiate_pre(&artifact.component)
+            .map_err(|e| HostError::NotCommand(format!("{e:#}")))?;
+        let pre = CommandPre::new(pre).map_err(|e| HostError::NotCommand(format!("{e:#}")))?;
+        Ok(Command {
+            pre,
+            engine: self.engine.clone(),
+            args,
+            env,
+            limits,
+        })
+    }
+}
+
+/// A fresh store with WASI (env, args, output), limits and an epoch deadline.
+fn new_store(
+    engine: &Engine,
+    wasi: &mut wasmtime_wasi::WasiCtxBuilder,
+    limits: &Limits,
+    trap_on_grow_failure: bool,
+) -> Store<GuestState> {
+    let state = GuestState {
+        wasi: wasi.build(),
+        http: WasiHttpCtx::new(),
+        table: ResourceTable::new(),
+        limits: StoreLimitsBuilder::new()
+            .memory_size(limits.memory_bytes)
+            .instances(16)
+            .trap_on_grow_failure(trap_on_grow_failure)
+            .build(),
+        hooks: Egress,
+    };
+    let mut store = Store::new(engine, state);
+    store.limiter(|s| &mut s.limits);
+    store
+}
+
+/// How a command run ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Exit {
+    /// `run` returned or the guest called exit: the code (0 is success).
+    Code(i32),
+    /// A memory limit was hit (the OOMKilled of Wasm).
+    OutOfMemory(String),
+    /// Any other trap.
+    Trap(String),
+}
+
+/// A wasi:cli command: each `run` is one fresh instance, run to completion.
+#[derive(Clone)]
+pub struct Command {
+    pre: CommandPre<GuestState>,
+    engine: Engine,
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+    limits: Limits,
+}
+
+impl Command {
+    /// Runs once with stdout and stderr going to the given files. The guest
+    /// yields at every epoch tick, so dropping the future stops even a busy loop.
+    pub async fn run(&self, stdout: std::fs::File, stderr: std::fs::File) -> Exit {
+        let mut wasi = WasiCtx::builder();
+        wasi.envs(&self.env)
+            .args(&self.args)
+            .stdout(wasmtime_wasi::cli::OutputFile::new(stdout))
+            .stderr(wasmtime_wasi::cli::OutputFile::new(stderr));
+        // A command hitting its memory limit is killed, as the OOM killer would.
+        let mut store = new_store(&self.engine, &mut wasi, &self.limits, true);
+        store.epoch_deadline_async_yield_and_update(1);
+        let outcome = async {
+            let cmd = self.pre.instantiate_async(&mut store).await?;
+            cmd.wasi_cli_run().call_run(&mut store).await
+        }
+        .await;
+        match outcome {
+            Ok(Ok(())) => Exit::Code(0),
+            Ok(Err(())) => Exit::Code(1),
+            Err(e) => {
+                if let Some(code) = e.downcast_ref::<I32Exit>() {
+                    Exit::Code(code.0)
+                } else {
+                    let text = format!("{e:#}");
+                    let oom = text.contains("growing memory");
+                    if oom {
+                        Exit::OutOfMemory(text)
+                    } else {
+                        Exit::Trap(text)
+                    }
+                }
+            }
+        }
+    }
+}
+
 fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), HostError> {
     let io = |source| HostError::Cache {
         path: path.to_path_buf(),
@@ -341,18 +459,7 @@ impl HttpHandler {
     fn store(&self) -> Store<GuestState> {
         let mut wasi = WasiCtx::builder();
         wasi.envs(&self.env);
-        let state = GuestState {
-            wasi: wasi.build(),
-            http: WasiHttpCtx::new(),
-            table: ResourceTable::new(),
-            limits: StoreLimitsBuilder::new()
-                .memory_size(self.limits.memory_bytes)
-                .instances(16)
-                .build(),
-            hooks: Egress,
-        };
-        let mut store = Store::new(&self.engine, state);
-        store.limiter(|s| &mut s.limits);
+        let mut store = new_store(&self.engine, &mut wasi, &self.limits, false);
         let ticks = (self.limits.cpu_budget.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64;
         store.set_epoch_deadline(ticks);
         store.epoch_deadline_trap();

@@ -47,6 +47,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch as signal;
 use weft_api::Status;
 
+use crate::leader::{self, ElectionConfig};
 use crate::store::network::{RPC_APPEND, RPC_SNAPSHOT, RPC_VOTE};
 use crate::store::{Network, NodeId, Store, StoreConfig, StoreError, TypeConfig};
 use handlers::{json_response, status_response};
@@ -493,6 +494,10 @@ pub struct ControlPlaneConfig {
     pub watch_window: usize,
     pub bookmark_interval: Duration,
     pub ready_timeout: Duration,
+    /// Run the scheduler and controllers (while holding the leader Lease).
+    pub run_controllers: bool,
+    pub controllers: crate::controllers::ControllerConfig,
+    pub lease_duration: Duration,
 }
 
 impl ControlPlaneConfig {
@@ -506,8 +511,18 @@ impl ControlPlaneConfig {
             watch_window: 20_000,
             bookmark_interval: Duration::from_secs(60),
             ready_timeout: Duration::from_secs(60),
+            run_controllers: true,
+            controllers: Default::default(),
+            lease_duration: Duration::from_secs(15),
         }
     }
+}
+
+/// This member's leader-election identity: the host and Raft member id, so
+/// a restarted member reclaims its own Lease (see `leader`).
+fn identity(node_id: NodeId) -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    format!("{}/member-{node_id}", host.trim())
 }
 
 /// A running control plane: store, API server, and its shutdown handle.
@@ -517,6 +532,8 @@ pub struct ControlPlane {
     pub url: String,
     pub token: String,
     pub ca_pem: Option<String>,
+    /// Whether this process holds the controller Lease (runs the scheduler and controllers).
+    pub leading: signal::Receiver<bool>,
     shutdown: signal::Sender<bool>,
     server: tokio::task::JoinHandle<()>,
 }
@@ -605,17 +622,41 @@ impl ControlPlane {
             router(api.clone()),
             listener,
             tls,
-            shutdown_rx,
+            shutdown_rx.clone(),
             Duration::from_secs(5),
         ));
         api.store.wait_ready(cfg.ready_timeout).await?;
         handlers::bootstrap(&api).await?;
+        let (leading_tx, leading) = signal::channel(false);
+        if cfg.run_controllers {
+            let client = crate::local::LocalClient::new(api.clone());
+            let cache = crate::cache::Cache::start(api.store.clone(), shutdown_rx.clone());
+            let mut election =
+                ElectionConfig::new("weft-controller-manager", identity(cfg.node_id));
+            election.lease_duration = cfg.lease_duration;
+            election.renew_deadline = cfg.lease_duration * 2 / 3;
+            election.retry_period = (cfg.lease_duration / 7).max(Duration::from_millis(100));
+            tokio::spawn(leader::run(
+                client.clone(),
+                election,
+                leading_tx,
+                shutdown_rx.clone(),
+            ));
+            tokio::spawn(leader::run_components(
+                cache,
+                client,
+                cfg.controllers.clone(),
+                leading.clone(),
+                shutdown_rx,
+            ));
+        }
         Ok(ControlPlane {
             api,
             addr,
             url,
             token,
             ca_pem,
+            leading,
             shutdown: shutdown_tx,
             server,
         })

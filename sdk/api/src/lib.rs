@@ -1,6 +1,7 @@
 //! Weft API types. Kubernetes-compatible: the built-in kinds are k8s-openapi's,
 //! re-exported; Weft adds the resource table and `Status` errors. No I/O here.
 
+pub mod quantity;
 pub mod resources;
 pub mod status;
 
