@@ -152,8 +152,3 @@ impl LocalClient {
         .await
     }
 }
-
-/// The resourceVersion of a written object, as a number.
-pub fn written_rev(v: &Value) -> u64 {
-    crate::cache::object_rev(v)
-}

@@ -288,6 +288,15 @@ struct PodLoop<W: Workload> {
     finished: HashSet<String>,
 }
 
+/// Sends `key` back to the pod loop after `delay`.
+fn retry_later(retry: &mpsc::UnboundedSender<Retry>, key: Retry, delay: Duration) {
+    let tx = retry.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(delay).await;
+        let _ = tx.send(key);
+    });
+}
+
 /// The longest wait between start attempts, as kubelet's image pull backoff.
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
 
@@ -404,16 +413,15 @@ impl<W: Workload> PodLoop<W> {
             let delay = backoff_delay(self.cfg.retry_after, restarts);
             self.restarts.insert(uid.clone(), restarts + 1);
             self.backoff.insert(uid.clone(), restarts + 1);
-            let tx = retry.clone();
-            let key = Retry {
-                namespace: ns.clone(),
-                name: name.clone(),
-                uid: uid.clone(),
-            };
-            tokio::spawn(async move {
-                tokio::time::sleep(delay).await;
-                let _ = tx.send(key);
-            });
+            retry_later(
+                retry,
+                Retry {
+                    namespace: ns.clone(),
+                    name: name.clone(),
+                    uid: uid.clone(),
+                },
+                delay,
+            );
             let statuses: Vec<Value> = containers.iter().map(|c| json!({
                 "name": c.name, "ready": false, "started": false, "restartCount": restarts + 1, "image": c.image, "imageID": c.image_id,
                 "lastState": {"terminated": terminated(c)},
@@ -571,16 +579,15 @@ impl<W: Workload> PodLoop<W> {
                 let failures = self.backoff.entry(uid.clone()).or_insert(0);
                 let delay = backoff_delay(self.cfg.retry_after, *failures);
                 *failures += 1;
-                let tx = retry.clone();
-                let key = Retry {
-                    namespace: ns.clone(),
-                    name: name.clone(),
-                    uid: uid.clone(),
-                };
-                tokio::spawn(async move {
-                    tokio::time::sleep(delay).await;
-                    let _ = tx.send(key);
-                });
+                retry_later(
+                    retry,
+                    Retry {
+                        namespace: ns.clone(),
+                        name: name.clone(),
+                        uid: uid.clone(),
+                    },
+                    delay,
+                );
                 json!({"status": {"phase": "Pending", "containerStatuses": statuses}})
             }
         };

@@ -25,8 +25,8 @@ use tokio::sync::{mpsc, watch as signal};
 use tracing::Instrument;
 use weft_api::{Resource, resources};
 
-use crate::cache::{Cache, Change, Snapshot};
-use crate::local::{LocalClient, written_rev};
+use crate::cache::{Cache, Change, Snapshot, object_rev as written_rev};
+use crate::local::LocalClient;
 
 /// The served resource with this plural (plurals are unique in Weft's table).
 pub fn res(plural: &str) -> &'static Resource {
