@@ -48,7 +48,7 @@ fn deployments_heal_roll_out_roll_back_and_namespaces_empty() {
     let registry = Registry::start();
     let v1 = common::push(&registry, &guests::sample("hello"), "samples/hello:1");
     let v2 = common::push(&registry, &guests::sample("hello"), "samples/hello:2");
-    let c = TestCluster::with_nodes(1, &[]);
+    let c = TestCluster::with_nodes(3, &[]);
 
     c.apply(&deployment("web", 3, &v1, ""));
     rollout_status(&c, "deployment/web");
@@ -293,7 +293,7 @@ fn node_failure_evicts_and_daemonsets_cover_every_node() {
 fn jobs_complete_fail_and_cronjobs_fire() {
     let registry = Registry::start();
     let image = common::push(&registry, &guests::sample("job"), "samples/job:1");
-    let c = TestCluster::with_nodes(1, &[]);
+    let c = TestCluster::with_nodes(3, &[]);
     let job = |name: &str, extra_env: &str| {
         format!(
             "apiVersion: batch/v1\nkind: Job\nmetadata: {{name: {name}}}\nspec:\n  completions: 3\n  parallelism: 2\n  backoffLimit: 1\n  template:\n    spec:\n      runtimeClassName: wasm\n      restartPolicy: Never\n      containers:\n      - name: step\n        image: {image}\n        args: [\"--item\", \"x\"]\n{extra_env}"
