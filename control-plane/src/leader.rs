@@ -15,6 +15,7 @@ use serde_json::{Value, json};
 use tokio::sync::watch as signal;
 
 use crate::local::LocalClient;
+use crate::time::micro;
 
 #[derive(Debug, Clone)]
 pub struct ElectionConfig {
@@ -23,27 +24,26 @@ pub struct ElectionConfig {
     pub identity: String,
     /// How long a holder's claim lasts without renewal (Kubernetes: 15 s).
     pub lease_duration: Duration,
-    /// A holder that could not renew for this long steps down (10 s).
+    /// A holder that could not renew for this long steps down (2/3 of the lease).
     pub renew_deadline: Duration,
-    /// How often to try to acquire or renew (2 s).
+    /// How often to try to acquire or renew (1/7 of the lease).
     pub retry_period: Duration,
 }
 
 impl ElectionConfig {
-    pub fn new(name: &str, identity: String) -> Self {
+    /// Renewal timings follow the lease duration in Kubernetes' proportions
+    /// (15 s lease, 10 s renew deadline, 2 s retry): the holder steps down
+    /// well before anyone else may take over.
+    pub fn new(name: &str, identity: String, lease_duration: Duration) -> Self {
         ElectionConfig {
             namespace: "kube-system".into(),
             name: name.into(),
             identity,
-            lease_duration: Duration::from_secs(15),
-            renew_deadline: Duration::from_secs(10),
-            retry_period: Duration::from_secs(2),
+            lease_duration,
+            renew_deadline: lease_duration * 2 / 3,
+            retry_period: (lease_duration / 7).max(Duration::from_millis(100)),
         }
     }
-}
-
-fn micro(t: Timestamp) -> String {
-    t.strftime("%Y-%m-%dT%H:%M:%S.%6fZ").to_string()
 }
 
 /// What to do with the Lease as found: `None` means someone else holds it.
@@ -196,7 +196,7 @@ mod tests {
     use super::*;
 
     fn cfg(id: &str) -> ElectionConfig {
-        ElectionConfig::new("weft-controllers", id.into())
+        ElectionConfig::new("weft-controllers", id.into(), Duration::from_secs(15))
     }
 
     #[test]

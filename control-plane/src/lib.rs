@@ -8,3 +8,4 @@ pub mod leader;
 pub mod local;
 pub mod scheduler;
 pub mod store;
+pub mod time;

@@ -193,32 +193,12 @@ fn limits_for(c: &Container) -> Limits {
         .as_ref()
         .and_then(|r| r.limits.as_ref())
         .and_then(|l| l.get("memory"))
-        .and_then(|q| parse_bytes(&q.0))
+        .and_then(|q| weft_api::quantity::parse_units(&q.0))
+        .and_then(|b| usize::try_from(b).ok())
     {
         limits.memory_bytes = mem;
     }
     limits
-}
-
-/// A Kubernetes memory quantity in bytes (`64Mi`, `1G`, `1048576`).
-pub fn parse_bytes(q: &str) -> Option<usize> {
-    let suffixes: [(&str, f64); 11] = [
-        ("Ki", 1024.0),
-        ("Mi", 1048576.0),
-        ("Gi", 1073741824.0),
-        ("Ti", 1099511627776.0),
-        ("k", 1e3),
-        ("K", 1e3),
-        ("M", 1e6),
-        ("G", 1e9),
-        ("T", 1e12),
-        ("m", 1e-3),
-        ("", 1.0),
-    ];
-    let (num, mult) = suffixes
-        .iter()
-        .find_map(|(s, m)| q.strip_suffix(s).filter(|n| !n.is_empty()).map(|n| (n, *m)))?;
-    num.parse::<f64>().ok().map(|n| (n * mult) as usize)
 }
 
 type Body = UnsyncBoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
@@ -330,9 +310,18 @@ mod tests {
 
     #[test]
     fn memory_quantities() {
-        assert_eq!(parse_bytes("64Mi"), Some(64 << 20));
-        assert_eq!(parse_bytes("1G"), Some(1_000_000_000));
-        assert_eq!(parse_bytes("1048576"), Some(1 << 20));
-        assert_eq!(parse_bytes("lots"), None);
+        let container = |mem: &str| -> Container {
+            serde_json::from_value(
+                serde_json::json!({"name": "c", "resources": {"limits": {"memory": mem}}}),
+            )
+            .unwrap()
+        };
+        assert_eq!(limits_for(&container("64Mi")).memory_bytes, 64 << 20);
+        assert_eq!(limits_for(&container("1G")).memory_bytes, 1_000_000_000);
+        assert_eq!(limits_for(&container("1048576")).memory_bytes, 1 << 20);
+        assert_eq!(
+            limits_for(&container("lots")).memory_bytes,
+            Limits::default().memory_bytes
+        );
     }
 }

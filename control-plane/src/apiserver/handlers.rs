@@ -58,7 +58,7 @@ pub struct Ctx<'a> {
 }
 
 pub fn now() -> String {
-    Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
+    crate::time::ts(Timestamp::now())
 }
 
 fn header_str(h: &HeaderMap, name: header::HeaderName) -> &str {
@@ -1031,10 +1031,7 @@ async fn delete_one(ctx: &Ctx<'_>, name: &str, opts: &DeleteOpts) -> ApiResult {
                 return Ok(ctx.respond(StatusCode::OK, &cur, &[]));
             }
             let deadline = Timestamp::now() + jiff::SignedDuration::from_secs(pod_grace);
-            meta.insert(
-                "deletionTimestamp".into(),
-                json!(deadline.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()),
-            );
+            meta.insert("deletionTimestamp".into(), json!(crate::time::ts(deadline)));
             meta.insert("deletionGracePeriodSeconds".into(), json!(pod_grace));
             if !finalizers.is_empty() {
                 meta.insert("finalizers".into(), Value::Array(finalizers));

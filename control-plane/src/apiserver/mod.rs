@@ -631,11 +631,11 @@ impl ControlPlane {
         if cfg.run_controllers {
             let client = crate::local::LocalClient::new(api.clone());
             let cache = crate::cache::Cache::start(api.store.clone(), shutdown_rx.clone());
-            let mut election =
-                ElectionConfig::new("weft-controller-manager", identity(cfg.node_id));
-            election.lease_duration = cfg.lease_duration;
-            election.renew_deadline = cfg.lease_duration * 2 / 3;
-            election.retry_period = (cfg.lease_duration / 7).max(Duration::from_millis(100));
+            let election = ElectionConfig::new(
+                "weft-controller-manager",
+                identity(cfg.node_id),
+                cfg.lease_duration,
+            );
             tokio::spawn(leader::run(
                 client.clone(),
                 election,

@@ -491,7 +491,7 @@ fn scalar_message(msg: &str, b: &[u8]) -> Result<Value, Status> {
         "Time" => match fields[1] {
             Some(secs) if secs != 0 => {
                 let ts = jiff::Timestamp::from_second(secs as i64).map_err(err)?;
-                json!(ts.strftime("%Y-%m-%dT%H:%M:%SZ").to_string())
+                json!(crate::time::ts(ts))
             }
             _ => Value::Null,
         },

@@ -220,11 +220,11 @@ impl Controller for DaemonSetController {
             "numberMisscheduled": misscheduled, "numberReady": ready, "numberAvailable": available,
             "numberUnavailable": desired - available, "updatedNumberScheduled": updated,
             "observedGeneration": o::generation(ds)});
-        let cur = ds.get("status").cloned().unwrap_or(json!({}));
-        let differs = status.as_object().into_iter().flatten().any(|(k, v)| {
-            cur.get(k).and_then(Value::as_i64).unwrap_or(0) != v.as_i64().unwrap_or(0)
-        });
-        if differs {
+        let fields: Vec<&str> = status
+            .as_object()
+            .map(|m| m.keys().map(String::as_str).collect())
+            .unwrap_or_default();
+        if o::status_counts_differ(ds, &status, &fields) {
             out.push(Action::Patch {
                 res: res("daemonsets"),
                 ns: ns.into(),

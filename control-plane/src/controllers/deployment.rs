@@ -375,8 +375,8 @@ impl Controller for DeploymentController {
         let available = sum("/status/availableReplicas");
         let spec_total = sum("/spec/replicas");
         let current = d.get("status").cloned().unwrap_or(json!({}));
-        let prev_av = find_condition(d, "Available");
-        let prev_pr = find_condition(d, "Progressing");
+        let prev_av = o::condition(d, "Available").cloned();
+        let prev_pr = o::condition(d, "Progressing").cloned();
         let available_cond = if available >= replicas - max_unavailable {
             condition(
                 "Available",
@@ -497,14 +497,6 @@ impl Controller for DeploymentController {
         }
         out
     }
-}
-
-fn find_condition(d: &Value, ty: &str) -> Option<Value> {
-    d.pointer("/status/conditions")
-        .and_then(Value::as_array)?
-        .iter()
-        .find(|c| c["type"] == ty)
-        .cloned()
 }
 
 /// The Deployment's conditions with `updates` replacing those of the same type.

@@ -158,11 +158,9 @@ impl Controller for JobController {
                 out.requeue(o::until(start + SignedDuration::from_secs(d), now));
             }
         }
-        let cur = job.get("status").cloned().unwrap_or(json!({}));
-        let changed =
-            done || ["active", "succeeded", "failed", "ready"].iter().any(|f| {
-                cur.get(*f).and_then(Value::as_i64).unwrap_or(0) != status[*f].as_i64().unwrap_or(0)
-            }) || cur.get("startTime").is_none();
+        let changed = done
+            || o::status_counts_differ(job, &status, &["active", "succeeded", "failed", "ready"])
+            || job.pointer("/status/startTime").is_none();
         if changed {
             out.push(Action::Patch {
                 res: res("jobs"),

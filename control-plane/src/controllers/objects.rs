@@ -158,10 +158,7 @@ pub fn taints(node: &Value) -> &[Value] {
         .map_or(&[], Vec::as_slice)
 }
 
-/// `metav1.Time` as Kubernetes writes it.
-pub fn ts(t: Timestamp) -> String {
-    t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
-}
+pub use crate::time::ts;
 
 /// How long until `at` (at least a second: requeues are not busy loops).
 pub fn until(at: Timestamp, now: Timestamp) -> std::time::Duration {
@@ -185,7 +182,7 @@ pub fn is_active(pod: &Value) -> bool {
     !is_terminating(pod) && !matches!(phase(pod), "Succeeded" | "Failed")
 }
 
-fn condition<'a>(o: &'a Value, ty: &str) -> Option<&'a Value> {
+pub fn condition<'a>(o: &'a Value, ty: &str) -> Option<&'a Value> {
     o.pointer("/status/conditions")
         .and_then(Value::as_array)?
         .iter()
@@ -200,6 +197,17 @@ pub fn condition_status<'a>(o: &'a Value, ty: &str) -> Option<&'a str> {
 
 pub fn condition_field<'a>(o: &'a Value, ty: &str, field: &str) -> Option<&'a Value> {
     condition(o, ty).and_then(|c| c.get(field))
+}
+
+/// Whether `obj`'s stored status differs from the computed `next` status in
+/// any of these integer fields (absent reads as 0): a controller writes
+/// status only when it changed.
+pub fn status_counts_differ(obj: &Value, next: &Value, fields: &[&str]) -> bool {
+    let int = |v: Option<&Value>| v.and_then(Value::as_i64).unwrap_or(0);
+    let current = obj.get("status");
+    fields
+        .iter()
+        .any(|f| int(current.and_then(|s| s.get(*f))) != int(next.get(*f)))
 }
 
 pub fn is_ready(pod: &Value) -> bool {

@@ -144,19 +144,14 @@ impl Controller for ReplicaSetController {
             "replicas": live.len(), "fullyLabeledReplicas": live.len(),
             "readyReplicas": ready, "availableReplicas": available,
             "observedGeneration": o::generation(rs)});
-        let current = rs.get("status").cloned().unwrap_or(json!({}));
-        let same = [
+        let fields = [
             "replicas",
             "fullyLabeledReplicas",
             "readyReplicas",
             "availableReplicas",
             "observedGeneration",
-        ]
-        .iter()
-        .all(|f| {
-            current.get(*f).and_then(Value::as_i64).unwrap_or(0) == status[*f].as_i64().unwrap_or(0)
-        });
-        if !same {
+        ];
+        if o::status_counts_differ(rs, &status, &fields) {
             out.push(Action::Patch {
                 res: res("replicasets"),
                 ns: ns.to_string(),
