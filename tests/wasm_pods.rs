@@ -67,8 +67,27 @@ fn apply_and_wait_reason(c: &TestCluster, manifest: &str, name: &str, reason: &s
 
 fn pod(name: &str, node: &str, image: &str) -> String {
     format!(
-        "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:\n  nodeName: {node}\n  containers:\n  - name: app\n    image: {image}\n    ports: [{{containerPort: 8080}}]\n"
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:\n  nodeName: {node}\n  containers:\n  - name: app\n    image: {image}\n    env: [{{name: LOG_REQUESTS, value: '1'}}]\n    ports: [{{containerPort: 8080}}]\n"
     )
+}
+
+/// Starts `kubectl logs -f` and returns a receiver of its output lines.
+fn follow_logs(
+    c: &TestCluster,
+    pod: &str,
+) -> (std::process::Child, std::sync::mpsc::Receiver<String>) {
+    use std::io::BufRead;
+    let mut child = c.kubectl_spawn(&["logs", "-f", pod]);
+    let out = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    (child, rx)
 }
 
 #[test]
@@ -147,6 +166,47 @@ fn wasm_pod_runs_serves_and_is_deleted() {
     assert!(
         wide.contains("Running") && wide.contains("1/1") && wide.contains(&ip),
         "{wide}"
+    );
+
+    // kubectl logs: the guest's stdout, through the API server from the agent.
+    let logs = c.kubectl_ok(&["logs", "hello"]);
+    assert_eq!(logs.trim_end(), "GET / answered by hello", "{logs}");
+    http_get(&format!("{ip}:8080")).unwrap();
+    let stamped = c.kubectl_ok(&["logs", "hello", "--tail=1", "--timestamps"]);
+    let (ts, line) = stamped.split_once(' ').unwrap();
+    assert!(ts.ends_with('Z') && ts.contains('T'), "{stamped}");
+    assert_eq!(line.trim_end(), "GET / answered by hello");
+    assert_eq!(
+        c.kubectl_ok(&["logs", "hello", "--since=1h"])
+            .lines()
+            .count(),
+        2
+    );
+    let (mut follower, lines) = follow_logs(&c, "hello");
+    assert_eq!(
+        lines.recv_timeout(Duration::from_secs(10)).unwrap(),
+        "GET / answered by hello"
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    http_get(&format!("{ip}:8080")).unwrap();
+    assert_eq!(
+        lines.recv_timeout(Duration::from_secs(10)).unwrap(),
+        "GET / answered by hello",
+        "-f streams new lines"
+    );
+    let _ = follower.kill();
+    let previous = c.kubectl(&["logs", "hello", "-p"]);
+    assert!(!previous.status.success());
+    assert!(
+        String::from_utf8_lossy(&previous.stderr)
+            .contains("previous terminated container \"app\" in pod \"hello\" not found"),
+        "{}",
+        String::from_utf8_lossy(&previous.stderr)
+    );
+    let wrong = c.kubectl(&["logs", "hello", "-c", "nope"]);
+    assert!(
+        String::from_utf8_lossy(&wrong.stderr)
+            .contains("container nope is not valid for pod hello")
     );
 
     // Env from a ConfigMap reaches the guest; a missing ConfigMap is a config error.
@@ -263,5 +323,61 @@ fn agent_restart_resumes_its_pods() {
             "jsonpath={.status.phase} {.status.podIP}"
         ]),
         format!("Running {ip}")
+    );
+}
+
+#[test]
+fn static_pods_run_from_a_manifest_directory_with_a_mirror_pod() {
+    let registry = Registry::start();
+    let manifests = tempfile::tempdir().unwrap();
+    let c = TestCluster::start_with(&[
+        "--node-name",
+        "static-node",
+        "--pod-manifest-path",
+        manifests.path().to_str().unwrap(),
+    ]);
+    let image = common::push(&registry, &guests::sample("hello"), "samples/hello:static");
+    let manifest = format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: web}}\nspec:\n  runtimeClassName: wasm\n  containers:\n  - name: app\n    image: {image}\n    ports: [{{containerPort: 8080}}]\n"
+    );
+    std::fs::write(manifests.path().join("web.yaml"), &manifest).unwrap();
+    let mirror = "web-static-node";
+    let ip = c.wait_until(
+        &["get", "pod", mirror, "-o", "jsonpath={.status.podIP}"],
+        Duration::from_secs(60),
+        |s| !s.is_empty(),
+    );
+    assert_eq!(
+        c.kubectl_ok(&[
+            "get",
+            "pod",
+            mirror,
+            "-o",
+            "jsonpath={.metadata.annotations.kubernetes\\.io/config\\.source} {.spec.nodeName}"
+        ]),
+        "file static-node"
+    );
+    let reply = ready_ip(&c, mirror);
+    assert_eq!(reply, ip);
+    assert!(
+        http_get(&format!("{ip}:8080"))
+            .unwrap()
+            .contains(&format!("Hello from {mirror}"))
+    );
+
+    // Deleting the mirror pod through the API only brings it back.
+    let uid = c.kubectl_ok(&["get", "pod", mirror, "-o", "jsonpath={.metadata.uid}"]);
+    c.kubectl_ok(&["delete", "pod", mirror, "--timeout=30s"]);
+    c.wait_until(
+        &["get", "pod", mirror, "-o", "jsonpath={.metadata.uid}"],
+        Duration::from_secs(30),
+        |s| !s.is_empty() && s != uid,
+    );
+    // Removing the file removes the pod.
+    std::fs::remove_file(manifests.path().join("web.yaml")).unwrap();
+    c.wait_until(
+        &["get", "pods", "-o", "jsonpath={.items[*].metadata.name}"],
+        Duration::from_secs(30),
+        |s| !s.contains(mirror),
     );
 }

@@ -2,7 +2,7 @@
 //! Lease, and runs the pods bound to it through the workload runtime.
 
 use std::collections::{HashMap, HashSet};
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,13 +13,15 @@ use kube::runtime::watcher;
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, watch as signal};
 use weft_api::k8s_openapi::api::coordination::v1::Lease;
-use weft_api::k8s_openapi::api::core::v1::{ConfigMap, Node, Pod, Secret};
+use weft_api::k8s_openapi::api::core::v1::{ConfigMap, Event, Node, Pod, Secret};
 use weft_api::k8s_openapi::api::node::v1::RuntimeClass;
 use weft_wasm_host::{Host, HostConfig};
 
 use crate::artifacts::ArtifactStore;
-use crate::env;
-use crate::runtime::{Exited, PodEnv, RunningPod, Started, WasmRuntime, Workload, WorkloadError};
+use crate::logs::{self, Live};
+use crate::runtime::{Exited, PodEnv, RunningPod, StartSpec, WasmRuntime, Workload, WorkloadError};
+use crate::server::{self, ServerState};
+use crate::{env, probes, static_pods, volumes};
 use weft_wasm_host::Exit;
 
 /// The label nodes carry when their agent runs Wasm pods: the scheduler's
@@ -72,6 +74,14 @@ pub struct AgentConfig {
     pub heartbeat: Duration,
     /// Wait before retrying a pod that failed to start (ImagePullBackOff).
     pub retry_after: Duration,
+    /// The agent's endpoint (logs for `kubectl logs`); port 0 picks one.
+    pub listen: SocketAddr,
+    /// The bearer token the endpoint requires: the one the agent itself uses.
+    pub token: String,
+    /// Container log files rotate at this size.
+    pub log_max_size: u64,
+    /// Static pod manifests (kubelet's `--pod-manifest-path`), checked every few seconds.
+    pub pod_manifest_path: Option<PathBuf>,
 }
 
 impl AgentConfig {
@@ -82,6 +92,10 @@ impl AgentConfig {
             pod_cidr: "127.10.0.0/16".into(),
             heartbeat: Duration::from_secs(10),
             retry_after: Duration::from_secs(10),
+            listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+            token: String::new(),
+            log_max_size: logs::DEFAULT_MAX_SIZE,
+            pod_manifest_path: None,
         }
     }
 }
@@ -128,10 +142,18 @@ impl IpPool {
     }
 }
 
+fn ts(t: jiff::Timestamp) -> String {
+    t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
+}
+
+/// `status.startTime`: when this node first started the pod.
+fn start_time(pod: &Pod) -> Option<jiff::Timestamp> {
+    let t = pod.status.as_ref()?.start_time.as_ref()?;
+    jiff::Timestamp::from_second(t.0.timestamp()).ok()
+}
+
 fn now() -> String {
-    jiff::Timestamp::now()
-        .strftime("%Y-%m-%dT%H:%M:%SZ")
-        .to_string()
+    ts(jiff::Timestamp::now())
 }
 
 fn now_micro() -> String {
@@ -182,7 +204,8 @@ fn node_status(cfg: &AgentConfig) -> Value {
             cond("PIDPressure", "False", "KubeletHasSufficientPID", "weft node agent has sufficient PID available"),
             cond("Ready", "True", "KubeletReady", "weft node agent is posting ready status"),
         ],
-        "addresses": [{"type": "InternalIP", "address": "127.0.0.1"}, {"type": "Hostname", "address": cfg.name}],
+        "addresses": [{"type": "InternalIP", "address": cfg.listen.ip().to_string()}, {"type": "Hostname", "address": cfg.name}],
+        "daemonEndpoints": {"kubeletEndpoint": {"Port": cfg.listen.port()}},
         "nodeInfo": {"kubeletVersion": "v1.32.0-weft", "kubeProxyVersion": "", "osImage": "weft", "kernelVersion": "",
                      "containerRuntimeVersion": "wasmtime://48.0.8", "operatingSystem": std::env::consts::OS,
                      "architecture": weft_api::go_arch(),
@@ -221,6 +244,8 @@ async fn post_node_status(client: &kube::Client, cfg: &AgentConfig) -> Result<()
 pub struct AgentHandle {
     stop: signal::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
+    /// The agent's own endpoint (logs), as registered in its Node.
+    pub endpoint: SocketAddr,
 }
 
 impl AgentHandle {
@@ -237,44 +262,125 @@ pub async fn start(client: kube::Client, cfg: AgentConfig) -> Result<AgentHandle
         IpPool::parse(&cfg.pod_cidr).ok_or_else(|| AgentError::PodCidr(cfg.pod_cidr.clone()))?;
     let host = Arc::new(Host::new(HostConfig::new(cfg.data_dir.join("cwasm")))?);
     let artifacts = Arc::new(ArtifactStore::new(cfg.data_dir.join("artifacts"))?);
+    let listener = server::bind(cfg.listen)
+        .await
+        .map_err(|e| AgentError::Client(format!("agent endpoint {}: {e}", cfg.listen)))?;
+    let endpoint = listener
+        .local_addr()
+        .map_err(|e| AgentError::Client(e.to_string()))?;
+    let mut cfg = cfg;
+    cfg.listen = endpoint;
     register(&client, &cfg).await?;
     let (stop, stopped) = signal::channel(false);
     let (exits_tx, exits) = mpsc::unbounded_channel();
+    let live = Arc::new(Live::default());
     let logs = cfg.data_dir.join("logs");
+    tokio::spawn(server::serve(
+        listener,
+        ServerState {
+            logs: logs.clone(),
+            live: live.clone(),
+            token: cfg.token.clone(),
+        },
+        stopped.clone(),
+    ));
+    let (msgs_tx, msgs) = mpsc::unbounded_channel();
+    let (probe_tx, probes) = mpsc::unbounded_channel();
     let agent = PodLoop {
         client,
+        runtime: WasmRuntime::new(host, artifacts, live, cfg.log_max_size, exits_tx),
         cfg,
-        runtime: WasmRuntime::new(host, artifacts, logs, exits_tx),
+        logs,
         pool,
         running: HashMap::new(),
         backoff: HashMap::new(),
         restarts: HashMap::new(),
+        last_state: HashMap::new(),
         finished: HashSet::new(),
+        terminating: HashSet::new(),
+        msgs: msgs_tx,
+        probe_tx,
     };
-    let task = tokio::spawn(agent.run(stopped, exits));
-    Ok(AgentHandle { stop, task })
+    let task = tokio::spawn(agent.run(stopped, exits, msgs, probes));
+    Ok(AgentHandle {
+        stop,
+        task,
+        endpoint,
+    })
 }
 
-/// A pod due for another start attempt.
-struct Retry {
+/// Identifies a pod for messages the loop sends itself.
+#[derive(Debug, Clone)]
+struct PodKey {
     namespace: String,
     name: String,
     uid: String,
 }
 
+impl PodKey {
+    fn of(pod: &Pod) -> PodKey {
+        PodKey {
+            namespace: pod.metadata.namespace.clone().unwrap_or_default(),
+            name: pod.metadata.name.clone().unwrap_or_default(),
+            uid: pod.metadata.uid.clone().unwrap_or_default(),
+        }
+    }
+}
+
+/// What the pod loop tells itself, later.
+enum Msg {
+    /// A pod is due for another start attempt.
+    Retry(PodKey),
+    /// A deleted pod's workload has stopped: release it and finish deletion.
+    Terminated(PodKey, Ipv4Addr),
+    /// `spec.activeDeadlineSeconds` passed.
+    Deadline(PodKey),
+}
+
+/// How a container run ended.
+#[derive(Debug, Clone)]
+enum Ending {
+    Exit(Exit),
+    /// Killed by the agent (failed liveness or startup probe).
+    Killed(String),
+}
+
+impl Ending {
+    fn succeeded(&self) -> bool {
+        matches!(self, Ending::Exit(Exit::Code(0)))
+    }
+
+    /// exitCode, reason and message, as kubelet reports them.
+    fn terminated(&self) -> (i32, &'static str, String) {
+        match self {
+            Ending::Exit(Exit::Code(0)) => (0, "Completed", String::new()),
+            Ending::Exit(Exit::Code(n)) => (*n, "Error", String::new()),
+            Ending::Exit(Exit::OutOfMemory(m)) => (137, "OOMKilled", m.clone()),
+            Ending::Exit(Exit::Trap(m)) => (1, "Error", m.clone()),
+            Ending::Killed(m) => (137, "Error", m.clone()),
+        }
+    }
+}
+
 struct Active {
+    key: PodKey,
     ip: Ipv4Addr,
     run: RunningPod,
     pod: Pod,
     started_at: String,
-    /// Command containers that have finished, with how.
-    exited: HashMap<String, Exit>,
+    /// Containers that have ended, with how.
+    ended: HashMap<String, Ending>,
+    /// Readiness by container (true without a readiness probe).
+    ready: HashMap<String, bool>,
+    /// Probe loops; dropped with the pod.
+    _probes: tokio::task::JoinSet<()>,
 }
 
 struct PodLoop<W: Workload> {
     client: kube::Client,
     cfg: AgentConfig,
     runtime: W,
+    logs: PathBuf,
     pool: IpPool,
     /// By pod uid.
     running: HashMap<String, Active>,
@@ -282,20 +388,29 @@ struct PodLoop<W: Workload> {
     /// retry rather than restarting on every watch event (their own status
     /// updates included).
     backoff: HashMap<String, u32>,
-    /// Restarts per pod uid (containers that exited under restartPolicy OnFailure/Always).
+    /// Restarts per pod uid (containers that ended under restartPolicy OnFailure/Always).
     restarts: HashMap<String, u32>,
+    /// The last termination of each container, by pod uid (`lastState`).
+    last_state: HashMap<String, HashMap<String, Value>>,
     /// Pods that ran to completion; stale events must not start them again.
     finished: HashSet<String>,
+    /// Deleted pods still draining.
+    terminating: HashSet<String>,
+    msgs: mpsc::UnboundedSender<Msg>,
+    probe_tx: mpsc::UnboundedSender<probes::Transition>,
 }
 
-/// Sends `key` back to the pod loop after `delay`.
-fn retry_later(retry: &mpsc::UnboundedSender<Retry>, key: Retry, delay: Duration) {
-    let tx = retry.clone();
+/// Sends `msg` back to the pod loop after `delay`.
+fn later(tx: &mpsc::UnboundedSender<Msg>, msg: Msg, delay: Duration) {
+    let tx = tx.clone();
     tokio::spawn(async move {
         tokio::time::sleep(delay).await;
-        let _ = tx.send(key);
+        let _ = tx.send(msg);
     });
 }
+
+/// How often the static pod manifests are read (kubelet: 20 s).
+const STATIC_POD_CHECK: Duration = Duration::from_secs(2);
 
 /// The longest wait between start attempts, as kubelet's image pull backoff.
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
@@ -305,37 +420,59 @@ fn backoff_delay(base: Duration, failures: u32) -> Duration {
     base.saturating_mul(1 << failures.min(16)).min(MAX_BACKOFF)
 }
 
+/// How long a deleted pod keeps serving: its preStop `sleep`, within the grace period.
+fn drain_time(pod: &Pod) -> Duration {
+    let spec = pod.spec.as_ref();
+    let grace = pod
+        .metadata
+        .deletion_grace_period_seconds
+        .or(spec.and_then(|s| s.termination_grace_period_seconds))
+        .unwrap_or(30)
+        .max(0) as u64;
+    let sleep = spec
+        .into_iter()
+        .flat_map(|s| s.containers.iter())
+        .filter_map(|c| c.lifecycle.as_ref()?.pre_stop.as_ref()?.sleep.as_ref())
+        .map(|s| s.seconds.max(0) as u64)
+        .max()
+        .unwrap_or(0);
+    Duration::from_secs(sleep.min(grace))
+}
+
+fn cond(ty: &str, status: bool, ts: &str) -> Value {
+    json!({"type": ty, "status": if status { "True" } else { "False" }, "lastProbeTime": null, "lastTransitionTime": ts})
+}
+
 impl<W: Workload> PodLoop<W> {
     async fn run(
         mut self,
         mut stop: signal::Receiver<bool>,
         mut exits: mpsc::UnboundedReceiver<Exited>,
+        mut msgs: mpsc::UnboundedReceiver<Msg>,
+        mut probes: mpsc::UnboundedReceiver<probes::Transition>,
     ) {
         let pods: Api<Pod> = Api::all(self.client.clone());
         let wc = watcher::Config::default().fields(&format!("spec.nodeName={}", self.cfg.name));
         let mut events = watcher::watcher(pods, wc).boxed();
-        let (retry_tx, mut retry_rx) = mpsc::unbounded_channel::<Retry>();
         let mut beat = tokio::time::interval(self.cfg.heartbeat);
+        let mut static_check = tokio::time::interval(STATIC_POD_CHECK);
         loop {
             tokio::select! {
                 _ = stop.changed() => break,
+                _ = static_check.tick(), if self.cfg.pod_manifest_path.is_some() => self.sync_static_pods().await,
                 _ = beat.tick() => {
                     if let Err(e) = heartbeat(&self.client, &self.cfg).await {
                         tracing::warn!("heartbeat: {e}");
                     }
                 }
-                Some(e) = exits.recv() => self.exited(e, &retry_tx).await,
-                Some(r) = retry_rx.recv() => {
-                    let api: Api<Pod> = Api::namespaced(self.client.clone(), &r.namespace);
-                    if let Ok(Some(pod)) = api.get_opt(&r.name).await
-                        && pod.metadata.uid.as_deref() == Some(r.uid.as_str())
-                    {
-                        self.sync(pod, &retry_tx, true).await;
-                    }
+                Some(e) = exits.recv() => {
+                    self.ended(&e.pod_uid, vec![(e.container, Ending::Exit(e.exit))]).await;
                 }
+                Some(t) = probes.recv() => self.probed(t).await,
+                Some(m) = msgs.recv() => self.message(m).await,
                 ev = events.next() => match ev {
-                    Some(Ok(watcher::Event::Apply(pod) | watcher::Event::InitApply(pod))) => self.sync(pod, &retry_tx, false).await,
-                    Some(Ok(watcher::Event::Delete(pod))) => self.stop_pod(&pod).await,
+                    Some(Ok(watcher::Event::Apply(pod) | watcher::Event::InitApply(pod))) => self.sync(pod, false).await,
+                    Some(Ok(watcher::Event::Delete(pod))) => self.forget(&pod).await,
                     Some(Ok(_)) => {}
                     Some(Err(e)) => {
                         tracing::warn!("pod watch: {e}");
@@ -350,168 +487,371 @@ impl<W: Workload> PodLoop<W> {
         }
     }
 
-    async fn stop_pod(&mut self, pod: &Pod) {
+    /// Keeps one mirror pod per static pod manifest (see `static_pods`).
+    async fn sync_static_pods(&self) {
+        let Some(dir) = &self.cfg.pod_manifest_path else {
+            return;
+        };
+        let mut desired = Vec::new();
+        for (file, manifest) in static_pods::read_dir(dir) {
+            match manifest.and_then(|m| static_pods::mirror(&m, &self.cfg.name)) {
+                Ok(p) => desired.push(p),
+                Err(e) => tracing::warn!(file, "static pod manifest: {e}"),
+            }
+        }
+        let all: Api<Pod> = Api::all(self.client.clone());
+        let lp =
+            kube::api::ListParams::default().fields(&format!("spec.nodeName={}", self.cfg.name));
+        let existing: Vec<Pod> = match all.list(&lp).await {
+            Ok(l) => l
+                .items
+                .into_iter()
+                .filter(|p| {
+                    p.metadata
+                        .annotations
+                        .as_ref()
+                        .is_some_and(|a| a.contains_key(static_pods::MIRROR_ANNOTATION))
+                })
+                .collect(),
+            Err(e) => {
+                tracing::warn!("listing mirror pods: {e}");
+                return;
+            }
+        };
+        let plan = static_pods::plan(&desired, &existing);
+        for (ns, name) in plan.delete {
+            if let Err(e) = self.api(&ns).delete(&name, &DeleteParams::default()).await {
+                tracing::warn!(pod = %name, "deleting a stale mirror pod: {e}");
+            }
+        }
+        for pod in plan.create {
+            let ns = pod.metadata.namespace.clone().unwrap_or_default();
+            match self.api(&ns).create(&Default::default(), &pod).await {
+                Ok(_) | Err(kube::Error::Api(kube::core::ErrorResponse { code: 409, .. })) => {}
+                Err(e) => tracing::warn!(pod = ?pod.metadata.name, "creating a mirror pod: {e}"),
+            }
+        }
+    }
+
+    fn api(&self, namespace: &str) -> Api<Pod> {
+        Api::namespaced(self.client.clone(), namespace)
+    }
+
+    async fn patch_status(&self, key: &PodKey, status: &Value) {
+        if let Err(e) = self
+            .api(&key.namespace)
+            .patch_status(&key.name, &PatchParams::default(), &Patch::Merge(status))
+            .await
+        {
+            tracing::warn!(pod = %key.name, "status update: {e}");
+        }
+    }
+
+    /// Records a core/v1 Event about a pod, as kubelet does.
+    async fn event(&self, key: &PodKey, warning: bool, reason: &str, message: &str) {
+        let ts = now();
+        let ev: Event = match serde_json::from_value(json!({
+            "metadata": {"generateName": format!("{}.", key.name), "namespace": key.namespace},
+            "involvedObject": {"apiVersion": "v1", "kind": "Pod", "name": key.name, "namespace": key.namespace, "uid": key.uid},
+            "reason": reason, "message": message, "type": if warning { "Warning" } else { "Normal" },
+            "source": {"component": "kubelet", "host": self.cfg.name}, "reportingComponent": "kubelet",
+            "reportingInstance": self.cfg.name, "firstTimestamp": ts, "lastTimestamp": ts, "count": 1}))
+        {
+            Ok(ev) => ev,
+            Err(_) => return,
+        };
+        let events: Api<Event> = Api::namespaced(self.client.clone(), &key.namespace);
+        if let Err(e) = events.create(&Default::default(), &ev).await {
+            tracing::debug!("event {reason}: {e}");
+        }
+    }
+
+    async fn message(&mut self, m: Msg) {
+        match m {
+            Msg::Retry(k) => {
+                if let Ok(Some(pod)) = self.api(&k.namespace).get_opt(&k.name).await
+                    && pod.metadata.uid.as_deref() == Some(k.uid.as_str())
+                {
+                    self.sync(pod, true).await;
+                }
+            }
+            Msg::Terminated(k, ip) => {
+                self.pool.release(ip);
+                self.terminating.remove(&k.uid);
+                self.finish_deletion(&k).await;
+            }
+            Msg::Deadline(k) => {
+                if self.finished.contains(&k.uid) {
+                    return;
+                }
+                let active = self.running.remove(&k.uid);
+                if active.is_none() && !self.backoff.contains_key(&k.uid) {
+                    return;
+                }
+                if let Some(a) = active {
+                    a.run.stop().await;
+                    self.pool.release(a.ip);
+                }
+                self.backoff.remove(&k.uid);
+                self.finished.insert(k.uid.clone());
+                let msg = "Pod was active on the node longer than the specified deadline";
+                self.event(&k, true, "DeadlineExceeded", msg).await;
+                let ts = now();
+                self.patch_status(&k, &json!({"status": {"phase": "Failed", "reason": "DeadlineExceeded", "message": msg,
+                    "conditions": [cond("Ready", false, &ts), cond("ContainersReady", false, &ts)]}})).await;
+            }
+        }
+    }
+
+    /// The pod object is gone: stop anything left and drop its logs.
+    async fn forget(&mut self, pod: &Pod) {
         let uid = pod.metadata.uid.clone().unwrap_or_default();
         self.backoff.remove(&uid);
         self.restarts.remove(&uid);
+        self.last_state.remove(&uid);
         self.finished.remove(&uid);
         if let Some(a) = self.running.remove(&uid) {
             a.run.stop().await;
             self.pool.release(a.ip);
         }
+        let k = PodKey::of(pod);
+        let _ = std::fs::remove_dir_all(logs::pod_dir(&self.logs, &k.namespace, &k.name, &k.uid));
+        let _ = std::fs::remove_dir_all(self.volume_dir(&k));
     }
 
-    /// A command container finished. When all of a pod's commands have,
-    /// the pod completes (Succeeded/Failed) or restarts after a backoff, by
-    /// its restartPolicy, as kubelet does.
-    async fn exited(&mut self, e: Exited, retry: &mpsc::UnboundedSender<Retry>) {
-        let Some(active) = self.running.get_mut(&e.pod_uid) else {
+    fn volume_dir(&self, k: &PodKey) -> PathBuf {
+        self.cfg.data_dir.join("pods").join(&k.uid).join("volumes")
+    }
+
+    /// Graceful deletion is done on this node: let the API server remove the object.
+    async fn finish_deletion(&self, k: &PodKey) {
+        let dp = DeleteParams {
+            grace_period_seconds: Some(0),
+            preconditions: Some(kube::api::Preconditions {
+                uid: Some(k.uid.clone()),
+                resource_version: None,
+            }),
+            ..Default::default()
+        };
+        match self.api(&k.namespace).delete(&k.name, &dp).await {
+            Ok(_) | Err(kube::Error::Api(_)) => {}
+            Err(e) => tracing::warn!(pod = %k.name, "finishing deletion: {e}"),
+        }
+    }
+
+    /// Containers ended. When every container of the pod has, it completes
+    /// (Succeeded/Failed) or restarts after a backoff, by its restartPolicy,
+    /// as kubelet does. Servers only end when the agent kills them.
+    async fn ended(&mut self, uid: &str, endings: Vec<(String, Ending)>) {
+        let Some(active) = self.running.get_mut(uid) else {
             return;
         };
-        active.exited.insert(e.container, e.exit);
-        let commands: Vec<&Started> = active.run.containers.iter().filter(|c| c.command).collect();
-        if active.exited.len() < commands.len() || commands.len() < active.run.containers.len() {
-            // Servers keep the pod running; only all-command pods complete.
+        active.ended.extend(endings);
+        if active.ended.len() < active.run.containers.len() {
             return;
         }
-        let Some(active) = self.running.remove(&e.pod_uid) else {
+        let Some(active) = self.running.remove(uid) else {
             return;
         };
         let containers = active.run.containers.clone();
         active.run.stop().await;
         self.pool.release(active.ip);
-        let pod = active.pod;
-        let uid = e.pod_uid;
-        let ns = pod.metadata.namespace.clone().unwrap_or_default();
-        let name = pod.metadata.name.clone().unwrap_or_default();
-        let policy = pod
+        let key = active.key.clone();
+        let policy = active
+            .pod
             .spec
             .as_ref()
             .and_then(|s| s.restart_policy.clone())
             .unwrap_or_else(|| "Always".into());
-        let all_ok = active.exited.values().all(|x| *x == Exit::Code(0));
-        let restarts = self.restarts.get(&uid).copied().unwrap_or(0);
+        let all_ok = active.ended.values().all(Ending::succeeded);
+        let restarts = self.restarts.get(uid).copied().unwrap_or(0);
         let finished = now();
-        let terminated = |c: &Started| {
-            let (code, reason, message) = match active.exited.get(&c.name) {
-                Some(Exit::Code(0)) => (0, "Completed", String::new()),
-                Some(Exit::Code(n)) => (*n, "Error", String::new()),
-                Some(Exit::OutOfMemory(m)) => (137, "OOMKilled", m.clone()),
-                Some(Exit::Trap(m)) => (1, "Error", m.clone()),
-                None => (0, "Completed", String::new()),
-            };
-            json!({"exitCode": code, "reason": reason, "message": message, "startedAt": active.started_at,
-                   "finishedAt": finished, "containerID": format!("wasm://{uid}/{}", c.name)})
-        };
+        let terminated: HashMap<String, Value> = containers
+            .iter()
+            .map(|c| {
+                let (code, reason, message) = active
+                    .ended
+                    .get(&c.name)
+                    .map(Ending::terminated)
+                    .unwrap_or((0, "Completed", String::new()));
+                (
+                    c.name.clone(),
+                    json!({"exitCode": code, "reason": reason, "message": message,
+                    "startedAt": active.started_at, "finishedAt": finished,
+                    "containerID": format!("wasm://{uid}/{}", c.name)}),
+                )
+            })
+            .collect();
         let restart = match policy.as_str() {
             "Never" => false,
             "OnFailure" => !all_ok,
             _ => true,
         };
-        let api: Api<Pod> = Api::namespaced(self.client.clone(), &ns);
         let status = if restart {
             let delay = backoff_delay(self.cfg.retry_after, restarts);
-            self.restarts.insert(uid.clone(), restarts + 1);
-            self.backoff.insert(uid.clone(), restarts + 1);
-            retry_later(
-                retry,
-                Retry {
-                    namespace: ns.clone(),
-                    name: name.clone(),
-                    uid: uid.clone(),
-                },
-                delay,
-            );
+            self.restarts.insert(uid.to_string(), restarts + 1);
+            self.backoff.insert(uid.to_string(), restarts + 1);
+            self.last_state.insert(uid.to_string(), terminated.clone());
+            later(&self.msgs, Msg::Retry(key.clone()), delay);
             let statuses: Vec<Value> = containers.iter().map(|c| json!({
                 "name": c.name, "ready": false, "started": false, "restartCount": restarts + 1, "image": c.image, "imageID": c.image_id,
-                "lastState": {"terminated": terminated(c)},
-                "state": {"waiting": {"reason": "CrashLoopBackOff", "message": format!("back-off {delay:?} restarting failed container={} pod={name}", c.name)}}})).collect();
-            json!({"status": {"phase": "Running", "containerStatuses": statuses}})
+                "lastState": {"terminated": terminated[&c.name]},
+                "state": {"waiting": {"reason": "CrashLoopBackOff", "message": format!("back-off {delay:?} restarting failed container={} pod={}", c.name, key.name)}}})).collect();
+            json!({"status": {"phase": "Running", "containerStatuses": statuses,
+                "conditions": [cond("ContainersReady", false, &finished), cond("Ready", false, &finished)]}})
         } else {
-            self.restarts.remove(&uid);
-            self.finished.insert(uid.clone());
+            self.restarts.remove(uid);
+            self.finished.insert(uid.to_string());
             let statuses: Vec<Value> = containers.iter().map(|c| json!({
                 "name": c.name, "ready": false, "started": false, "restartCount": restarts, "image": c.image, "imageID": c.image_id,
-                "state": {"terminated": terminated(c)}})).collect();
-            let cond = |ty: &str, st: &str| json!({"type": ty, "status": st, "reason": "PodCompleted", "lastTransitionTime": finished});
+                "state": {"terminated": terminated[&c.name]}})).collect();
+            let done = |ty: &str, st: &str| json!({"type": ty, "status": st, "reason": "PodCompleted", "lastTransitionTime": finished});
             json!({"status": {"phase": if all_ok { "Succeeded" } else { "Failed" }, "containerStatuses": statuses,
-                "conditions": [cond("PodScheduled", "True"), cond("Initialized", "True"), cond("ContainersReady", "False"), cond("Ready", "False")]}})
+                "conditions": [done("PodScheduled", "True"), done("Initialized", "True"), done("ContainersReady", "False"), done("Ready", "False")]}})
         };
-        if let Err(err) = api
-            .patch_status(&name, &PatchParams::default(), &Patch::Merge(&status))
-            .await
-        {
-            tracing::warn!(pod = %name, "status update: {err}");
+        self.patch_status(&key, &status).await;
+    }
+
+    /// A probe changed its verdict.
+    async fn probed(&mut self, t: probes::Transition) {
+        let Some(active) = self.running.get_mut(&t.pod_uid) else {
+            return;
+        };
+        let key = active.key.clone();
+        let names: Vec<String> = active
+            .run
+            .containers
+            .iter()
+            .map(|c| c.name.clone())
+            .collect();
+        match (t.kind, t.healthy) {
+            (probes::Kind::Readiness, ready) => {
+                active.ready.insert(t.container.clone(), ready);
+                if !ready {
+                    let msg = format!("Readiness probe failed: {}", t.message);
+                    self.event(&key, true, "Unhealthy", &msg).await;
+                }
+                let status = self.running_status(&t.pod_uid);
+                if let Some(status) = status {
+                    self.patch_status(&key, &status).await;
+                }
+            }
+            (kind, false) => {
+                let msg = format!("{} probe failed: {}", kind.as_str(), t.message);
+                self.event(&key, true, "Unhealthy", &msg).await;
+                let killing = format!(
+                    "Container {} failed {} probe, will be restarted",
+                    t.container,
+                    kind.as_str().to_lowercase()
+                );
+                self.event(&key, false, "Killing", &killing).await;
+                let endings = names
+                    .into_iter()
+                    .map(|c| (c, Ending::Killed(msg.clone())))
+                    .collect();
+                self.ended(&t.pod_uid, endings).await;
+            }
+            (_, true) => {}
         }
     }
 
-    /// Each container's environment, with the ConfigMaps and Secrets it names.
-    async fn pod_env(&self, pod: &Pod) -> Result<PodEnv, WorkloadError> {
-        let ns = pod.metadata.namespace.clone().unwrap_or_default();
-        let containers = pod
-            .spec
-            .as_ref()
-            .map(|s| s.containers.clone())
-            .unwrap_or_default();
-        let api_err = |e: kube::Error| WorkloadError::Config(e.to_string());
-        let mut fetched = env::Fetched::default();
-        for c in &containers {
-            let (cms, secrets) = env::references(c);
-            for name in cms {
-                if !fetched.config_maps.contains_key(&name)
-                    && let Some(cm) = Api::<ConfigMap>::namespaced(self.client.clone(), &ns)
-                        .get_opt(&name)
-                        .await
-                        .map_err(api_err)?
-                {
-                    fetched.config_maps.insert(name, cm);
-                }
+    /// The status of a running pod: readiness per container, lastState after restarts.
+    fn running_status(&self, uid: &str) -> Option<Value> {
+        let a = self.running.get(uid)?;
+        let restarts = self.restarts.get(uid).copied().unwrap_or(0);
+        let last = self.last_state.get(uid);
+        let statuses: Vec<Value> = a.run.containers.iter().map(|c| {
+            let ready = a.ready.get(&c.name).copied().unwrap_or(true);
+            let mut s = json!({"name": c.name, "ready": ready, "started": true, "restartCount": restarts,
+                "image": c.image, "imageID": c.image_id, "containerID": format!("wasm://{uid}/{}", c.name),
+                "state": {"running": {"startedAt": a.started_at}}});
+            if let Some(t) = last.and_then(|l| l.get(&c.name)) {
+                s["lastState"] = json!({"terminated": t});
             }
-            for name in secrets {
-                if !fetched.secrets.contains_key(&name)
-                    && let Some(s) = Api::<Secret>::namespaced(self.client.clone(), &ns)
-                        .get_opt(&name)
-                        .await
-                        .map_err(api_err)?
-                {
-                    fetched.secrets.insert(name, s);
-                }
+            s
+        }).collect();
+        let all_ready = a
+            .run
+            .containers
+            .iter()
+            .all(|c| a.ready.get(&c.name).copied().unwrap_or(true));
+        let ts = now();
+        Some(
+            json!({"status": {"phase": "Running", "podIP": a.ip.to_string(), "podIPs": [{"ip": a.ip.to_string()}],
+            "hostIP": "127.0.0.1", "hostIPs": [{"ip": "127.0.0.1"}], "startTime": a.started_at,
+            "conditions": [cond("PodScheduled", true, &ts), cond("Initialized", true, &ts),
+                           cond("ContainersReady", all_ready, &ts), cond("Ready", all_ready, &ts)],
+            "containerStatuses": statuses}}),
+        )
+    }
+
+    /// The ConfigMaps and Secrets the pod's env and volumes name.
+    async fn fetch_sources(&self, pod: &Pod) -> Result<env::Fetched, WorkloadError> {
+        let ns = pod.metadata.namespace.clone().unwrap_or_default();
+        let api_err = |e: kube::Error| WorkloadError::Config(e.to_string());
+        let (mut cms, mut secrets) = volumes::references(pod);
+        for c in pod.spec.iter().flat_map(|s| s.containers.iter()) {
+            let (c_cms, c_secrets) = env::references(c);
+            cms.extend(c_cms);
+            secrets.extend(c_secrets);
+        }
+        let mut fetched = env::Fetched::default();
+        for name in cms {
+            if !fetched.config_maps.contains_key(&name)
+                && let Some(cm) = Api::<ConfigMap>::namespaced(self.client.clone(), &ns)
+                    .get_opt(&name)
+                    .await
+                    .map_err(api_err)?
+            {
+                fetched.config_maps.insert(name, cm);
             }
         }
-        containers
+        for name in secrets {
+            if !fetched.secrets.contains_key(&name)
+                && let Some(s) = Api::<Secret>::namespaced(self.client.clone(), &ns)
+                    .get_opt(&name)
+                    .await
+                    .map_err(api_err)?
+            {
+                fetched.secrets.insert(name, s);
+            }
+        }
+        Ok(fetched)
+    }
+
+    /// Env and volumes for a start.
+    async fn start_spec(&self, pod: &Pod, ip: Ipv4Addr) -> Result<StartSpec, WorkloadError> {
+        let key = PodKey::of(pod);
+        let fetched = self.fetch_sources(pod).await?;
+        let env = pod
+            .spec
             .iter()
+            .flat_map(|s| s.containers.iter())
             .map(|c| {
                 Ok((
                     c.name.clone(),
                     env::resolve(pod, c, &fetched).map_err(|e| WorkloadError::Config(e.0))?,
                 ))
             })
-            .collect()
+            .collect::<Result<PodEnv, WorkloadError>>()?;
+        let volumes = volumes::prepare(pod, &fetched, &self.volume_dir(&key))
+            .map_err(|e| WorkloadError::Config(e.0))?;
+        Ok(StartSpec {
+            ip,
+            env,
+            volumes,
+            log_dir: logs::pod_dir(&self.logs, &key.namespace, &key.name, &key.uid),
+            restarts: self.restarts.get(&key.uid).copied().unwrap_or(0),
+        })
     }
 
     /// Brings the pod's workload to what its object says. A pod in backoff
     /// starts again only when its retry comes (`retrying`).
-    async fn sync(&mut self, pod: Pod, retry: &mpsc::UnboundedSender<Retry>, retrying: bool) {
-        let uid = pod.metadata.uid.clone().unwrap_or_default();
-        let ns = pod.metadata.namespace.clone().unwrap_or_default();
-        let name = pod.metadata.name.clone().unwrap_or_default();
-        let api: Api<Pod> = Api::namespaced(self.client.clone(), &ns);
+    async fn sync(&mut self, pod: Pod, retrying: bool) {
+        let key = PodKey::of(&pod);
+        let uid = key.uid.clone();
         if pod.metadata.deletion_timestamp.is_some() {
-            // Graceful termination: stop serving, then let the API server remove it.
-            self.stop_pod(&pod).await;
-            match api
-                .delete(
-                    &name,
-                    &DeleteParams {
-                        grace_period_seconds: Some(0),
-                        ..Default::default()
-                    },
-                )
-                .await
-            {
-                Ok(_) | Err(kube::Error::Api(_)) => {}
-                Err(e) => tracing::warn!(pod = %name, "finishing deletion: {e}"),
-            }
+            self.terminate(&pod).await;
             return;
         }
         if self.running.contains_key(&uid)
@@ -534,69 +874,104 @@ impl<W: Workload> PodLoop<W> {
             .and_then(|s| s.pod_ip.as_deref())
             .and_then(|ip| ip.parse().ok());
         let Some(ip) = self.pool.take(want) else {
-            tracing::error!(pod = %name, "pod IP range {} is exhausted", self.cfg.pod_cidr);
+            tracing::error!(pod = %key.name, "pod IP range {} is exhausted", self.cfg.pod_cidr);
             return;
         };
-        let containers = pod
-            .spec
-            .as_ref()
-            .map(|s| s.containers.clone())
-            .unwrap_or_default();
-        let started = match self.pod_env(&pod).await {
-            Ok(env) => self.runtime.start(&pod, ip, &env).await,
+        let spec = pod.spec.clone().unwrap_or_default();
+        if !retrying && let Some(secs) = spec.active_deadline_seconds {
+            // Measured from the pod's first start on this node (status.startTime).
+            let started = start_time(&pod).unwrap_or_else(jiff::Timestamp::now);
+            let left = (started + Duration::from_secs(secs.max(0) as u64))
+                .duration_since(jiff::Timestamp::now());
+            let left = if left.is_negative() {
+                Duration::ZERO
+            } else {
+                left.unsigned_abs()
+            };
+            later(&self.msgs, Msg::Deadline(key.clone()), left);
+        }
+        let started = match self.start_spec(&pod, ip).await {
+            Ok(s) => self.runtime.start(&pod, &s).await,
             Err(e) => Err(e),
         };
-        let restarts = self.restarts.get(&uid).copied().unwrap_or(0);
-        let status = match started {
+        match started {
             Ok(run) => {
-                let statuses: Vec<Value> = run.containers.iter().map(|c| json!({
-                    "name": c.name, "ready": true, "started": true, "restartCount": restarts, "image": c.image, "imageID": c.image_id,
-                    "containerID": format!("wasm://{uid}/{}", c.name), "state": {"running": {"startedAt": now()}}})).collect();
+                let mut probe_tasks = tokio::task::JoinSet::new();
+                let mut ready = HashMap::new();
+                for c in &spec.containers {
+                    let has_gate = c.readiness_probe.is_some() || c.startup_probe.is_some();
+                    ready.insert(c.name.clone(), !has_gate);
+                    probe_tasks.spawn(probes::run(
+                        uid.clone(),
+                        c.clone(),
+                        ip,
+                        run.handlers.get(&c.name).cloned(),
+                        self.probe_tx.clone(),
+                    ));
+                }
+                let started_at = start_time(&pod).map(ts).unwrap_or_else(now);
                 self.running.insert(
                     uid.clone(),
                     Active {
+                        key: key.clone(),
                         ip,
                         run,
                         pod: pod.clone(),
-                        started_at: now(),
-                        exited: HashMap::new(),
+                        started_at,
+                        ended: HashMap::new(),
+                        ready,
+                        _probes: probe_tasks,
                     },
                 );
                 self.backoff.remove(&uid);
-                let ts = now();
-                let cond = |ty: &str| json!({"type": ty, "status": "True", "lastProbeTime": null, "lastTransitionTime": ts});
-                json!({"status": {"phase": "Running", "podIP": ip.to_string(), "podIPs": [{"ip": ip.to_string()}], "hostIP": "127.0.0.1",
-                    "hostIPs": [{"ip": "127.0.0.1"}], "startTime": ts,
-                    "conditions": [cond("PodScheduled"), cond("Initialized"), cond("ContainersReady"), cond("Ready")],
-                    "containerStatuses": statuses}})
+                if let Some(status) = self.running_status(&uid) {
+                    self.patch_status(&key, &status).await;
+                }
             }
             Err(e) => {
                 self.pool.release(ip);
-                tracing::warn!(pod = %name, "start failed: {e}");
-                let statuses: Vec<Value> = containers.iter().map(|c| json!({
+                tracing::warn!(pod = %key.name, "start failed: {e}");
+                let statuses: Vec<Value> = spec.containers.iter().map(|c| json!({
                     "name": c.name, "ready": false, "started": false, "restartCount": 0, "image": c.image.clone().unwrap_or_default(), "imageID": "",
                     "state": {"waiting": {"reason": e.reason(), "message": e.to_string()}}})).collect();
                 let failures = self.backoff.entry(uid.clone()).or_insert(0);
                 let delay = backoff_delay(self.cfg.retry_after, *failures);
                 *failures += 1;
-                retry_later(
-                    retry,
-                    Retry {
-                        namespace: ns.clone(),
-                        name: name.clone(),
-                        uid: uid.clone(),
-                    },
-                    delay,
-                );
-                json!({"status": {"phase": "Pending", "containerStatuses": statuses}})
+                later(&self.msgs, Msg::Retry(key.clone()), delay);
+                self.patch_status(
+                    &key,
+                    &json!({"status": {"phase": "Pending", "containerStatuses": statuses}}),
+                )
+                .await;
             }
-        };
-        if let Err(e) = api
-            .patch_status(&name, &PatchParams::default(), &Patch::Merge(&status))
-            .await
-        {
-            tracing::warn!(pod = %name, "status update: {e}");
         }
+    }
+
+    /// Graceful termination: not ready at once (so endpoints drop it), keep
+    /// serving through the preStop sleep, then stop and finish the deletion.
+    async fn terminate(&mut self, pod: &Pod) {
+        let key = PodKey::of(pod);
+        if self.terminating.contains(&key.uid) {
+            return;
+        }
+        self.backoff.remove(&key.uid);
+        let Some(mut active) = self.running.remove(&key.uid) else {
+            self.finish_deletion(&key).await;
+            return;
+        };
+        self.terminating.insert(key.uid.clone());
+        let ts = now();
+        active.ready.values_mut().for_each(|r| *r = false);
+        self.patch_status(&key, &json!({"status": {"conditions": [cond("ContainersReady", false, &ts), cond("Ready", false, &ts)]}}))
+            .await;
+        let drain = drain_time(pod);
+        let tx = self.msgs.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(drain).await;
+            let ip = active.ip;
+            active.run.stop().await;
+            let _ = tx.send(Msg::Terminated(active.key, ip));
+        });
     }
 }
 

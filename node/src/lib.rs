@@ -4,4 +4,9 @@
 pub mod agent;
 pub mod artifacts;
 pub mod env;
+pub mod logs;
+pub mod probes;
 pub mod runtime;
+pub mod server;
+pub mod static_pods;
+pub mod volumes;

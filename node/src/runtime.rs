@@ -2,7 +2,7 @@
 //! (in-process wasmtime) implements it now; containerd joins later. Every
 //! other part of the agent is the same for both.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
@@ -15,9 +15,18 @@ use hyper_util::rt::TokioIo;
 use oci_client::secrets::RegistryAuth;
 use tokio::sync::mpsc;
 use weft_api::k8s_openapi::api::core::v1::{Container, Pod};
-use weft_wasm_host::{Command, Exit, Host, HttpHandler, Limits, RequestError};
+use weft_wasm_host::{
+    AllowList, Command, Exit, Guest, Host, HttpHandler, Limits, Preopen, RequestError,
+};
 
 use crate::artifacts::{ArtifactStore, PullError, PullPolicy};
+use crate::logs::{self, ContainerLog, Live};
+use crate::volumes::Volume;
+
+/// Pod annotations that tune Wasm pods (Kubernetes has no fields for them).
+pub const EGRESS_ANNOTATION: &str = "weft.dev/egress-allow";
+pub const REQUEST_TIMEOUT_ANNOTATION: &str = "weft.dev/request-timeout";
+pub const MAX_CONCURRENCY_ANNOTATION: &str = "weft.dev/max-concurrency";
 
 #[derive(Debug, thiserror::Error)]
 pub enum WorkloadError {
@@ -61,6 +70,8 @@ pub struct Started {
 /// A running pod's workload; dropping it (or `stop`) ends it.
 pub struct RunningPod {
     pub containers: Vec<Started>,
+    /// In-process HTTP handlers by container, for probes (Wasm servers only).
+    pub handlers: HashMap<String, HttpHandler>,
     tasks: tokio::task::JoinSet<()>,
 }
 
@@ -74,13 +85,23 @@ impl RunningPod {
 /// Each container's resolved environment, by container name.
 pub type PodEnv = BTreeMap<String, Vec<(String, String)>>;
 
+/// What the agent prepared for a pod's start.
+pub struct StartSpec {
+    pub ip: Ipv4Addr,
+    pub env: PodEnv,
+    pub volumes: BTreeMap<String, Volume>,
+    /// The pod's log directory; each container run gets its own file in it.
+    pub log_dir: PathBuf,
+    /// How many times the pod's containers have restarted (names the log file).
+    pub restarts: u32,
+}
+
 pub trait Workload: Send + Sync + 'static {
-    /// Starts every container of `pod`, reachable at `ip`, with its resolved env.
+    /// Starts every container of `pod`.
     fn start(
         &self,
         pod: &Pod,
-        ip: Ipv4Addr,
-        env: &PodEnv,
+        spec: &StartSpec,
     ) -> impl Future<Output = Result<RunningPod, WorkloadError>> + Send;
 }
 
@@ -96,7 +117,8 @@ pub struct Exited {
 pub struct WasmRuntime {
     host: Arc<Host>,
     artifacts: Arc<ArtifactStore>,
-    logs: PathBuf,
+    live: Arc<Live>,
+    log_max_size: u64,
     exits: mpsc::UnboundedSender<Exited>,
 }
 
@@ -107,38 +129,28 @@ enum Prepared {
 }
 
 impl WasmRuntime {
-    /// `logs` holds each container's output; `exits` hears when commands finish.
+    /// `live` tracks the log files being written; `exits` hears when commands finish.
     pub fn new(
         host: Arc<Host>,
         artifacts: Arc<ArtifactStore>,
-        logs: PathBuf,
+        live: Arc<Live>,
+        log_max_size: u64,
         exits: mpsc::UnboundedSender<Exited>,
     ) -> Self {
         WasmRuntime {
             host,
             artifacts,
-            logs,
+            live,
+            log_max_size,
             exits,
         }
     }
 
-    /// Where a container's output goes: `logs/{namespace}_{pod}_{uid}/{container}.log`.
-    pub fn log_path(&self, pod: &Pod, container: &str) -> PathBuf {
-        let m = &pod.metadata;
-        self.logs
-            .join(format!(
-                "{}_{}_{}",
-                m.namespace.as_deref().unwrap_or(""),
-                m.name.as_deref().unwrap_or(""),
-                m.uid.as_deref().unwrap_or("")
-            ))
-            .join(format!("{container}.log"))
-    }
-
     async fn prepare(
         &self,
+        pod: &Pod,
         c: &Container,
-        env: &[(String, String)],
+        spec: &StartSpec,
     ) -> Result<(Prepared, Started), WorkloadError> {
         let image = c.image.clone().unwrap_or_default();
         let policy = PullPolicy::for_container(c.image_pull_policy.as_deref(), &image);
@@ -146,29 +158,38 @@ impl WasmRuntime {
             .artifacts
             .pull(&image, policy, &RegistryAuth::Anonymous)
             .await?;
-        let bytes = std::fs::read(&pulled.path).map_err(|e| {
-            WorkloadError::Create(format!("reading {}: {e}", pulled.path.display()))
-        })?;
         let artifact = self
             .host
-            .load(&pulled.digest, &bytes)
+            .load_with(&pulled.digest, || std::fs::read(&pulled.path))
             .map_err(|e| WorkloadError::Create(e.to_string()))?;
-        let env = env.to_vec();
-        let limits = limits_for(c);
+        let limits = limits_for(pod, c);
         let create = |e: weft_wasm_host::HostError| WorkloadError::Create(e.to_string());
+        let log_path = logs::run_path(&spec.log_dir, &c.name, spec.restarts);
+        logs::prune(&spec.log_dir, &c.name, spec.restarts);
+        let output = ContainerLog::create(log_path.clone(), self.log_max_size, self.live.clone())
+            .map_err(|e| {
+            WorkloadError::Create(format!("log file {}: {e}", log_path.display()))
+        })?;
+        let mut guest = Guest {
+            env: spec.env.get(&c.name).cloned().unwrap_or_default(),
+            output: Some(output),
+            dirs: preopens(c, &spec.volumes)?,
+            egress: Some(Arc::new(egress_for(pod))),
+            ..Guest::default()
+        };
         let prepared = if self.host.is_http(&artifact) {
             Prepared::Http(
                 self.host
-                    .http_handler(&artifact, env, limits)
+                    .http_handler(&artifact, guest, limits)
                     .map_err(create)?,
             )
         } else {
             // argv: the command (or the container's name as argv[0]), then args.
-            let mut argv = c.command.clone().unwrap_or_else(|| vec![c.name.clone()]);
-            argv.extend(c.args.clone().unwrap_or_default());
+            guest.args = c.command.clone().unwrap_or_else(|| vec![c.name.clone()]);
+            guest.args.extend(c.args.clone().unwrap_or_default());
             Prepared::Command(
                 self.host
-                    .command(&artifact, argv, env, limits)
+                    .command(&artifact, guest, limits)
                     .map_err(create)?,
             )
         };
@@ -185,20 +206,99 @@ impl WasmRuntime {
     }
 }
 
-/// `resources.limits.memory` caps each instance's memory.
-fn limits_for(c: &Container) -> Limits {
+/// The container's volumeMounts as WASI preopens.
+fn preopens(
+    c: &Container,
+    volumes: &BTreeMap<String, Volume>,
+) -> Result<Vec<Preopen>, WorkloadError> {
+    c.volume_mounts
+        .iter()
+        .flatten()
+        .map(|m| {
+            let v = volumes.get(&m.name).ok_or_else(|| {
+                WorkloadError::Config(format!("volumeMount {:?}: no volume of that name", m.name))
+            })?;
+            let host = match m.sub_path.as_deref().filter(|s| !s.is_empty()) {
+                Some(sub) if !sub.split('/').any(|p| p == "..") => v.path.join(sub),
+                Some(sub) => {
+                    return Err(WorkloadError::Config(format!("subPath {sub:?} is invalid")));
+                }
+                None => v.path.clone(),
+            };
+            Ok(Preopen {
+                host,
+                guest: m.mount_path.clone(),
+                read_only: v.read_only || m.read_only == Some(true),
+            })
+        })
+        .collect()
+}
+
+/// Outgoing HTTP is denied unless the pod lists hosts in `weft.dev/egress-allow`
+/// (comma-separated; `*` allows all).
+fn egress_for(pod: &Pod) -> AllowList {
+    AllowList(
+        pod.metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(EGRESS_ANNOTATION))
+            .map(|v| {
+                v.split(',')
+                    .map(|h| h.trim().to_string())
+                    .filter(|h| !h.is_empty())
+                    .collect()
+            })
+            .unwrap_or_default(),
+    )
+}
+
+/// Limits from the container's resources and the pod's annotations:
+/// `limits.memory` caps each instance's memory; `limits.cpu` throttles
+/// commands to that many cores and gives each HTTP request `cpu × 1 s` of
+/// guest execution (10 s without a limit).
+fn limits_for(pod: &Pod, c: &Container) -> Limits {
     let mut limits = Limits::default();
-    if let Some(mem) = c
-        .resources
-        .as_ref()
-        .and_then(|r| r.limits.as_ref())
-        .and_then(|l| l.get("memory"))
-        .and_then(|q| weft_api::quantity::parse_units(&q.0))
+    let resource = |name: &str| {
+        c.resources
+            .as_ref()
+            .and_then(|r| r.limits.as_ref())
+            .and_then(|l| l.get(name))
+            .map(|q| q.0.clone())
+    };
+    if let Some(mem) = resource("memory")
+        .and_then(|q| weft_api::quantity::parse_units(&q))
         .and_then(|b| usize::try_from(b).ok())
     {
         limits.memory_bytes = mem;
     }
+    if let Some(milli) = resource("cpu").and_then(|q| weft_api::quantity::parse_milli(&q))
+        && milli > 0
+    {
+        limits.cpu_cores = Some(milli as f64 / 1000.0);
+        limits.cpu_budget = std::time::Duration::from_millis(milli as u64);
+    }
+    let annotation = |k: &str| pod.metadata.annotations.as_ref().and_then(|a| a.get(k));
+    if let Some(d) = annotation(REQUEST_TIMEOUT_ANNOTATION).and_then(|v| parse_seconds(v)) {
+        limits.request_timeout = d;
+    }
+    if let Some(n) = annotation(MAX_CONCURRENCY_ANNOTATION).and_then(|v| v.parse().ok()) {
+        limits.max_concurrency = n;
+    }
     limits
+}
+
+/// `30s`, `500ms` or a plain number of seconds.
+fn parse_seconds(v: &str) -> Option<std::time::Duration> {
+    let v = v.trim();
+    if let Some(ms) = v.strip_suffix("ms") {
+        return ms.parse().ok().map(std::time::Duration::from_millis);
+    }
+    v.strip_suffix('s')
+        .unwrap_or(v)
+        .parse::<f64>()
+        .ok()
+        .filter(|s| *s > 0.0)
+        .map(std::time::Duration::from_secs_f64)
 }
 
 type Body = UnsyncBoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
@@ -236,6 +336,7 @@ async fn serve(listener: tokio::net::TcpListener, handler: HttpHandler) {
                                 .boxed_unsync()
                             }),
                             Err(e @ RequestError::Timeout(_)) => text(504, format!("{e}\n")),
+                            Err(e @ RequestError::CpuBudget(_)) => text(503, format!("{e}\n")),
                             Err(e) => text(500, format!("{e}\n")),
                         })
                     }
@@ -250,21 +351,18 @@ async fn serve(listener: tokio::net::TcpListener, handler: HttpHandler) {
 }
 
 impl Workload for WasmRuntime {
-    async fn start(
-        &self,
-        pod: &Pod,
-        ip: Ipv4Addr,
-        env: &PodEnv,
-    ) -> Result<RunningPod, WorkloadError> {
-        let spec = pod.spec.clone().unwrap_or_default();
+    async fn start(&self, pod: &Pod, spec: &StartSpec) -> Result<RunningPod, WorkloadError> {
+        let ip = spec.ip;
+        let pod_spec = pod.spec.clone().unwrap_or_default();
         let mut tasks = tokio::task::JoinSet::new();
         let mut containers = Vec::new();
+        let mut handlers = HashMap::new();
         let uid = pod.metadata.uid.clone().unwrap_or_default();
-        for c in &spec.containers {
-            let container_env = env.get(&c.name).map(Vec::as_slice).unwrap_or_default();
-            let (prepared, started) = self.prepare(c, container_env).await?;
+        for c in &pod_spec.containers {
+            let (prepared, started) = self.prepare(pod, c, spec).await?;
             match prepared {
                 Prepared::Http(handler) => {
+                    handlers.insert(c.name.clone(), handler.clone());
                     for p in c.ports.iter().flatten() {
                         let addr = SocketAddr::from((ip, p.container_port as u16));
                         let listener = tokio::net::TcpListener::bind(addr)
@@ -274,22 +372,10 @@ impl Workload for WasmRuntime {
                     }
                 }
                 Prepared::Command(cmd) => {
-                    let path = self.log_path(pod, &c.name);
-                    let open = || -> std::io::Result<(std::fs::File, std::fs::File)> {
-                        std::fs::create_dir_all(path.parent().unwrap_or(&self.logs))?;
-                        let out = std::fs::OpenOptions::new()
-                            .create(true)
-                            .append(true)
-                            .open(&path)?;
-                        Ok((out.try_clone()?, out))
-                    };
-                    let (stdout, stderr) = open().map_err(|e| {
-                        WorkloadError::Create(format!("log file {}: {e}", path.display()))
-                    })?;
                     let exits = self.exits.clone();
                     let (pod_uid, container) = (uid.clone(), c.name.clone());
                     tasks.spawn(async move {
-                        let exit = cmd.run(stdout, stderr).await;
+                        let exit = cmd.run().await;
                         let _ = exits.send(Exited {
                             pod_uid,
                             container,
@@ -300,7 +386,11 @@ impl Workload for WasmRuntime {
             }
             containers.push(started);
         }
-        Ok(RunningPod { containers, tasks })
+        Ok(RunningPod {
+            containers,
+            handlers,
+            tasks,
+        })
     }
 }
 
@@ -316,12 +406,43 @@ mod tests {
             )
             .unwrap()
         };
-        assert_eq!(limits_for(&container("64Mi")).memory_bytes, 64 << 20);
-        assert_eq!(limits_for(&container("1G")).memory_bytes, 1_000_000_000);
-        assert_eq!(limits_for(&container("1048576")).memory_bytes, 1 << 20);
+        let pod = Pod::default();
+        assert_eq!(limits_for(&pod, &container("64Mi")).memory_bytes, 64 << 20);
         assert_eq!(
-            limits_for(&container("lots")).memory_bytes,
+            limits_for(&pod, &container("1G")).memory_bytes,
+            1_000_000_000
+        );
+        assert_eq!(
+            limits_for(&pod, &container("1048576")).memory_bytes,
+            1 << 20
+        );
+        assert_eq!(
+            limits_for(&pod, &container("lots")).memory_bytes,
             Limits::default().memory_bytes
         );
+    }
+
+    #[test]
+    fn cpu_limits_and_annotations() {
+        let c: Container = serde_json::from_value(
+            serde_json::json!({"name": "c", "resources": {"limits": {"cpu": "250m"}}}),
+        )
+        .unwrap();
+        let pod: Pod = serde_json::from_value(serde_json::json!({"metadata": {"annotations": {
+            REQUEST_TIMEOUT_ANNOTATION: "2s", MAX_CONCURRENCY_ANNOTATION: "7",
+            EGRESS_ANNOTATION: "api.example.com, *.svc.test"}}}))
+        .unwrap();
+        let l = limits_for(&pod, &c);
+        assert_eq!(l.cpu_cores, Some(0.25));
+        assert_eq!(l.cpu_budget, std::time::Duration::from_millis(250));
+        assert_eq!(l.request_timeout, std::time::Duration::from_secs(2));
+        assert_eq!(l.max_concurrency, 7);
+        assert_eq!(egress_for(&pod).0, ["api.example.com", "*.svc.test"]);
+        assert!(egress_for(&Pod::default()).0.is_empty(), "deny by default");
+        assert_eq!(
+            parse_seconds("500ms"),
+            Some(std::time::Duration::from_millis(500))
+        );
+        assert_eq!(parse_seconds("x"), None);
     }
 }

@@ -29,9 +29,13 @@ pub struct Args {
     pub status: StatusArgs,
 }
 
-/// Node agent timing (kubelet's names).
+/// Node agent settings shared by `up` and `node` (kubelet's names).
 #[derive(clap::Args, Clone)]
 pub struct StatusArgs {
+    /// A directory of static pod manifests: each runs on this node, with a
+    /// mirror pod `{name}-{node}` in the API.
+    #[arg(long)]
+    pub pod_manifest_path: Option<PathBuf>,
     /// How often the agent renews its Lease and posts node status.
     #[arg(long, default_value = "10s", value_parser = super::parse_duration)]
     pub node_status_update_frequency: std::time::Duration,
@@ -83,6 +87,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let mut cfg = AgentConfig::new(args.name, args.data_dir);
     cfg.pod_cidr = args.pod_cidr;
     cfg.heartbeat = args.status.node_status_update_frequency;
+    cfg.pod_manifest_path = args.status.pod_manifest_path;
+    cfg.token = args.token;
     let node = agent::start(client, cfg)
         .await
         .context("starting the node agent")?;

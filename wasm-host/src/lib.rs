@@ -2,11 +2,16 @@
 //!
 //! * One [`Host`] (one `Engine`) per process: pooling allocator, epoch
 //!   interruption, the trimmed feature set of the build recipe.
-//! * Artifacts compile once per digest; the precompiled `.cwasm` is cached on
-//!   disk under a name that includes the engine's compatibility hash, so a
-//!   differently configured engine never loads it.
+//! * Artifacts (components, or wasip1 core modules) compile once per digest;
+//!   the precompiled file is cached on disk under a name that includes the
+//!   engine's compatibility hash, so a differently configured engine never loads it.
 //! * An [`HttpHandler`] holds one `ProxyPre` per pod template and instantiates
-//!   a fresh, limited `Store` per request.
+//!   a fresh, limited `Store` per request ([`http`]); a [`Command`] runs to
+//!   completion ([`command`]); what the guest sees is a [`Guest`] ([`guest`]).
+
+pub mod command;
+pub mod guest;
+pub mod http;
 
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
@@ -14,21 +19,19 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use bytes::Bytes;
-use wasmtime::component::{Component, Linker, ResourceTable};
+use wasmtime::component::{Component, Linker};
 use wasmtime::{
-    Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store,
-    StoreLimits, StoreLimitsBuilder,
+    Config, Enabled, Engine, InstanceAllocationStrategy, Module, PoolingAllocationConfig,
 };
 use wasmtime_wasi::p2::bindings::CommandPre;
-use wasmtime_wasi::{I32Exit, WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
-use wasmtime_wasi_http::p2::bindings::http::types::{ErrorCode, Scheme};
-use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
-use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
 
-/// How often the epoch ticks: the granularity of CPU budgets.
-pub const EPOCH_TICK: Duration = Duration::from_millis(10);
+pub use command::{Command, Exit};
+pub use guest::{AllowList, EPOCH_TICK, Guest, LogSink, OutgoingHttp, Preopen, Stream};
+pub use http::{HttpHandler, RequestError, Response};
+
+use command::{P1State, Program};
+use guest::GuestState;
 
 #[derive(Debug, thiserror::Error)]
 pub enum HostError {
@@ -45,22 +48,6 @@ pub enum HostError {
     NotProxy(String),
     #[error("the artifact does not fit the wasi:cli/command world: {0}")]
     NotCommand(String),
-}
-
-/// Why a request did not get the guest's answer. Distinct from guest-visible
-/// errors: these are what the node reports (and turns into 5xx).
-#[derive(Debug, thiserror::Error)]
-pub enum RequestError {
-    #[error("the guest trapped: {0}")]
-    Trap(String),
-    #[error("the request exceeded its {0:?} timeout")]
-    Timeout(Duration),
-    #[error("the guest never set a response")]
-    NoResponse,
-    #[error("the guest answered with an error: {0:?}")]
-    Guest(ErrorCode),
-    #[error("host: {0}")]
-    Host(String),
 }
 
 #[derive(Debug, Clone)]
@@ -88,9 +75,13 @@ impl HostConfig {
 pub struct Limits {
     /// Most linear memory one instance may grow to (`resources.limits.memory`).
     pub memory_bytes: usize,
-    /// Wall-clock time the guest may run per request, in epoch ticks' worth
-    /// (from `resources.limits.cpu`); it traps when spent.
+    /// Time one request may spend running guest code (time parked in host
+    /// calls is free); it traps when spent. Throttling by `cpu_cores`
+    /// stretches it in wall-clock time.
     pub cpu_budget: Duration,
+    /// Cores an instance may use on average (`resources.limits.cpu`); it is
+    /// throttled, never killed, for it. `None` is unthrottled.
+    pub cpu_cores: Option<f64>,
     /// The whole request, guest parked in host calls included.
     pub request_timeout: Duration,
     /// Instances of this pod alive at once.
@@ -102,35 +93,49 @@ impl Default for Limits {
         Limits {
             memory_bytes: 128 << 20,
             cpu_budget: Duration::from_secs(10),
+            cpu_cores: None,
             request_timeout: Duration::from_secs(30),
             max_concurrency: 256,
         }
     }
 }
 
-/// Increments the engine's epoch until dropped.
+/// Increments the engine's epoch every [`EPOCH_TICK`] while any instance
+/// is alive, and sleeps otherwise (an idle node pays nothing for the fine tick).
 struct EpochTicker {
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl EpochTicker {
-    fn start(engine: Engine) -> Self {
+    fn start(engine: Engine) -> (Self, Arc<guest::Activity>) {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
+        let (tx, rx) = std::sync::mpsc::channel::<Arc<guest::Activity>>();
         let thread = std::thread::Builder::new()
             .name("weft-epoch".into())
             .spawn(move || {
+                let activity = rx.recv().expect("the host sends its activity counter");
                 while !flag.load(Ordering::Relaxed) {
-                    std::thread::sleep(EPOCH_TICK);
+                    if activity.alive() {
+                        std::thread::sleep(EPOCH_TICK);
+                    } else {
+                        // Woken by the first new instance (`Activity::enter`).
+                        std::thread::park_timeout(Duration::from_millis(100));
+                    }
                     engine.increment_epoch();
                 }
             })
             .expect("spawn the epoch ticker");
-        EpochTicker {
-            stop,
-            thread: Some(thread),
-        }
+        let activity = Arc::new(guest::Activity::new(thread.thread().clone()));
+        let _ = tx.send(activity.clone());
+        (
+            EpochTicker {
+                stop,
+                thread: Some(thread),
+            },
+            activity,
+        )
     }
 }
 
@@ -138,57 +143,9 @@ impl Drop for EpochTicker {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(t) = self.thread.take() {
+            t.thread().unpark();
             let _ = t.join();
         }
-    }
-}
-
-/// The per-instance state: WASI, wasi:http, the resource table and limits.
-pub struct GuestState {
-    wasi: WasiCtx,
-    http: WasiHttpCtx,
-    table: ResourceTable,
-    limits: StoreLimits,
-    hooks: Egress,
-}
-
-impl WasiView for GuestState {
-    fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView {
-            ctx: &mut self.wasi,
-            table: &mut self.table,
-        }
-    }
-}
-
-impl WasiHttpView for GuestState {
-    fn http(&mut self) -> WasiHttpCtxView<'_> {
-        WasiHttpCtxView {
-            ctx: &mut self.http,
-            table: &mut self.table,
-            hooks: &mut self.hooks,
-        }
-    }
-}
-
-/// The one hook all of a guest's outgoing HTTP goes through. The service
-/// proxy and the egress allow-list plug in here; until then it denies.
-struct Egress;
-
-type WasiBody = wasmtime_wasi_http::WasiBody;
-type IoFuture = Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>;
-
-impl WasiHttpHooks for Egress {
-    fn send_request(
-        &mut self,
-        _request: http::Request<WasiBody>,
-        _options: Option<wasmtime_wasi_http::RequestOptions>,
-        _fut: IoFuture,
-    ) -> Box<
-        dyn Future<Output = wasmtime_wasi_http::Result<(http::Response<WasiBody>, IoFuture)>>
-            + Send,
-    > {
-        Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) })
     }
 }
 
@@ -196,14 +153,29 @@ impl WasiHttpHooks for Egress {
 #[derive(Clone)]
 pub struct Artifact {
     pub digest: String,
-    component: Component,
+    code: Code,
+}
+
+#[derive(Clone)]
+enum Code {
+    Component(Component),
+    /// A wasip1 core module: always a command.
+    Module(Module),
+}
+
+/// Whether `wasm` is a component (layer 1) rather than a core module.
+fn is_component(wasm: &[u8]) -> bool {
+    wasm.len() >= 8 && wasm[..4] == *b"\0asm" && wasm[6..8] == [1, 0]
 }
 
 pub struct Host {
     engine: Engine,
     linker: Linker<GuestState>,
+    p1_linker: wasmtime::Linker<P1State>,
     cache_dir: PathBuf,
     engine_hash: String,
+    activity: Arc<guest::Activity>,
+    loaded: std::sync::Mutex<std::collections::HashMap<String, Artifact>>,
     _ticker: EpochTicker,
 }
 
@@ -239,16 +211,22 @@ impl Host {
             .map_err(|e| HostError::Config(format!("{e:#}")))?;
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
             .map_err(|e| HostError::Config(format!("{e:#}")))?;
+        let mut p1_linker = wasmtime::Linker::new(&engine);
+        command::add_p1_to_linker(&mut p1_linker)?;
         let mut h = std::collections::hash_map::DefaultHasher::new();
         engine.precompile_compatibility_hash().hash(&mut h);
         std::fs::create_dir_all(&cfg.cache_dir).map_err(|source| HostError::Cache {
             path: cfg.cache_dir.clone(),
             source,
         })?;
+        let (ticker, activity) = EpochTicker::start(engine.clone());
         Ok(Host {
-            _ticker: EpochTicker::start(engine.clone()),
+            _ticker: ticker,
+            activity,
+            loaded: Default::default(),
             engine,
             linker,
+            p1_linker,
             cache_dir: cfg.cache_dir,
             engine_hash: format!("{:016x}", h.finish()),
         })
@@ -266,15 +244,40 @@ impl Host {
     /// Compiles `wasm` (or loads it precompiled) under `digest`, the
     /// artifact's content digest as its registry reported and verified it.
     pub fn load(&self, digest: &str, wasm: &[u8]) -> Result<Artifact, HostError> {
+        self.load_with(digest, || Ok(wasm.to_vec()))
+    }
+
+    /// [`Host::load`], reading the artifact only when it is not compiled yet.
+    /// A loaded artifact stays in memory: every pod of it shares its code.
+    pub fn load_with(
+        &self,
+        digest: &str,
+        read: impl FnOnce() -> std::io::Result<Vec<u8>>,
+    ) -> Result<Artifact, HostError> {
+        if let Some(a) = self.loaded.lock().expect("loaded artifacts").get(digest) {
+            return Ok(a.clone());
+        }
         let path = self.cache_path(digest);
         if !path.exists() {
-            let compiled = self
-                .engine
-                .precompile_component(wasm)
-                .map_err(|e| HostError::Compile(format!("{e:#}")))?;
+            let wasm = read().map_err(|source| HostError::Cache {
+                path: path.clone(),
+                source,
+            })?;
+            let wasm = wasm.as_slice();
+            let compiled = if is_component(wasm) {
+                self.engine.precompile_component(wasm)
+            } else {
+                self.engine.precompile_module(wasm)
+            };
+            let compiled = compiled.map_err(|e| HostError::Compile(format!("{e:#}")))?;
             write_atomically(&path, &compiled)?;
         }
-        self.load_cached(digest, &path)
+        let artifact = self.load_cached(digest, &path)?;
+        self.loaded
+            .lock()
+            .expect("loaded artifacts")
+            .insert(digest.to_string(), artifact.clone());
+        Ok(artifact)
     }
 
     /// Whether `digest` is already compiled for this engine.
@@ -286,13 +289,20 @@ impl Host {
         // SAFETY: the file was written by `precompile_component` of an engine
         // with this compatibility hash (it is in the file name), into Weft's
         // own cache directory, and is never modified after the atomic rename.
-        #[allow(unsafe_code)]
-        let component = unsafe { Component::deserialize_file(&self.engine, path) };
-        let component =
-            component.map_err(|e| HostError::Compile(format!("{}: {e:#}", path.display())))?;
+        let err = |e: wasmtime::Error| HostError::Compile(format!("{}: {e:#}", path.display()));
+        let code = match Engine::detect_precompiled_file(path).map_err(err)? {
+            #[allow(unsafe_code)]
+            Some(wasmtime::Precompiled::Module) => {
+                Code::Module(unsafe { Module::deserialize_file(&self.engine, path) }.map_err(err)?)
+            }
+            #[allow(unsafe_code)]
+            _ => Code::Component(
+                unsafe { Component::deserialize_file(&self.engine, path) }.map_err(err)?,
+            ),
+        };
         Ok(Artifact {
             digest: digest.to_string(),
-            component,
+            code,
         })
     }
 
@@ -300,136 +310,68 @@ impl Host {
     pub fn http_handler(
         &self,
         artifact: &Artifact,
-        env: Vec<(String, String)>,
+        guest: impl Into<Guest>,
         limits: Limits,
     ) -> Result<HttpHandler, HostError> {
-        let pre = self
-            .linker
-            .instantiate_pre(&artifact.component)
-            .map_err(|e| HostError::NotProxy(format!("{e:#}")))?;
-        let pre = ProxyPre::new(pre).map_err(|e| HostError::NotProxy(format!("{e:#}")))?;
+        let not_proxy = |e: wasmtime::Error| HostError::NotProxy(format!("{e:#}"));
+        let Code::Component(component) = &artifact.code else {
+            return Err(HostError::NotProxy(
+                "a wasip1 core module cannot serve HTTP".into(),
+            ));
+        };
+        let pre = self.linker.instantiate_pre(component).map_err(not_proxy)?;
         Ok(HttpHandler {
-            pre,
+            pre: ProxyPre::new(pre).map_err(not_proxy)?,
             engine: self.engine.clone(),
-            env: Arc::new(env),
+            activity: self.activity.clone(),
+            guest: Arc::new(guest.into()),
             concurrency: Arc::new(tokio::sync::Semaphore::new(limits.max_concurrency)),
             limits,
         })
     }
-}
 
-impl Host {
     /// Whether the artifact exports wasi:http's handler (a server) rather
-    /// than only wasi:cli's run (a command that runs to completion).
+    /// than only wasi:cli's run, or is a wasip1 module (commands that run to
+    /// completion).
     pub fn is_http(&self, artifact: &Artifact) -> bool {
-        artifact
-            .component
-            .component_type()
-            .exports(&self.engine)
-            .any(|(name, _)| name.starts_with("wasi:http/incoming-handler@"))
+        match &artifact.code {
+            Code::Component(c) => c
+                .component_type()
+                .exports(&self.engine)
+                .any(|(name, _)| name.starts_with("wasi:http/incoming-handler@")),
+            Code::Module(_) => false,
+        }
     }
 
-    /// Prepares a wasi:cli command (a Job's container).
+    /// Prepares a command (a Job's container, or a worker).
     pub fn command(
         &self,
         artifact: &Artifact,
-        args: Vec<String>,
-        env: Vec<(String, String)>,
+        guest: Guest,
         limits: Limits,
     ) -> Result<Command, HostError> {
-        let pre = self
-            .linker
-            .instantiate_pre(&artifact.component)
-            .map_err(|e| HostError::NotCommand(format!("{e:#}")))?;
-        let pre = CommandPre::new(pre).map_err(|e| HostError::NotCommand(format!("{e:#}")))?;
+        let not_command = |e: wasmtime::Error| HostError::NotCommand(format!("{e:#}"));
+        let program = match &artifact.code {
+            Code::Component(c) => {
+                let pre = self.linker.instantiate_pre(c).map_err(not_command)?;
+                Program::Component(CommandPre::new(pre).map_err(not_command)?)
+            }
+            Code::Module(m) => {
+                if m.get_export("_start").is_none() {
+                    return Err(HostError::NotCommand(
+                        "the wasip1 module exports no _start".into(),
+                    ));
+                }
+                Program::Module(self.p1_linker.instantiate_pre(m).map_err(not_command)?)
+            }
+        };
         Ok(Command {
-            pre,
+            program,
             engine: self.engine.clone(),
-            args,
-            env,
+            activity: self.activity.clone(),
+            guest,
             limits,
         })
-    }
-}
-
-/// A fresh store with WASI (env, args, output), limits and an epoch deadline.
-fn new_store(
-    engine: &Engine,
-    wasi: &mut wasmtime_wasi::WasiCtxBuilder,
-    limits: &Limits,
-    trap_on_grow_failure: bool,
-) -> Store<GuestState> {
-    let state = GuestState {
-        wasi: wasi.build(),
-        http: WasiHttpCtx::new(),
-        table: ResourceTable::new(),
-        limits: StoreLimitsBuilder::new()
-            .memory_size(limits.memory_bytes)
-            .instances(16)
-            .trap_on_grow_failure(trap_on_grow_failure)
-            .build(),
-        hooks: Egress,
-    };
-    let mut store = Store::new(engine, state);
-    store.limiter(|s| &mut s.limits);
-    store
-}
-
-/// How a command run ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Exit {
-    /// `run` returned or the guest called exit: the code (0 is success).
-    Code(i32),
-    /// A memory limit was hit (the OOMKilled of Wasm).
-    OutOfMemory(String),
-    /// Any other trap.
-    Trap(String),
-}
-
-/// A wasi:cli command: each `run` is one fresh instance, run to completion.
-#[derive(Clone)]
-pub struct Command {
-    pre: CommandPre<GuestState>,
-    engine: Engine,
-    args: Vec<String>,
-    env: Vec<(String, String)>,
-    limits: Limits,
-}
-
-impl Command {
-    /// Runs once with stdout and stderr going to the given files. The guest
-    /// yields at every epoch tick, so dropping the future stops even a busy loop.
-    pub async fn run(&self, stdout: std::fs::File, stderr: std::fs::File) -> Exit {
-        let mut wasi = WasiCtx::builder();
-        wasi.envs(&self.env)
-            .args(&self.args)
-            .stdout(wasmtime_wasi::cli::OutputFile::new(stdout))
-            .stderr(wasmtime_wasi::cli::OutputFile::new(stderr));
-        // A command hitting its memory limit is killed, as the OOM killer would.
-        let mut store = new_store(&self.engine, &mut wasi, &self.limits, true);
-        store.epoch_deadline_async_yield_and_update(1);
-        let outcome = async {
-            let cmd = self.pre.instantiate_async(&mut store).await?;
-            cmd.wasi_cli_run().call_run(&mut store).await
-        }
-        .await;
-        match outcome {
-            Ok(Ok(())) => Exit::Code(0),
-            Ok(Err(())) => Exit::Code(1),
-            Err(e) => {
-                if let Some(code) = e.downcast_ref::<I32Exit>() {
-                    Exit::Code(code.0)
-                } else {
-                    let text = format!("{e:#}");
-                    let oom = text.contains("growing memory");
-                    if oom {
-                        Exit::OutOfMemory(text)
-                    } else {
-                        Exit::Trap(text)
-                    }
-                }
-            }
-        }
     }
 }
 
@@ -441,88 +383,4 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), HostError> {
     let tmp = path.with_extension(format!("tmp{}", std::process::id()));
     std::fs::write(&tmp, bytes).map_err(io)?;
     std::fs::rename(&tmp, path).map_err(io)
-}
-
-/// One pod template's wasi:http handler: a fresh instance per request.
-#[derive(Clone)]
-pub struct HttpHandler {
-    pre: ProxyPre<GuestState>,
-    engine: Engine,
-    env: Arc<Vec<(String, String)>>,
-    concurrency: Arc<tokio::sync::Semaphore>,
-    limits: Limits,
-}
-
-pub type Response = hyper::Response<HyperOutgoingBody>;
-
-impl HttpHandler {
-    fn store(&self) -> Store<GuestState> {
-        let mut wasi = WasiCtx::builder();
-        wasi.envs(&self.env);
-        let mut store = new_store(&self.engine, &mut wasi, &self.limits, false);
-        let ticks = (self.limits.cpu_budget.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64;
-        store.set_epoch_deadline(ticks);
-        store.epoch_deadline_trap();
-        store
-    }
-
-    /// Creates and instantiates a fresh instance, then drops it: the per-request
-    /// setup cost, and a readiness check that the pod can start at all.
-    pub async fn instantiate(&self) -> Result<(), RequestError> {
-        let mut store = self.store();
-        self.pre
-            .instantiate_async(&mut store)
-            .await
-            .map(drop)
-            .map_err(|e| RequestError::Trap(format!("{e:#}")))
-    }
-
-    /// Runs one request in a fresh instance.
-    pub async fn handle<B>(&self, req: hyper::Request<B>) -> Result<Response, RequestError>
-    where
-        B: hyper::body::Body<Data = Bytes> + Send + 'static,
-        B::Error: Into<wasmtime_wasi_http::Error>,
-    {
-        let _permit = self
-            .concurrency
-            .acquire()
-            .await
-            .map_err(|e| RequestError::Host(e.to_string()))?;
-        let mut store = self.store();
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let host = |e: wasmtime::Error| RequestError::Host(format!("{e:#}"));
-        let req = store
-            .data_mut()
-            .http()
-            .new_incoming_request(Scheme::Http, req)
-            .map_err(host)?;
-        let out = store
-            .data_mut()
-            .http()
-            .new_response_outparam(tx)
-            .map_err(host)?;
-        let pre = self.pre.clone();
-        // The guest keeps running after it sets the response, to stream the body.
-        let task = tokio::spawn(async move {
-            let proxy = pre.instantiate_async(&mut store).await?;
-            proxy
-                .wasi_http_incoming_handler()
-                .call_handle(&mut store, req, out)
-                .await
-        });
-        let timeout = self.limits.request_timeout;
-        match tokio::time::timeout(timeout, rx).await {
-            Ok(Ok(Ok(resp))) => Ok(resp),
-            Ok(Ok(Err(code))) => Err(RequestError::Guest(code)),
-            Ok(Err(_)) => match task.await {
-                Ok(Err(e)) => Err(RequestError::Trap(format!("{e:#}"))),
-                Ok(Ok(())) => Err(RequestError::NoResponse),
-                Err(e) => Err(RequestError::Host(e.to_string())),
-            },
-            Err(_) => {
-                task.abort();
-                Err(RequestError::Timeout(timeout))
-            }
-        }
-    }
 }

@@ -133,6 +133,7 @@ async fn hostile_guests_hurt_only_themselves() {
         cpu_budget: Duration::from_millis(300),
         request_timeout: Duration::from_secs(10),
         max_concurrency: 4,
+        ..Limits::default()
     };
     let bad = host.http_handler(&hostile, vec![], limits).unwrap();
     let hello = host.load("sha256:hello-hostile", &sample("hello")).unwrap();
@@ -169,12 +170,18 @@ async fn hostile_guests_hurt_only_themselves() {
     }
     let (looped, took) = spinning.await.unwrap();
     match looped {
-        Err(weft_wasm_host::RequestError::Trap(msg)) => assert!(msg.contains("interrupt"), "{msg}"),
+        Err(weft_wasm_host::RequestError::CpuBudget(b)) => {
+            assert_eq!(b, Duration::from_millis(300))
+        }
         other => panic!("an infinite loop must be stopped by its CPU budget, got {other:?}"),
     }
     assert!(took < Duration::from_secs(5), "stopped after {took:?}");
 
-    for path in ["/oom", "/stack", "/trap"] {
+    for (path, want) in [
+        ("/oom", "memory limit"),
+        ("/stack", "stack"),
+        ("/trap", "unreachable"),
+    ] {
         let res = bad
             .handle(
                 hyper::Request::builder()
@@ -183,10 +190,10 @@ async fn hostile_guests_hurt_only_themselves() {
                     .unwrap(),
             )
             .await;
-        assert!(
-            matches!(res, Err(weft_wasm_host::RequestError::Trap(_))),
-            "{path}: {res:?}"
-        );
+        match res {
+            Err(e) => assert!(e.to_string().contains(want), "{path}: {e}"),
+            Ok(_) => panic!("{path} answered"),
+        }
     }
     // The same pod still serves good requests, and so does its neighbour.
     let ok = bad
@@ -203,4 +210,64 @@ async fn hostile_guests_hurt_only_themselves() {
         body_of(good.handle(request("good")).await.unwrap()).await,
         "Hello from good\n"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outgoing_http_goes_through_the_egress_hook() {
+    use std::sync::Arc;
+    use weft_wasm_host::{AllowList, Guest};
+    // An upstream on loopback.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (s, _) = listener.accept().await.unwrap();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(|_req| async {
+                    Ok::<_, std::convert::Infallible>(hyper::Response::new(
+                        http_body_util::Full::new(bytes::Bytes::from_static(b"upstream says hi")),
+                    ))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
+                    .await;
+            });
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let host = Host::new(HostConfig::new(dir.path().into())).unwrap();
+    let fetch = host
+        .load(
+            "sha256:fetch",
+            &guest("wasm-host/tests/guests/fetch", "fetch"),
+        )
+        .unwrap();
+    let with = |allow: Vec<String>| {
+        let g = Guest {
+            egress: Some(Arc::new(AllowList(allow))),
+            ..Guest::default()
+        };
+        host.http_handler(&fetch, g, Limits::default()).unwrap()
+    };
+    let ask = |h: weft_wasm_host::HttpHandler| async move {
+        let req = hyper::Request::builder()
+            .uri(format!("http://pod/?url=http://{upstream}/"))
+            .body(Empty::<bytes::Bytes>::new())
+            .unwrap();
+        let resp = h.handle(req).await.unwrap();
+        let status = resp.status().as_u16();
+        (status, body_of(resp).await)
+    };
+    assert_eq!(
+        ask(with(vec![upstream.to_string()])).await,
+        (200, "200 upstream says hi".to_string())
+    );
+    let (status, body) = ask(with(vec!["example.com".into()])).await;
+    assert_eq!(status, 502, "{body}");
+    assert!(body.contains("HttpRequestDenied"), "{body}");
+    let (status, body) = ask(host
+        .http_handler(&fetch, Guest::default(), Limits::default())
+        .unwrap())
+    .await;
+    assert_eq!(status, 502, "no egress hook: denied ({body})");
 }

@@ -37,6 +37,15 @@ pub struct Query {
     pub propagation_policy: Option<String>,
     pub grace_period_seconds: Option<i64>,
     pub force: Option<bool>,
+    // pods/log
+    pub container: Option<String>,
+    pub follow: Option<bool>,
+    pub previous: Option<bool>,
+    pub timestamps: Option<bool>,
+    pub tail_lines: Option<i64>,
+    pub since_seconds: Option<i64>,
+    pub since_time: Option<String>,
+    pub limit_bytes: Option<i64>,
 }
 
 /// A parsed resource path.
@@ -1226,21 +1235,121 @@ pub async fn dispatch(
 
 /// Logs are served by the node agent that runs the pod. Until an agent
 /// registers a log endpoint, say so precisely rather than pretend.
+/// `pods/log`: checks the container as the API server does, then streams
+/// from the agent of the pod's node (kubelet's `containerLogs`).
 async fn pod_log(ctx: &Ctx<'_>) -> ApiResult {
-    let (_, pod) = ctx.current(ctx.name(), false).await?;
-    match pod
+    let name = ctx.name();
+    let (_, pod) = ctx.current(name, false).await?;
+    let names: Vec<&str> = pod
+        .pointer("/spec/containers")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|c| c.get("name").and_then(Value::as_str))
+        .collect();
+    let q = &ctx.query;
+    let container = match (&q.container, names.as_slice()) {
+        (Some(c), _) if names.contains(&c.as_str()) => c.clone(),
+        (Some(c), _) => {
+            return Err(Status::bad_request(format!(
+                "container {c} is not valid for pod {name}"
+            )));
+        }
+        (None, [only]) => only.to_string(),
+        (None, _) => {
+            return Err(Status::bad_request(format!(
+                "a container name must be specified for pod {name}, choose one of: [{}]",
+                names.join(" ")
+            )));
+        }
+    };
+    let Some(node) = pod
         .pointer("/spec/nodeName")
         .and_then(Value::as_str)
         .filter(|n| !n.is_empty())
-    {
-        None => Err(Status::bad_request(format!(
-            "pod {} does not have a host assigned",
-            ctx.name()
-        ))),
-        Some(node) => Err(Status::unavailable(format!(
-            "no node agent on node {node:?} is serving logs"
-        ))),
+    else {
+        return Err(Status::bad_request(format!(
+            "pod {name} does not have a host assigned"
+        )));
+    };
+    let unavailable =
+        || Status::unavailable(format!("no node agent on node {node:?} is serving logs"));
+    let node_obj = ctx
+        .api
+        .store
+        .get(&store::key("", "nodes", "", node))
+        .map_err(|_| unavailable())?
+        .map(|(_, n)| n)
+        .ok_or_else(unavailable)?;
+    let ip = node_obj
+        .pointer("/status/addresses")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .find(|a| a.get("type").and_then(Value::as_str) == Some("InternalIP"))
+        .and_then(|a| a.get("address").and_then(Value::as_str))
+        .ok_or_else(unavailable)?;
+    let port = node_obj
+        .pointer("/status/daemonEndpoints/kubeletEndpoint/Port")
+        .and_then(Value::as_u64)
+        .filter(|p| *p > 0)
+        .ok_or_else(unavailable)?;
+    let mut params: Vec<(&str, String)> = Vec::new();
+    let flags = [
+        ("follow", q.follow),
+        ("previous", q.previous),
+        ("timestamps", q.timestamps),
+    ];
+    for (k, v) in flags {
+        if v == Some(true) {
+            params.push((k, "true".into()));
+        }
     }
+    for (k, v) in [
+        ("tailLines", q.tail_lines),
+        ("sinceSeconds", q.since_seconds),
+        ("limitBytes", q.limit_bytes),
+    ] {
+        if let Some(v) = v {
+            params.push((k, v.to_string()));
+        }
+    }
+    if let Some(t) = &q.since_time {
+        params.push(("sinceTime", t.clone()));
+    }
+    let ns = ctx.target.namespace.as_deref().unwrap_or("default");
+    let host = if ip.contains(':') {
+        format!("[{ip}]")
+    } else {
+        ip.to_string()
+    };
+    let url = format!("http://{host}:{port}/containerLogs/{ns}/{name}/{container}");
+    let resp = ctx
+        .api
+        .agents
+        .get(url)
+        .query(&params)
+        .bearer_auth(ctx.api.agent_token())
+        .send()
+        .await
+        .map_err(|e| Status::unavailable(format!("node agent on {node:?}: {e}")))?;
+    let code = StatusCode::from_u16(resp.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+    if !code.is_success() {
+        let body = resp.bytes().await.unwrap_or_default();
+        let status = serde_json::from_slice(&body)
+            .ok()
+            .and_then(|v| Status::from_json(&v))
+            .unwrap_or_else(|| {
+                Status::new(
+                    code.as_u16(),
+                    "InternalError",
+                    String::from_utf8_lossy(&body),
+                )
+            });
+        return Err(status);
+    }
+    let body = axum::body::Body::from_stream(resp.bytes_stream());
+    Ok((StatusCode::OK, [(header::CONTENT_TYPE, "text/plain")], body).into_response())
 }
 
 /// Objects the cluster starts with: the standard namespaces.

@@ -143,6 +143,15 @@ pub struct ApiInner {
     tokens: Vec<String>,
     authenticate: bool,
     max_body: usize,
+    /// Reaches node agents' endpoints (`pods/log`).
+    pub agents: reqwest::Client,
+}
+
+impl ApiInner {
+    /// The token this server presents to node agents.
+    pub fn agent_token(&self) -> &str {
+        self.tokens.first().map(String::as_str).unwrap_or("")
+    }
 }
 
 #[derive(Clone)]
@@ -616,6 +625,9 @@ impl ControlPlane {
             tokens: vec![token.clone()],
             authenticate: !cfg.insecure,
             max_body: MAX_BODY_BYTES,
+            agents: reqwest::Client::builder()
+                .connect_timeout(Duration::from_secs(5))
+                .build()?,
         }));
         // Serve before the store is ready: peers reach this member's Raft over it.
         let server = tokio::spawn(serve(

@@ -17,6 +17,11 @@ fn repo_root() -> PathBuf {
 /// Builds a guest for wasm32-wasip2 and returns its bytes. `dir` is relative
 /// to the repository root; cargo makes repeated builds no-ops.
 pub fn guest(dir: &str, name: &str) -> Vec<u8> {
+    guest_for(dir, name, "wasm32-wasip2")
+}
+
+/// [`guest`] for another target (`wasm32-wasip1` makes a core module).
+pub fn guest_for(dir: &str, name: &str, target_triple: &str) -> Vec<u8> {
     let dir = repo_root().join(dir);
     let target = std::env::var("CARGO_TARGET_DIR")
         .map(PathBuf::from)
@@ -27,7 +32,7 @@ pub fn guest(dir: &str, name: &str) -> Vec<u8> {
             "--quiet",
             "--release",
             "--target",
-            "wasm32-wasip2",
+            target_triple,
             "--manifest-path",
         ])
         .arg(dir.join("Cargo.toml"))
@@ -36,12 +41,13 @@ pub fn guest(dir: &str, name: &str) -> Vec<u8> {
         .expect("run cargo for the guest");
     assert!(
         status.success(),
-        "building {} failed (is the wasm32-wasip2 target installed? ./dev installs it)",
+        "building {} failed (is the {target_triple} target installed? ./dev installs it)",
         dir.display()
     );
     std::fs::read(
         target
-            .join("wasm32-wasip2/release")
+            .join(target_triple)
+            .join("release")
             .join(format!("{name}.wasm")),
     )
     .expect("guest artifact")

@@ -1,0 +1,281 @@
+//! Issue 3, benchmarks 3 and 4, in one run:
+//!
+//! 3. Requests/s for `samples/hello` at its pod IP under `wrk -t2 -c64`,
+//!    against `wasmtime serve` on the same component and a native hyper
+//!    hello (same machine, same wrk settings, one after the other).
+//! 4. Memory per extra idle Wasm pod of an already-loaded artifact: the node
+//!    agent's RSS with one pod, then with N more.
+//!
+//!   cargo bench --profile dev --bench serve            (10,000 idle pods, wrk 10 s)
+//!   cargo bench --profile dev --bench serve -- quick   (1,000 idle pods, wrk 3 s)
+//!
+//! The control plane runs in this process; the node agent is a `weft node`
+//! child, so its RSS is the agent's alone. `wasmtime` comes from $WASMTIME or
+//! PATH (`cargo install wasmtime-cli --version 48.0.8`); without it that row
+//! says so.
+
+#[path = "../wasm-host/tests/guests/mod.rs"]
+mod guests;
+#[path = "../tests/common/registry.rs"]
+mod registry;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use serde_json::{Value, json};
+use weft_control_plane::apiserver::{ControlPlane, ControlPlaneConfig};
+
+/// `wrk -t2 -c64` for `secs`: (requests/s, p99 latency text).
+fn wrk(url: &str, secs: u64) -> (f64, String) {
+    let out = Command::new("wrk")
+        .args(["-t2", "-c64", &format!("-d{secs}s"), "--latency", url])
+        .output()
+        .expect("wrk (Debian package wrk)");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let rps = text
+        .lines()
+        .find_map(|l| l.strip_prefix("Requests/sec:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("wrk output: {text}"));
+    let p99 = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("99%"))
+        .map(|v| v.trim().to_string())
+        .unwrap_or_default();
+    let errors = text
+        .lines()
+        .find(|l| l.contains("Non-2xx") || l.contains("Socket errors"));
+    if let Some(e) = errors {
+        println!("  wrk reported: {}", e.trim());
+    }
+    (rps, p99)
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn wait_for_port(addr: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(addr).is_err() {
+        assert!(Instant::now() < deadline, "nothing listens at {addr}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A native hyper hello on its own runtime, as the ceiling.
+fn native_hello() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    listener.set_nonblocking(true).unwrap();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            loop {
+                let (s, _) = listener.accept().await.unwrap();
+                let _ = s.set_nodelay(true);
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(|_req| async {
+                        Ok::<_, Infallible>(hyper::Response::new(http_body_util::Full::new(
+                            bytes::Bytes::from_static(b"Hello from native\n"),
+                        )))
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
+                        .await;
+                });
+            }
+        });
+    });
+    addr
+}
+
+struct Kill(Child);
+
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn pod(name: &str, image: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
+           "spec": {"nodeName": "bench-node", "runtimeClassName": "wasm",
+                    "containers": [{"name": "app", "image": image, "ports": [{"containerPort": 8080}]}]}})
+}
+
+fn main() {
+    let quick = std::env::args().any(|a| a == "quick");
+    let (idle_pods, secs) = if quick { (1_000, 3) } else { (10_000, 10) };
+    let weft = env!("CARGO_BIN_EXE_weft");
+    let reg = registry::Registry::start();
+    let dir = tempfile::tempdir().unwrap();
+    let wasm_path = dir.path().join("hello.wasm");
+    std::fs::write(&wasm_path, guests::sample("hello")).unwrap();
+    let image = format!("{}/samples/hello:1", reg.addr);
+    assert!(
+        Command::new(weft)
+            .arg("push")
+            .arg(&wasm_path)
+            .arg(&image)
+            .status()
+            .unwrap()
+            .success()
+    );
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let cfg = ControlPlaneConfig::new(dir.path().join("cluster"), "127.0.0.1:0".parse::<SocketAddr>().unwrap());
+        let cp = ControlPlane::start(cfg).await.unwrap();
+        let node_log = std::fs::File::create(dir.path().join("node.log")).unwrap();
+        let node = Kill(
+            Command::new(weft)
+                .args(["node", "--server", &cp.url, "--name", "bench-node", "--pod-cidr", "127.201.0.0/16", "--data-dir"])
+                .arg(dir.path().join("node"))
+                .arg("--certificate-authority")
+                .arg(dir.path().join("cluster/pki/ca.crt"))
+                .env("WEFT_TOKEN", &cp.token)
+                .stdout(Stdio::null())
+                .stderr(node_log)
+                .spawn()
+                .unwrap(),
+        );
+        let http = reqwest::Client::builder()
+            .add_root_certificate(reqwest::Certificate::from_pem(cp.ca_pem.as_ref().unwrap().as_bytes()).unwrap())
+            .build()
+            .unwrap();
+        let pods_url = format!("{}/api/v1/namespaces/default/pods", cp.url);
+        // Counts pods turning Ready, from one watch.
+        let resp = http.get(format!("{pods_url}?watch=true")).bearer_auth(&cp.token).send().await.unwrap();
+        let (tx, mut ready) = tokio::sync::mpsc::unbounded_channel::<(String, String)>();
+        tokio::spawn(async move {
+            let mut stream = resp.bytes_stream();
+            let mut buf = Vec::new();
+            while let Some(Ok(chunk)) = stream.next().await {
+                buf.extend_from_slice(&chunk);
+                while let Some(pos) = buf.iter().position(|b| *b == b'\n') {
+                    let line: Vec<u8> = buf.drain(..=pos).collect();
+                    let v: Value = serde_json::from_slice(&line).unwrap_or(Value::Null);
+                    let is_ready = v["object"]["status"]["conditions"].as_array().is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"));
+                    if is_ready {
+                        let name = v["object"]["metadata"]["name"].as_str().unwrap_or("").to_string();
+                        let ip = v["object"]["status"]["podIP"].as_str().unwrap_or("").to_string();
+                        let _ = tx.send((name, ip));
+                    }
+                }
+            }
+        });
+        let create = |name: String| {
+            let (http, url, token, body) = (http.clone(), pods_url.clone(), cp.token.clone(), pod(&name, &image));
+            async move {
+                let r = http.post(url).bearer_auth(token).json(&body).send().await.unwrap();
+                assert_eq!(r.status().as_u16(), 201, "{}", r.text().await.unwrap_or_default());
+            }
+        };
+        create("hello".into()).await;
+        let mut seen = std::collections::HashSet::new();
+        let ip = loop {
+            let (name, ip) = tokio::time::timeout(Duration::from_secs(60), ready.recv()).await.expect("hello Ready").unwrap();
+            if name == "hello" && seen.insert(name) {
+                break ip;
+            }
+        };
+        let pod_url = format!("http://{ip}:8080/");
+        wait_for_port(&format!("{ip}:8080"));
+
+        // Benchmark 3: the same component three ways, one after the other.
+        println!("weft serve benchmark: samples/hello, wrk -t2 -c64 -d{secs}s on 127.0.0.0/8");
+        let (weft_rps, weft_p99) = wrk(&pod_url, secs);
+        println!("  weft pod at podIP        {weft_rps:>9.0} req/s  p99 {weft_p99}");
+        let wasmtime = std::env::var("WASMTIME").unwrap_or_else(|_| "wasmtime".into());
+        let port = free_port();
+        match Command::new(&wasmtime)
+            .args(["serve", "-S", "cli", "--addr", &format!("127.0.0.1:{port}")])
+            .arg(&wasm_path)
+            .env("HOSTNAME", "wasmtime")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+        {
+            Ok(child) => {
+                let _child = Kill(child);
+                wait_for_port(&format!("127.0.0.1:{port}"));
+                let (rps, p99) = wrk(&format!("http://127.0.0.1:{port}/"), secs);
+                println!("  wasmtime serve           {rps:>9.0} req/s  p99 {p99}   weft/wasmtime = {:.2}", weft_rps / rps);
+            }
+            Err(e) => println!("  wasmtime serve           not run: {wasmtime}: {e} (cargo install wasmtime-cli --version 48.0.8)"),
+        }
+        let native = native_hello();
+        let (rps, p99) = wrk(&format!("http://{native}/"), secs);
+        println!("  native hyper hello       {rps:>9.0} req/s  p99 {p99}   weft/native = {:.2}", weft_rps / rps);
+
+        // Benchmark 4: idle pods of the loaded artifact.
+        let pid = node.0.id();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let before = rss_kib(pid);
+        let started = Instant::now();
+        let mut names = (0..idle_pods).map(|i| format!("idle-{i}"));
+        let mut inflight = futures::stream::FuturesUnordered::new();
+        for name in names.by_ref().take(32) {
+            inflight.push(create(name));
+        }
+        while inflight.next().await.is_some() {
+            if let Some(name) = names.next() {
+                inflight.push(create(name));
+            }
+        }
+        let created = started.elapsed();
+        while seen.len() < idle_pods + 1 {
+            match tokio::time::timeout(Duration::from_secs(60), ready.recv()).await {
+                Ok(Some((name, _))) => {
+                    seen.insert(name);
+                }
+                other => {
+                    let log = std::fs::read_to_string(dir.path().join("node.log")).unwrap_or_default();
+                    let tail: Vec<&str> = log.lines().rev().take(20).collect();
+                    panic!("{} of {idle_pods} idle pods Ready ({other:?}); node log tail:\n{}", seen.len() - 1, tail.join("\n"));
+                }
+            }
+        }
+        let all_ready = started.elapsed();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let after = rss_kib(pid);
+        println!(
+            "idle pods: {idle_pods} created in {:.1} s, all Ready in {:.1} s; node agent RSS {} MiB -> {} MiB: {:.1} KiB per pod",
+            created.as_secs_f64(),
+            all_ready.as_secs_f64(),
+            before / 1024,
+            after / 1024,
+            (after - before) as f64 / idle_pods as f64
+        );
+        // The first pod still answers with all the others idle beside it.
+        let (rps, _) = wrk(&pod_url, 2);
+        println!("  hello with {idle_pods} idle neighbours: {rps:.0} req/s");
+        drop(node);
+        cp.shutdown(Duration::from_secs(10)).await;
+    });
+}
