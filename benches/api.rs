@@ -7,11 +7,13 @@
 //! of one write reaching 100 watchers, and the floor it all sits on: one
 //! synced rocksdb put, measured on the same disk in the same run.
 
+#[path = "common/watch.rs"]
+mod watch;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use weft_control_plane::apiserver::{ControlPlane, ControlPlaneConfig};
@@ -141,20 +143,11 @@ async fn fanout(
         tokio::spawn(async move {
             let resp = http.get(url).bearer_auth(token).send().await.unwrap();
             ready.wait().await;
-            let mut stream = resp.bytes_stream();
-            let mut buf = Vec::new();
-            while let Some(Ok(chunk)) = stream.next().await {
-                buf.extend_from_slice(&chunk);
-                while let Some(pos) = buf.iter().position(|b| *b == b'\n') {
-                    let line: Vec<u8> = buf.drain(..=pos).collect();
-                    let v: Value = serde_json::from_slice(&line).unwrap();
-                    if let Some(name) = v["object"]["metadata"]["name"].as_str()
-                        && tx.send((name.to_string(), Instant::now())).is_err()
-                    {
-                        return;
-                    }
-                }
-            }
+            watch::for_each_event(resp, |v| match v["object"]["metadata"]["name"].as_str() {
+                Some(name) => tx.send((name.to_string(), Instant::now())).is_ok(),
+                None => true,
+            })
+            .await;
         });
     }
     ready.wait().await;

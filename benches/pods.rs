@@ -11,11 +11,12 @@
 mod guests;
 #[path = "../tests/common/registry.rs"]
 mod registry;
+#[path = "common/watch.rs"]
+mod watch;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
 use serde_json::{Value, json};
 use weft_control_plane::apiserver::{ControlPlane, ControlPlaneConfig};
 use weft_node::agent::{self, AgentConfig};
@@ -65,19 +66,13 @@ fn main() {
         let resp = http.get(format!("{pods_url}?watch=true")).bearer_auth(&cp.token).send().await.unwrap();
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(String, Instant)>();
         tokio::spawn(async move {
-            let mut stream = resp.bytes_stream();
-            let mut buf = Vec::new();
-            while let Some(Ok(chunk)) = stream.next().await {
-                buf.extend_from_slice(&chunk);
-                while let Some(pos) = buf.iter().position(|b| *b == b'\n') {
-                    let line: Vec<u8> = buf.drain(..=pos).collect();
-                    let v: Value = serde_json::from_slice(&line).unwrap_or(Value::Null);
-                    let ready = v["object"]["status"]["conditions"].as_array().is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"));
-                    if ready && let Some(name) = v["object"]["metadata"]["name"].as_str() {
-                        let _ = tx.send((name.to_string(), Instant::now()));
-                    }
+            watch::for_each_event(resp, |v| {
+                if watch::is_ready(&v) && let Some(name) = v["object"]["metadata"]["name"].as_str() {
+                    let _ = tx.send((name.to_string(), Instant::now()));
                 }
-            }
+                true
+            })
+            .await;
         });
         let mut lat = Vec::with_capacity(n);
         for i in 0..=n {

@@ -18,6 +18,8 @@
 mod guests;
 #[path = "../tests/common/registry.rs"]
 mod registry;
+#[path = "common/watch.rs"]
+mod watch;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -173,21 +175,15 @@ fn main() {
         let resp = http.get(format!("{pods_url}?watch=true")).bearer_auth(&cp.token).send().await.unwrap();
         let (tx, mut ready) = tokio::sync::mpsc::unbounded_channel::<(String, String)>();
         tokio::spawn(async move {
-            let mut stream = resp.bytes_stream();
-            let mut buf = Vec::new();
-            while let Some(Ok(chunk)) = stream.next().await {
-                buf.extend_from_slice(&chunk);
-                while let Some(pos) = buf.iter().position(|b| *b == b'\n') {
-                    let line: Vec<u8> = buf.drain(..=pos).collect();
-                    let v: Value = serde_json::from_slice(&line).unwrap_or(Value::Null);
-                    let is_ready = v["object"]["status"]["conditions"].as_array().is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"));
-                    if is_ready {
-                        let name = v["object"]["metadata"]["name"].as_str().unwrap_or("").to_string();
-                        let ip = v["object"]["status"]["podIP"].as_str().unwrap_or("").to_string();
-                        let _ = tx.send((name, ip));
-                    }
+            watch::for_each_event(resp, |v| {
+                if watch::is_ready(&v) {
+                    let name = v["object"]["metadata"]["name"].as_str().unwrap_or("").to_string();
+                    let ip = v["object"]["status"]["podIP"].as_str().unwrap_or("").to_string();
+                    let _ = tx.send((name, ip));
                 }
-            }
+                true
+            })
+            .await;
         });
         let create = |name: String| {
             let (http, url, token, body) = (http.clone(), pods_url.clone(), cp.token.clone(), pod(&name, &image));

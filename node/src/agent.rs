@@ -868,6 +868,19 @@ impl<W: Workload> PodLoop<W> {
         if matches!(phase.as_str(), "Succeeded" | "Failed") {
             return;
         }
+        if !self.restarts.contains_key(&uid) {
+            // A restarted agent carries on counting (and naming log files) where the status left off.
+            let count = pod
+                .status
+                .iter()
+                .flat_map(|s| s.container_statuses.iter().flatten())
+                .map(|c| c.restart_count.max(0) as u32)
+                .max()
+                .unwrap_or(0);
+            if count > 0 {
+                self.restarts.insert(uid.clone(), count);
+            }
+        }
         let want = pod
             .status
             .as_ref()

@@ -37,15 +37,8 @@ pub struct Query {
     pub propagation_policy: Option<String>,
     pub grace_period_seconds: Option<i64>,
     pub force: Option<bool>,
-    // pods/log
+    /// pods/log; its other parameters pass through to the node agent as sent.
     pub container: Option<String>,
-    pub follow: Option<bool>,
-    pub previous: Option<bool>,
-    pub timestamps: Option<bool>,
-    pub tail_lines: Option<i64>,
-    pub since_seconds: Option<i64>,
-    pub since_time: Option<String>,
-    pub limit_bytes: Option<i64>,
 }
 
 /// A parsed resource path.
@@ -1191,6 +1184,7 @@ pub async fn dispatch(
         Ok(Err(doc)) => return json_response(StatusCode::OK, &doc, &[]),
         Err(s) => return status_response(&s),
     };
+    let raw_query = query;
     let query: Query = match serde_urlencoded::from_str(query) {
         Ok(q) => q,
         Err(e) => {
@@ -1220,7 +1214,7 @@ pub async fn dispatch(
         (&Method::DELETE, true, None) => delete(&ctx, &body).await,
         (&Method::POST, true, Some("binding")) => bind(&ctx, &body).await,
         (&Method::POST, true, Some("eviction")) => evict(&ctx, &body).await,
-        (&Method::GET, true, Some("log")) => pod_log(&ctx).await,
+        (&Method::GET, true, Some("log")) => pod_log(&ctx, raw_query).await,
         (m, _, sub) => Err(Status::method_not_allowed(
             m.as_str(),
             &format!(
@@ -1237,7 +1231,7 @@ pub async fn dispatch(
 /// registers a log endpoint, say so precisely rather than pretend.
 /// `pods/log`: checks the container as the API server does, then streams
 /// from the agent of the pod's node (kubelet's `containerLogs`).
-async fn pod_log(ctx: &Ctx<'_>) -> ApiResult {
+async fn pod_log(ctx: &Ctx<'_>, raw_query: &str) -> ApiResult {
     let name = ctx.name();
     let (_, pod) = ctx.current(name, false).await?;
     let names: Vec<&str> = pod
@@ -1294,41 +1288,26 @@ async fn pod_log(ctx: &Ctx<'_>) -> ApiResult {
         .and_then(Value::as_u64)
         .filter(|p| *p > 0)
         .ok_or_else(unavailable)?;
-    let mut params: Vec<(&str, String)> = Vec::new();
-    let flags = [
-        ("follow", q.follow),
-        ("previous", q.previous),
-        ("timestamps", q.timestamps),
-    ];
-    for (k, v) in flags {
-        if v == Some(true) {
-            params.push((k, "true".into()));
-        }
-    }
-    for (k, v) in [
-        ("tailLines", q.tail_lines),
-        ("sinceSeconds", q.since_seconds),
-        ("limitBytes", q.limit_bytes),
-    ] {
-        if let Some(v) = v {
-            params.push((k, v.to_string()));
-        }
-    }
-    if let Some(t) = &q.since_time {
-        params.push(("sinceTime", t.clone()));
-    }
+    // follow, previous, timestamps, tailLines, sinceSeconds, sinceTime,
+    // limitBytes: the agent reads and checks them (kubelet's parameters).
+    let params: Vec<&str> = raw_query
+        .split('&')
+        .filter(|kv| !kv.is_empty() && !kv.starts_with("container="))
+        .collect();
     let ns = ctx.target.namespace.as_deref().unwrap_or("default");
     let host = if ip.contains(':') {
         format!("[{ip}]")
     } else {
         ip.to_string()
     };
-    let url = format!("http://{host}:{port}/containerLogs/{ns}/{name}/{container}");
+    let url = format!(
+        "http://{host}:{port}/containerLogs/{ns}/{name}/{container}?{}",
+        params.join("&")
+    );
     let resp = ctx
         .api
         .agents
         .get(url)
-        .query(&params)
         .bearer_auth(ctx.api.agent_token())
         .send()
         .await
