@@ -41,6 +41,11 @@ pub enum AgentError {
     PodCidr(String),
     #[error("API client configuration: {0}")]
     Client(String),
+    #[error("the agent endpoint on {addr}: {source}")]
+    Endpoint {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 /// A kube client for an API server, a bearer token and (for HTTPS) the cluster CA in PEM.
@@ -244,8 +249,6 @@ async fn post_node_status(client: &kube::Client, cfg: &AgentConfig) -> Result<()
 pub struct AgentHandle {
     stop: signal::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
-    /// The agent's own endpoint (logs), as registered in its Node.
-    pub endpoint: SocketAddr,
 }
 
 impl AgentHandle {
@@ -262,13 +265,16 @@ pub async fn start(client: kube::Client, cfg: AgentConfig) -> Result<AgentHandle
         IpPool::parse(&cfg.pod_cidr).ok_or_else(|| AgentError::PodCidr(cfg.pod_cidr.clone()))?;
     let host = Arc::new(Host::new(HostConfig::new(cfg.data_dir.join("cwasm")))?);
     let artifacts = Arc::new(ArtifactStore::new(cfg.data_dir.join("artifacts"))?);
-    let listener = server::bind(cfg.listen)
+    let endpoint_err = |source| AgentError::Endpoint {
+        addr: cfg.listen,
+        source,
+    };
+    let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
-        .map_err(|e| AgentError::Client(format!("agent endpoint {}: {e}", cfg.listen)))?;
-    let endpoint = listener
-        .local_addr()
-        .map_err(|e| AgentError::Client(e.to_string()))?;
+        .map_err(endpoint_err)?;
+    let endpoint = listener.local_addr().map_err(endpoint_err)?;
     let mut cfg = cfg;
+    // Port 0 picked one: the Node advertises the real port.
     cfg.listen = endpoint;
     register(&client, &cfg).await?;
     let (stop, stopped) = signal::channel(false);
@@ -302,11 +308,7 @@ pub async fn start(client: kube::Client, cfg: AgentConfig) -> Result<AgentHandle
         probe_tx,
     };
     let task = tokio::spawn(agent.run(stopped, exits, msgs, probes));
-    Ok(AgentHandle {
-        stop,
-        task,
-        endpoint,
-    })
+    Ok(AgentHandle { stop, task })
 }
 
 /// Identifies a pod for messages the loop sends itself.

@@ -2,7 +2,6 @@
 //! API server's `pods/log`, and `/healthz`. Plain HTTP on the node's
 //! address, bearer token required (the token the agent itself uses).
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -55,11 +54,6 @@ pub async fn serve(
             let _ = stop.changed().await;
         })
         .await;
-}
-
-/// Binds the agent's endpoint.
-pub async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
-    tokio::net::TcpListener::bind(addr).await
 }
 
 /// The newest log directory of a pod (a name may be reused by a new uid).
