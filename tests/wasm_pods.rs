@@ -168,9 +168,30 @@ fn wasm_pod_runs_serves_and_is_deleted() {
         "{wide}"
     );
 
+    // The same port speaks h2c (HTTP/2 with prior knowledge).
+    let h2 = tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let client = reqwest::Client::builder()
+            .http2_prior_knowledge()
+            .build()
+            .unwrap();
+        let resp = client
+            .get(format!("http://{ip}:8080/"))
+            .send()
+            .await
+            .unwrap();
+        (resp.version(), resp.text().await.unwrap())
+    });
+    assert_eq!(
+        h2,
+        (reqwest::Version::HTTP_2, "Hello from hello\n".to_string())
+    );
+
     // kubectl logs: the guest's stdout, through the API server from the agent.
     let logs = c.kubectl_ok(&["logs", "hello"]);
-    assert_eq!(logs.trim_end(), "GET / answered by hello", "{logs}");
+    assert_eq!(
+        logs, "GET / answered by hello\nGET / answered by hello\n",
+        "the HTTP/1.1 and the h2c request"
+    );
     http_get(&format!("{ip}:8080")).unwrap();
     let stamped = c.kubectl_ok(&["logs", "hello", "--tail=1", "--timestamps"]);
     let (ts, line) = stamped.split_once(' ').unwrap();
@@ -180,7 +201,7 @@ fn wasm_pod_runs_serves_and_is_deleted() {
         c.kubectl_ok(&["logs", "hello", "--since=1h"])
             .lines()
             .count(),
-        2
+        3
     );
     let (mut follower, lines) = follow_logs(&c, "hello");
     assert_eq!(

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use oci_client::secrets::RegistryAuth;
 use tokio::sync::mpsc;
 use weft_api::k8s_openapi::api::core::v1::{Container, Pod};
@@ -314,7 +314,7 @@ fn text(code: u16, msg: String) -> hyper::Response<Body> {
         .expect("static response")
 }
 
-/// Serves one pod port: every connection, every request, into the handler.
+/// Serves one pod port (HTTP/1.1 and h2c): every connection, every request, into the handler.
 async fn serve(listener: tokio::net::TcpListener, handler: HttpHandler) {
     let mut conns = tokio::task::JoinSet::new();
     loop {
@@ -341,7 +341,8 @@ async fn serve(listener: tokio::net::TcpListener, handler: HttpHandler) {
                         })
                     }
                 });
-            let _ = hyper::server::conn::http1::Builder::new()
+            // HTTP/1.1, or HTTP/2 with prior knowledge (h2c), on the same port.
+            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                 .serve_connection(TokioIo::new(stream), svc)
                 .await;
         });
