@@ -63,17 +63,7 @@ fn main() {
             .unwrap();
         let pods_url = format!("{}/api/v1/namespaces/default/pods", cp.url);
         // One watch for the whole run; Ready times are taken as events arrive.
-        let resp = http.get(format!("{pods_url}?watch=true")).bearer_auth(&cp.token).send().await.unwrap();
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(String, Instant)>();
-        tokio::spawn(async move {
-            watch::for_each_event(resp, |v| {
-                if watch::is_ready(&v) && let Some(name) = v["object"]["metadata"]["name"].as_str() {
-                    let _ = tx.send((name.to_string(), Instant::now()));
-                }
-                true
-            })
-            .await;
-        });
+        let mut rx = watch::ready_pods(&http, &pods_url, &cp.token).await;
         let mut lat = Vec::with_capacity(n);
         for i in 0..=n {
             let name = format!("p{i}");
@@ -81,7 +71,7 @@ fn main() {
             let r = http.post(&pods_url).bearer_auth(&cp.token).json(&pod(&name, &image)).send().await.unwrap();
             assert_eq!(r.status().as_u16(), 201);
             loop {
-                let (got, at) = tokio::time::timeout(Duration::from_secs(30), rx.recv()).await.expect("pod Ready").unwrap();
+                let watch::Ready { name: got, at, .. } = tokio::time::timeout(Duration::from_secs(30), rx.recv()).await.expect("pod Ready").unwrap();
                 if got == name {
                     // p0 pulls and compiles: the warm-up, not measured.
                     if i > 0 {

@@ -172,19 +172,7 @@ fn main() {
             .unwrap();
         let pods_url = format!("{}/api/v1/namespaces/default/pods", cp.url);
         // Counts pods turning Ready, from one watch.
-        let resp = http.get(format!("{pods_url}?watch=true")).bearer_auth(&cp.token).send().await.unwrap();
-        let (tx, mut ready) = tokio::sync::mpsc::unbounded_channel::<(String, String)>();
-        tokio::spawn(async move {
-            watch::for_each_event(resp, |v| {
-                if watch::is_ready(&v) {
-                    let name = v["object"]["metadata"]["name"].as_str().unwrap_or("").to_string();
-                    let ip = v["object"]["status"]["podIP"].as_str().unwrap_or("").to_string();
-                    let _ = tx.send((name, ip));
-                }
-                true
-            })
-            .await;
-        });
+        let mut ready = watch::ready_pods(&http, &pods_url, &cp.token).await;
         let create = |name: String| {
             let (http, url, token, body) = (http.clone(), pods_url.clone(), cp.token.clone(), pod(&name, &image));
             async move {
@@ -195,7 +183,7 @@ fn main() {
         create("hello".into()).await;
         let mut seen = std::collections::HashSet::new();
         let ip = loop {
-            let (name, ip) = tokio::time::timeout(Duration::from_secs(60), ready.recv()).await.expect("hello Ready").unwrap();
+            let watch::Ready { name, ip, .. } = tokio::time::timeout(Duration::from_secs(60), ready.recv()).await.expect("hello Ready").unwrap();
             if name == "hello" && seen.insert(name) {
                 break ip;
             }
@@ -247,7 +235,7 @@ fn main() {
         let created = started.elapsed();
         while seen.len() < idle_pods + 1 {
             match tokio::time::timeout(Duration::from_secs(60), ready.recv()).await {
-                Ok(Some((name, _))) => {
+                Ok(Some(watch::Ready { name, .. })) => {
                     seen.insert(name);
                 }
                 other => {

@@ -172,11 +172,15 @@ fn parse(data: &[u8]) -> (Vec<Line>, usize) {
     (lines, used)
 }
 
+/// Drops lines older than `since` (lines without a readable time stay).
+fn keep_since(lines: &mut Vec<Line>, since: Option<Timestamp>) {
+    if let Some(since) = since {
+        lines.retain(|l| l.time.is_none_or(|t| t >= since));
+    }
+}
+
 fn render(lines: &[Line], opts: &Options, out: &mut Vec<u8>) {
     for l in lines {
-        if opts.since.is_some_and(|s| l.time.is_some_and(|t| t < s)) {
-            continue;
-        }
         if opts.timestamps {
             out.extend_from_slice(l.ts.as_bytes());
             out.push(b' ');
@@ -191,9 +195,7 @@ fn render(lines: &[Line], opts: &Options, out: &mut Vec<u8>) {
 pub fn read(path: &Path, opts: &Options) -> std::io::Result<(Vec<u8>, u64)> {
     let data = std::fs::read(path)?;
     let (mut lines, used) = parse(&data);
-    if let Some(since) = opts.since {
-        lines.retain(|l| l.time.is_none_or(|t| t >= since));
-    }
+    keep_since(&mut lines, opts.since);
     if let Some(n) = opts.tail_lines {
         let skip = lines.len().saturating_sub(n);
         lines.drain(..skip);
@@ -231,8 +233,9 @@ pub async fn follow(
             Ok(data)
         })();
         let Ok(data) = chunk else { return };
-        let (lines, used) = parse(&data);
+        let (mut lines, used) = parse(&data);
         offset += used as u64;
+        keep_since(&mut lines, opts.since);
         if !lines.is_empty() {
             let mut out = Vec::new();
             render(&lines, &opts, &mut out);

@@ -101,7 +101,7 @@ impl Command {
                 Some(code) => Exit::Code(code.0),
                 None => {
                     let text = format!("{e:#}");
-                    if text.contains("growing memory") {
+                    if guest::hit_memory_limit(&text) {
                         Exit::OutOfMemory(text)
                     } else {
                         Exit::Trap(text)

@@ -318,6 +318,11 @@ impl WasiHttpHooks for Hooks {
     }
 }
 
+/// Whether a trap was the memory limit ([`store_limits`] traps on a refused grow).
+pub(crate) fn hit_memory_limit(trap_text: &str) -> bool {
+    trap_text.contains("growing memory")
+}
+
 /// Memory per instance. Hitting the limit traps, as the OOM killer would
 /// kill, rather than letting `memory.grow` fail (which Rust guests abort on
 /// anyway, less clearly).

@@ -65,7 +65,7 @@ impl HttpHandler {
             return RequestError::CpuBudget(self.limits.cpu_budget);
         }
         let text = format!("{e:#}");
-        if text.contains("growing memory") {
+        if guest::hit_memory_limit(&text) {
             RequestError::OutOfMemory(text)
         } else {
             RequestError::Trap(text)

@@ -244,15 +244,15 @@ impl Host {
     /// Compiles `wasm` (or loads it precompiled) under `digest`, the
     /// artifact's content digest as its registry reported and verified it.
     pub fn load(&self, digest: &str, wasm: &[u8]) -> Result<Artifact, HostError> {
-        self.load_with(digest, || Ok(wasm.to_vec()))
+        self.load_with(digest, || Ok(wasm))
     }
 
     /// [`Host::load`], reading the artifact only when it is not compiled yet.
     /// A loaded artifact stays in memory: every pod of it shares its code.
-    pub fn load_with(
+    pub fn load_with<B: AsRef<[u8]>>(
         &self,
         digest: &str,
-        read: impl FnOnce() -> std::io::Result<Vec<u8>>,
+        read: impl FnOnce() -> std::io::Result<B>,
     ) -> Result<Artifact, HostError> {
         if let Some(a) = self.loaded.lock().expect("loaded artifacts").get(digest) {
             return Ok(a.clone());
@@ -263,7 +263,7 @@ impl Host {
                 path: path.clone(),
                 source,
             })?;
-            let wasm = wasm.as_slice();
+            let wasm = wasm.as_ref();
             let compiled = if is_component(wasm) {
                 self.engine.precompile_component(wasm)
             } else {
