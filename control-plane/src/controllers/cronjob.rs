@@ -325,13 +325,7 @@ impl Controller for CronJobController {
                 }
             });
         if differs {
-            out.push(Action::Patch {
-                res: res("cronjobs"),
-                ns: ns.into(),
-                name: name.into(),
-                status: true,
-                patch: json!({"status": status}),
-            });
+            out.push(Action::patch_status(res("cronjobs"), ns, name, status));
         }
         if !suspended && let Some(next) = schedule.next_after(now) {
             out.requeue(o::until(next, now));

@@ -225,13 +225,7 @@ impl Controller for DaemonSetController {
             .map(|m| m.keys().map(String::as_str).collect())
             .unwrap_or_default();
         if o::status_counts_differ(ds, &status, &fields) {
-            out.push(Action::Patch {
-                res: res("daemonsets"),
-                ns: ns.into(),
-                name: name.into(),
-                status: true,
-                patch: json!({"status": status}),
-            });
+            out.push(Action::patch_status(res("daemonsets"), ns, name, status));
         }
         out
     }

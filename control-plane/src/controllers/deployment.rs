@@ -240,14 +240,13 @@ impl Controller for DeploymentController {
                 None,
             );
             progressing["lastTransitionTime"] = json!(ts);
-            out.push(Action::Patch {
-                res: res("deployments"),
-                ns: ns.to_string(),
-                name: name.to_string(),
-                status: true,
-                patch: json!({"status": {"observedGeneration": o::generation(d),
-                    "conditions": merge_conditions(d, vec![progressing])}}),
-            });
+            out.push(Action::patch_status(
+                res("deployments"),
+                ns,
+                name,
+                json!({"observedGeneration": o::generation(d),
+                    "conditions": merge_conditions(d, vec![progressing])}),
+            ));
             return out;
         };
 
@@ -487,13 +486,7 @@ impl Controller for DeploymentController {
             "unavailableReplicas": (spec_total.max(replicas) - available).max(0),
             "conditions": merge_conditions(d, vec![available_cond, progressing_cond])});
         if status_differs(&current, &status) {
-            out.push(Action::Patch {
-                res: res("deployments"),
-                ns: ns.to_string(),
-                name: name.to_string(),
-                status: true,
-                patch: json!({"status": status}),
-            });
+            out.push(Action::patch_status(res("deployments"), ns, name, status));
         }
         out
     }

@@ -162,13 +162,7 @@ impl Controller for JobController {
             || o::status_counts_differ(job, &status, &["active", "succeeded", "failed", "ready"])
             || job.pointer("/status/startTime").is_none();
         if changed {
-            out.push(Action::Patch {
-                res: res("jobs"),
-                ns: ns.into(),
-                name: name.into(),
-                status: true,
-                patch: json!({"status": status}),
-            });
+            out.push(Action::patch_status(res("jobs"), ns, name, status));
         }
         out
     }

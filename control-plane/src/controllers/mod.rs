@@ -76,6 +76,24 @@ pub enum Action {
     },
 }
 
+impl Action {
+    /// A merge patch of an object's status: `{"status": status}`.
+    pub fn patch_status(
+        res: &'static Resource,
+        ns: impl Into<String>,
+        name: impl Into<String>,
+        status: Value,
+    ) -> Action {
+        Action::Patch {
+            res,
+            ns: ns.into(),
+            name: name.into(),
+            status: true,
+            patch: serde_json::json!({ "status": status }),
+        }
+    }
+}
+
 /// What a reconcile decided.
 #[derive(Debug, Default)]
 pub struct Outcome {

@@ -109,13 +109,12 @@ impl Controller for NodeLifecycleController {
                     c
                 })
                 .collect();
-            out.push(Action::Patch {
-                res: res("nodes"),
-                ns: String::new(),
-                name: key.into(),
-                status: true,
-                patch: json!({"status": {"conditions": conds}}),
-            });
+            out.push(Action::patch_status(
+                res("nodes"),
+                "",
+                key,
+                json!({"conditions": conds}),
+            ));
             out.push(Action::Event {
                 regarding: node.clone(),
                 warning: false,
@@ -187,13 +186,12 @@ impl Controller for NodeLifecycleController {
                         c
                     })
                     .collect();
-                out.push(Action::Patch {
-                    res: res("pods"),
-                    ns: o::namespace(pod).into(),
-                    name: o::name(pod).into(),
-                    status: true,
-                    patch: json!({"status": {"conditions": conds}}),
-                });
+                out.push(Action::patch_status(
+                    res("pods"),
+                    o::namespace(pod),
+                    o::name(pod),
+                    json!({"conditions": conds}),
+                ));
             }
             // NoExecute: evict now, or when the shortest matching tolerationSeconds runs out.
             let mut evict_at: Option<Timestamp> = None;

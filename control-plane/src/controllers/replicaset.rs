@@ -152,13 +152,7 @@ impl Controller for ReplicaSetController {
             "observedGeneration",
         ];
         if o::status_counts_differ(rs, &status, &fields) {
-            out.push(Action::Patch {
-                res: res("replicasets"),
-                ns: ns.to_string(),
-                name: name.to_string(),
-                status: true,
-                patch: json!({"status": status}),
-            });
+            out.push(Action::patch_status(res("replicasets"), ns, name, status));
         }
         out
     }
