@@ -14,47 +14,23 @@
 //! PATH (`cargo install wasmtime-cli --version 48.0.8`); without it that row
 //! says so.
 
+#[path = "common/cluster.rs"]
+mod cluster;
 #[path = "../wasm-host/tests/guests/mod.rs"]
 mod guests;
+#[path = "common/load.rs"]
+mod load;
 #[path = "../tests/common/registry.rs"]
 mod registry;
 #[path = "common/watch.rs"]
 mod watch;
 
-use std::convert::Infallible;
-use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
+use load::{Kill, native_hello, wait_for_port, wrk};
 use serde_json::{Value, json};
-use weft_control_plane::apiserver::{ControlPlane, ControlPlaneConfig};
-
-/// `wrk -t2 -c64` for `secs`: (requests/s, p99 latency text).
-fn wrk(url: &str, secs: u64) -> (f64, String) {
-    let out = Command::new("wrk")
-        .args(["-t2", "-c64", &format!("-d{secs}s"), "--latency", url])
-        .output()
-        .expect("wrk (Debian package wrk)");
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    let rps = text
-        .lines()
-        .find_map(|l| l.strip_prefix("Requests/sec:"))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("wrk output: {text}"));
-    let p99 = text
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("99%"))
-        .map(|v| v.trim().to_string())
-        .unwrap_or_default();
-    let errors = text
-        .lines()
-        .find(|l| l.contains("Non-2xx") || l.contains("Socket errors"));
-    if let Some(e) = errors {
-        println!("  wrk reported: {}", e.trim());
-    }
-    (rps, p99)
-}
 
 fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -73,54 +49,6 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn wait_for_port(addr: &str) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::net::TcpStream::connect(addr).is_err() {
-        assert!(Instant::now() < deadline, "nothing listens at {addr}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// A native hyper hello on its own runtime, as the ceiling.
-fn native_hello() -> SocketAddr {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    listener.set_nonblocking(true).unwrap();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-            loop {
-                let (s, _) = listener.accept().await.unwrap();
-                let _ = s.set_nodelay(true);
-                tokio::spawn(async move {
-                    let svc = hyper::service::service_fn(|_req| async {
-                        Ok::<_, Infallible>(hyper::Response::new(http_body_util::Full::new(
-                            bytes::Bytes::from_static(b"Hello from native\n"),
-                        )))
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
-                        .await;
-                });
-            }
-        });
-    });
-    addr
-}
-
-struct Kill(Child);
-
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn pod(name: &str, image: &str) -> Value {
     json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
            "spec": {"nodeName": "bench-node", "runtimeClassName": "wasm",
@@ -130,51 +58,19 @@ fn pod(name: &str, image: &str) -> Value {
 fn main() {
     let quick = std::env::args().any(|a| a == "quick");
     let (idle_pods, secs) = if quick { (1_000, 3) } else { (10_000, 10) };
-    let weft = env!("CARGO_BIN_EXE_weft");
-    let reg = registry::Registry::start();
-    let dir = tempfile::tempdir().unwrap();
-    let wasm_path = dir.path().join("hello.wasm");
-    std::fs::write(&wasm_path, guests::sample("hello")).unwrap();
-    let image = format!("{}/samples/hello:1", reg.addr);
-    assert!(
-        Command::new(weft)
-            .arg("push")
-            .arg(&wasm_path)
-            .arg(&image)
-            .status()
-            .unwrap()
-            .success()
-    );
-
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .unwrap();
     rt.block_on(async {
-        let cfg = ControlPlaneConfig::new(dir.path().join("cluster"), "127.0.0.1:0".parse::<SocketAddr>().unwrap());
-        let cp = ControlPlane::start(cfg).await.unwrap();
-        let node_log = std::fs::File::create(dir.path().join("node.log")).unwrap();
-        let node = Kill(
-            Command::new(weft)
-                .args(["node", "--server", &cp.url, "--name", "bench-node", "--pod-cidr", "127.201.0.0/16", "--data-dir"])
-                .arg(dir.path().join("node"))
-                .arg("--certificate-authority")
-                .arg(dir.path().join("cluster/pki/ca.crt"))
-                .env("WEFT_TOKEN", &cp.token)
-                .stdout(Stdio::null())
-                .stderr(node_log)
-                .spawn()
-                .unwrap(),
-        );
-        let http = reqwest::Client::builder()
-            .add_root_certificate(reqwest::Certificate::from_pem(cp.ca_pem.as_ref().unwrap().as_bytes()).unwrap())
-            .build()
-            .unwrap();
-        let pods_url = format!("{}/api/v1/namespaces/default/pods", cp.url);
+        let c = cluster::Cluster::start("127.201.0.0/16").await;
+        let (http, image, wasm_path) = (&c.http, &c.image, &c.wasm);
+        let cp = &c.cp;
+        let pods_url = c.api("pods");
         // Counts pods turning Ready, from one watch.
-        let mut ready = watch::ready_pods(&http, &pods_url, &cp.token).await;
+        let mut ready = watch::ready_pods(http, &pods_url, &cp.token).await;
         let create = |name: String| {
-            let (http, url, token, body) = (http.clone(), pods_url.clone(), cp.token.clone(), pod(&name, &image));
+            let (http, url, token, body) = (http.clone(), pods_url.clone(), cp.token.clone(), pod(&name, image));
             async move {
                 let r = http.post(url).bearer_auth(token).json(&body).send().await.unwrap();
                 assert_eq!(r.status().as_u16(), 201, "{}", r.text().await.unwrap_or_default());
@@ -199,7 +95,7 @@ fn main() {
         let port = free_port();
         match Command::new(&wasmtime)
             .args(["serve", "-S", "cli", "--addr", &format!("127.0.0.1:{port}")])
-            .arg(&wasm_path)
+            .arg(wasm_path)
             .env("HOSTNAME", "wasmtime")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -218,7 +114,7 @@ fn main() {
         println!("  native hyper hello       {rps:>9.0} req/s  p99 {p99}   weft/native = {:.2}", weft_rps / rps);
 
         // Benchmark 4: idle pods of the loaded artifact.
-        let pid = node.0.id();
+        let pid = c.node.0.id();
         tokio::time::sleep(Duration::from_secs(1)).await;
         let before = rss_kib(pid);
         let started = Instant::now();
@@ -239,9 +135,7 @@ fn main() {
                     seen.insert(name);
                 }
                 other => {
-                    let log = std::fs::read_to_string(dir.path().join("node.log")).unwrap_or_default();
-                    let tail: Vec<&str> = log.lines().rev().take(20).collect();
-                    panic!("{} of {idle_pods} idle pods Ready ({other:?}); node log tail:\n{}", seen.len() - 1, tail.join("\n"));
+                    panic!("{} of {idle_pods} idle pods Ready ({other:?}); node log tail:\n{}", seen.len() - 1, c.node_log_tail());
                 }
             }
         }
@@ -259,7 +153,7 @@ fn main() {
         // The first pod still answers with all the others idle beside it.
         let (rps, _) = wrk(&pod_url, 2);
         println!("  hello with {idle_pods} idle neighbours: {rps:.0} req/s");
-        drop(node);
-        cp.shutdown(Duration::from_secs(10)).await;
+        drop(c.node);
+        c.cp.shutdown(Duration::from_secs(10)).await;
     });
 }

@@ -7,33 +7,10 @@ mod common;
 #[path = "../wasm-host/tests/guests/mod.rs"]
 mod guests;
 
-use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
 use common::registry::Registry;
-use common::{TestCluster, push};
-
-/// One GET on a fresh connection: (status code, body).
-fn get(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
-    let mut s =
-        std::net::TcpStream::connect_timeout(&addr.parse().unwrap(), Duration::from_secs(5))?;
-    s.set_read_timeout(Some(Duration::from_secs(15)))?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: pod\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut out = String::new();
-    s.read_to_string(&mut out)?;
-    let code = out
-        .get(9..12)
-        .and_then(|c| c.parse().ok())
-        .ok_or_else(|| std::io::Error::other(format!("not HTTP: {out:?}")))?;
-    let body = out
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    Ok((code, body))
-}
+use common::{TestCluster, http_get as get, push};
 
 /// p99 of `n` sequential GETs to the good pod.
 fn p99(addr: &str, n: usize) -> Duration {
@@ -179,10 +156,11 @@ fn hostile_pods_get_clear_statuses_and_spare_their_neighbour() {
         .flat_map(|a| a.join().unwrap())
         .collect();
     println!("good pod p99: baseline {baseline:?}, under attack {under_attack:?}");
-    // The target is 2x; this 2-core machine reaches 4-7x with every
-    // attack at once (docs/benchmarks.md: memory-bomb teardown and CPU
-    // contention). The bound here guards against regressions toward the
-    // 70x seen before guests were throttled and yielded.
+    // The target is 2x; this 2-core machine measures 0.6-2.4x with
+    // every attack at once, against a baseline that itself moves 3x between
+    // runs (docs/benchmarks.md). The bound guards against regressions toward
+    // the 88x seen before guests were throttled and yielded, and the 12x
+    // seen while the epoch ticker could run late.
     assert!(
         under_attack <= baseline * 10,
         "p99 under attack {under_attack:?} > 10 x baseline {baseline:?}"

@@ -19,6 +19,7 @@ use weft_wasm_host::{Host, HostConfig};
 
 use crate::artifacts::ArtifactStore;
 use crate::logs::{self, Live};
+use crate::proxy::{LocalHandlers, Proxy};
 use crate::runtime::{Exited, PodEnv, RunningPod, StartSpec, WasmRuntime, Workload, WorkloadError};
 use crate::server::{self, ServerState};
 use crate::{env, probes, static_pods, volumes};
@@ -281,12 +282,20 @@ pub async fn start(client: kube::Client, cfg: AgentConfig) -> Result<AgentHandle
     let (exits_tx, exits) = mpsc::unbounded_channel();
     let live = Arc::new(Live::default());
     let logs = cfg.data_dir.join("logs");
+    let local = Arc::new(LocalHandlers::default());
+    let proxy = Proxy::new(local.clone());
+    tokio::spawn(
+        proxy
+            .clone()
+            .run(client.clone(), cfg.listen.ip(), stopped.clone()),
+    );
     tokio::spawn(server::serve(
         listener,
         ServerState {
             logs: logs.clone(),
             live: live.clone(),
             token: cfg.token.clone(),
+            proxy: proxy.clone(),
         },
         stopped.clone(),
     ));
@@ -294,7 +303,15 @@ pub async fn start(client: kube::Client, cfg: AgentConfig) -> Result<AgentHandle
     let (probe_tx, probes) = mpsc::unbounded_channel();
     let agent = PodLoop {
         client,
-        runtime: WasmRuntime::new(host, artifacts, live, cfg.log_max_size, exits_tx),
+        runtime: WasmRuntime::new(
+            host,
+            artifacts,
+            live,
+            cfg.log_max_size,
+            exits_tx,
+            local,
+            proxy,
+        ),
         cfg,
         logs,
         pool,

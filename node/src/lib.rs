@@ -6,6 +6,7 @@ pub mod artifacts;
 pub mod env;
 pub mod logs;
 pub mod probes;
+pub mod proxy;
 pub mod runtime;
 pub mod server;
 pub mod static_pods;

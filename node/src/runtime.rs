@@ -21,6 +21,8 @@ use weft_wasm_host::{
 
 use crate::artifacts::{ArtifactStore, PullError, PullPolicy};
 use crate::logs::{self, ContainerLog, Live};
+use crate::proxy::egress::ClusterEgress;
+use crate::proxy::{LocalHandlers, Proxy};
 use crate::volumes::Volume;
 
 /// Pod annotations that tune Wasm pods (Kubernetes has no fields for them).
@@ -73,6 +75,7 @@ pub struct RunningPod {
     /// In-process HTTP handlers by container, for probes (Wasm servers only).
     pub handlers: HashMap<String, HttpHandler>,
     tasks: tokio::task::JoinSet<()>,
+    _registered: Registered,
 }
 
 impl RunningPod {
@@ -120,6 +123,10 @@ pub struct WasmRuntime {
     live: Arc<Live>,
     log_max_size: u64,
     exits: mpsc::UnboundedSender<Exited>,
+    /// Where pod ports register for the proxy's fast path, and where
+    /// guests' calls to Services go.
+    local: Arc<LocalHandlers>,
+    proxy: Arc<Proxy>,
 }
 
 /// What a container runs: a server (wasi:http) or a command (wasi:cli).
@@ -136,6 +143,8 @@ impl WasmRuntime {
         live: Arc<Live>,
         log_max_size: u64,
         exits: mpsc::UnboundedSender<Exited>,
+        local: Arc<LocalHandlers>,
+        proxy: Arc<Proxy>,
     ) -> Self {
         WasmRuntime {
             host,
@@ -143,6 +152,8 @@ impl WasmRuntime {
             live,
             log_max_size,
             exits,
+            local,
+            proxy,
         }
     }
 
@@ -174,7 +185,12 @@ impl WasmRuntime {
             env: spec.env.get(&c.name).cloned().unwrap_or_default(),
             output: Some(output),
             dirs: preopens(c, &spec.volumes)?,
-            egress: Some(Arc::new(egress_for(pod))),
+            egress: Some(Arc::new(ClusterEgress::new(
+                self.proxy.clone(),
+                pod.metadata.namespace.clone().unwrap_or_default(),
+                spec.ip.into(),
+                egress_for(pod),
+            ))),
             ..Guest::default()
         };
         let prepared = if self.host.is_http(&artifact) {
@@ -234,8 +250,8 @@ fn preopens(
         .collect()
 }
 
-/// Outgoing HTTP is denied unless the pod lists hosts in `weft.dev/egress-allow`
-/// (comma-separated; `*` allows all).
+/// Outgoing HTTP outside the cluster is denied unless the pod lists hosts in
+/// `weft.dev/egress-allow` (comma-separated; `*` allows all). Services are always reachable.
 fn egress_for(pod: &Pod) -> AllowList {
     AllowList(
         pod.metadata
@@ -301,9 +317,9 @@ fn parse_seconds(v: &str) -> Option<std::time::Duration> {
         .map(std::time::Duration::from_secs_f64)
 }
 
-type Body = UnsyncBoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
+pub type Body = UnsyncBoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
 
-fn text(code: u16, msg: String) -> hyper::Response<Body> {
+pub fn text(code: u16, msg: String) -> hyper::Response<Body> {
     let body = Full::new(Bytes::from(msg))
         .map_err(|never: Infallible| match never {})
         .boxed_unsync();
@@ -312,6 +328,23 @@ fn text(code: u16, msg: String) -> hyper::Response<Body> {
         .header("content-type", "text/plain")
         .body(body)
         .expect("static response")
+}
+
+/// One request into a Wasm handler; the node's failures become 5xx answers.
+pub async fn respond<B>(handler: &HttpHandler, req: hyper::Request<B>) -> hyper::Response<Body>
+where
+    B: hyper::body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    match handler.handle(req).await {
+        Ok(resp) => resp.map(|b| {
+            b.map_err(|e| Box::new(std::io::Error::other(format!("{e:?}"))) as _)
+                .boxed_unsync()
+        }),
+        Err(e @ RequestError::Timeout(_)) => text(504, format!("{e}\n")),
+        Err(e @ RequestError::CpuBudget(_)) => text(503, format!("{e}\n")),
+        Err(e) => text(500, format!("{e}\n")),
+    }
 }
 
 /// Serves one pod port (HTTP/1.1 and h2c): every connection, every request, into the handler.
@@ -327,19 +360,7 @@ async fn serve(listener: tokio::net::TcpListener, handler: HttpHandler) {
             let svc =
                 hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
                     let handler = handler.clone();
-                    async move {
-                        Ok::<_, Infallible>(match handler.handle(req).await {
-                            Ok(resp) => resp.map(|b| {
-                                b.map_err(|e| {
-                                    Box::new(std::io::Error::other(format!("{e:?}"))) as _
-                                })
-                                .boxed_unsync()
-                            }),
-                            Err(e @ RequestError::Timeout(_)) => text(504, format!("{e}\n")),
-                            Err(e @ RequestError::CpuBudget(_)) => text(503, format!("{e}\n")),
-                            Err(e) => text(500, format!("{e}\n")),
-                        })
-                    }
+                    async move { Ok::<_, Infallible>(respond(&handler, req).await) }
                 });
             // HTTP/1.1, or HTTP/2 with prior knowledge (h2c), on the same port.
             let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
@@ -351,6 +372,20 @@ async fn serve(listener: tokio::net::TcpListener, handler: HttpHandler) {
     }
 }
 
+/// Takes a pod's ports out of the proxy's fast path when the pod ends.
+struct Registered {
+    local: Arc<LocalHandlers>,
+    addrs: Vec<SocketAddr>,
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        for a in &self.addrs {
+            self.local.remove(a);
+        }
+    }
+}
+
 impl Workload for WasmRuntime {
     async fn start(&self, pod: &Pod, spec: &StartSpec) -> Result<RunningPod, WorkloadError> {
         let ip = spec.ip;
@@ -358,6 +393,10 @@ impl Workload for WasmRuntime {
         let mut tasks = tokio::task::JoinSet::new();
         let mut containers = Vec::new();
         let mut handlers = HashMap::new();
+        let mut registered = Registered {
+            local: self.local.clone(),
+            addrs: Vec::new(),
+        };
         let uid = pod.metadata.uid.clone().unwrap_or_default();
         for c in &pod_spec.containers {
             let (prepared, started) = self.prepare(pod, c, spec).await?;
@@ -370,6 +409,8 @@ impl Workload for WasmRuntime {
                             .await
                             .map_err(|source| WorkloadError::Listen { addr, source })?;
                         tasks.spawn(serve(listener, handler.clone()));
+                        self.local.insert(addr, handler.clone());
+                        registered.addrs.push(addr);
                     }
                 }
                 Prepared::Command(cmd) => {
@@ -391,6 +432,7 @@ impl Workload for WasmRuntime {
             containers,
             handlers,
             tasks,
+            _registered: registered,
         })
     }
 }

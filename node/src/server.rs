@@ -1,5 +1,5 @@
 //! The agent's own HTTP endpoint (kubelet's port): container logs for the
-//! API server's `pods/log`, and `/healthz`. Plain HTTP on the node's
+//! API server's `pods/log`, `/healthz`, and the service proxy's `/metrics`. Plain HTTP on the node's
 //! address, bearer token required (the token the agent itself uses).
 
 use std::path::PathBuf;
@@ -20,6 +20,8 @@ pub struct ServerState {
     pub logs: PathBuf,
     pub live: Arc<Live>,
     pub token: String,
+    /// Its metrics are served on `/metrics` (unauthenticated, as kube-proxy's).
+    pub proxy: Arc<crate::proxy::Proxy>,
 }
 
 /// `kubectl logs` parameters, as the API server forwards them.
@@ -47,6 +49,15 @@ pub async fn serve(
 ) {
     let app = axum::Router::new()
         .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/metrics",
+            get(|State(s): State<ServerState>| async move {
+                (
+                    [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+                    s.proxy.metrics.encode(),
+                )
+            }),
+        )
         .route("/containerLogs/{ns}/{pod}/{container}", get(container_logs))
         .with_state(state);
     let _ = axum::serve(listener, app)

@@ -32,6 +32,11 @@ impl Args {
             .unwrap_or_else(super::default_data_dir);
         let mut cfg = ControlPlaneConfig::new(data_dir, self.serve.listen);
         cfg.insecure = self.serve.insecure;
+        cfg.services = weft_control_plane::apiserver::services::ServiceNetwork::parse(
+            &self.serve.service_cidr,
+            &self.serve.service_node_port_range,
+        )
+        .map_err(anyhow::Error::msg)?;
         cfg.node_id = self.node_id;
         cfg.watch_window = self.watch_window;
         cfg.peers = parse_peers(&self.peers)?;

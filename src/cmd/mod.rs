@@ -37,6 +37,12 @@ pub struct ServeArgs {
     /// Serve plain HTTP without authentication (local experiments only).
     #[arg(long)]
     pub insecure: bool,
+    /// The range ClusterIPs come from (loopback by default: no privileges needed).
+    #[arg(long, default_value = weft_control_plane::apiserver::services::ServiceNetwork::DEFAULT_CIDR)]
+    pub service_cidr: String,
+    /// The range NodePorts come from.
+    #[arg(long, default_value = weft_control_plane::apiserver::services::ServiceNetwork::DEFAULT_NODE_PORTS)]
+    pub service_node_port_range: String,
 }
 
 /// Controller settings shared by `up` and `control-plane` (kube-controller-manager's names).

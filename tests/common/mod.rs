@@ -5,7 +5,8 @@
 
 pub mod registry;
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
@@ -61,6 +62,13 @@ fn fresh_pod_cidr() -> String {
     static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     format!("127.{}.{}.0/24", 100 + std::process::id() % 100, n % 256)
+}
+
+/// A ClusterIP range no other cluster of this test process uses.
+fn fresh_service_cidr() -> String {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("127.{}.{}.0/24", 200 + std::process::id() % 50, n % 256)
 }
 
 impl TestCluster {
@@ -163,6 +171,13 @@ impl TestCluster {
             std::fs::write(&cidr_file, &cidr).expect("record pod CIDR");
             cidr
         });
+        // ClusterIPs too: every cluster's proxies share their addresses (SO_REUSEPORT).
+        let svc_file = dir.join("test-service-cidr");
+        let service_cidr = std::fs::read_to_string(&svc_file).unwrap_or_else(|_| {
+            let cidr = fresh_service_cidr();
+            std::fs::write(&svc_file, &cidr).expect("record service CIDR");
+            cidr
+        });
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -172,6 +187,7 @@ impl TestCluster {
             .args(["up", "--data-dir"])
             .arg(dir)
             .args(["--listen", "127.0.0.1:0", "--pod-cidr", &pod_cidr])
+            .args(["--service-cidr", &service_cidr])
             .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log))
@@ -347,4 +363,48 @@ impl Drop for TestCluster {
         }
         self.kill9();
     }
+}
+
+/// One GET on a fresh connection: (status, body).
+pub fn http_get(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
+    let addr: SocketAddr = addr.parse().expect("address");
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    s.set_read_timeout(Some(Duration::from_secs(15)))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    let status = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("not an HTTP response: {out:?}")))?;
+    let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
+    let chunked = head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked");
+    Ok((
+        status,
+        if chunked {
+            dechunk(body)
+        } else {
+            body.to_string()
+        },
+    ))
+}
+
+/// A chunked HTTP/1.1 body's data.
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        body = rest[n..].trim_start_matches("\r\n");
+    }
+    out
 }

@@ -22,8 +22,15 @@ pub const EPOCH_TICK: Duration = Duration::from_micros(100);
 /// How long an instance runs before it starts yielding every tick.
 const QUANTUM: Duration = Duration::from_millis(1);
 
-/// The most one stretch of running is charged (parked time is not running).
+/// The most one stretch of running is charged to the throttle (parked time
+/// is not running, but a stretch may include one long memory.fill or grow).
 const MAX_SLICE: Duration = Duration::from_millis(10);
+
+/// The most one stretch is charged to a request's budget: enough to cover a
+/// late epoch tick (the ticker thread waits for a core when guests fill
+/// them all), small enough that time parked in a host call (an outgoing
+/// request) costs the budget little.
+const MAX_BUDGET_SLICE: Duration = Duration::from_millis(2);
 
 /// Which output stream a write came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -354,12 +361,13 @@ pub(crate) fn new_store(
     Ok(store)
 }
 
-/// How an instance may spend CPU, counted in epoch ticks the guest was
-/// actually running (the callback only fires inside Wasm, so time parked in
-/// host calls is free).
+/// How an instance may spend CPU, measured in wall time between epoch
+/// callbacks (they only fire inside Wasm), not in tick counts: on a busy
+/// node the ticker thread runs late, and counting ticks then gave guests
+/// ten times their budget.
 pub(crate) struct Cpu {
-    /// Trap once this many ticks are spent (a per-request budget).
-    pub budget: Option<u64>,
+    /// Trap once this much running time is spent (a per-request budget).
+    pub budget: Option<Duration>,
     /// At most this many cores on average: after each tick of running, the
     /// guest sleeps for the rest of its share (like a CFS quota).
     pub cores: Option<f64>,
@@ -367,7 +375,8 @@ pub(crate) struct Cpu {
 
 pub(crate) fn arm_cpu<T: 'static>(store: &mut Store<T>, cpu: Cpu) {
     store.set_epoch_deadline(1);
-    let mut left = cpu.budget.map(|b| b.max(1));
+    let budget = cpu.budget;
+    let mut spent = Duration::ZERO;
     let share = match cpu.cores {
         Some(c) if c > 0.0 && c < 1.0 => 1.0 / c - 1.0,
         _ => 0.0,
@@ -379,19 +388,19 @@ pub(crate) fn arm_cpu<T: 'static>(store: &mut Store<T>, cpu: Cpu) {
     let mut owed = Duration::ZERO;
     let mut ran_total = Duration::ZERO;
     store.epoch_deadline_callback(move |_: StoreContextMut<'_, T>| {
-        if let Some(left) = &mut left {
-            *left -= 1;
-            if *left == 0 {
-                return Ok(UpdateDeadline::Interrupt);
-            }
-        }
         let now = std::time::Instant::now();
-        let ran = {
+        let stretch = {
             let mut r = resumed.lock().expect("resume time");
-            let ran = now.duration_since(*r).min(MAX_SLICE);
+            let stretch = now.duration_since(*r);
             *r = now;
-            ran
+            stretch
         };
+        // At least one tick per callback, as the budget counted before.
+        spent += stretch.clamp(EPOCH_TICK, MAX_BUDGET_SLICE);
+        if budget.is_some_and(|b| spent >= b) {
+            return Ok(UpdateDeadline::Interrupt);
+        }
+        let ran = stretch.min(MAX_SLICE);
         ran_total += ran;
         owed += ran.mul_f64(share);
         // A short request finishes in one go; past the quantum, the guest

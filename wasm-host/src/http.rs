@@ -12,7 +12,7 @@ use wasmtime_wasi_http::p2::bindings::http::types::{ErrorCode, Scheme};
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
 use crate::Limits;
-use crate::guest::{self, Cpu, EPOCH_TICK, Guest, GuestState};
+use crate::guest::{self, Cpu, Guest, GuestState};
 
 /// Why a request did not get the guest's answer. Distinct from guest-visible
 /// errors: these are what the node reports (and turns into 5xx).
@@ -34,6 +34,18 @@ pub enum RequestError {
     Host(String),
 }
 
+/// A request body's error as wasi:http sees it (hyper's errors keep their kind).
+fn body_error(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> wasmtime_wasi_http::Error {
+    let e = e.into();
+    match e.downcast::<hyper::Error>() {
+        Ok(h) => wasmtime_wasi_http::Error::Hyper(*h),
+        Err(e) => match e.downcast::<wasmtime_wasi_http::Error>() {
+            Ok(w) => *w,
+            Err(e) => wasmtime_wasi_http::Error::InternalError(Some(e.to_string())),
+        },
+    }
+}
+
 /// One pod template's wasi:http handler: a fresh instance per request.
 #[derive(Clone)]
 pub struct HttpHandler {
@@ -51,9 +63,8 @@ impl HttpHandler {
     fn store(&self) -> Result<Store<GuestState>, RequestError> {
         let mut store = guest::new_store(&self.engine, &self.activity, &self.guest, &self.limits)
             .map_err(RequestError::Host)?;
-        let ticks = (self.limits.cpu_budget.as_micros() / EPOCH_TICK.as_micros()).max(1) as u64;
         let cpu = Cpu {
-            budget: Some(ticks),
+            budget: Some(self.limits.cpu_budget),
             cores: self.limits.cpu_cores,
         };
         guest::arm_cpu(&mut store, cpu);
@@ -87,8 +98,10 @@ impl HttpHandler {
     pub async fn handle<B>(&self, req: hyper::Request<B>) -> Result<Response, RequestError>
     where
         B: hyper::body::Body<Data = Bytes> + Send + 'static,
-        B::Error: Into<wasmtime_wasi_http::Error>,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
+        use http_body_util::BodyExt;
+        let req = req.map(|b| b.map_err(body_error));
         let _permit = self
             .concurrency
             .acquire()

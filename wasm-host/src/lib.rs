@@ -27,8 +27,13 @@ use wasmtime_wasi::p2::bindings::CommandPre;
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
 pub use command::{Command, Exit};
-pub use guest::{AllowList, EPOCH_TICK, Guest, LogSink, OutgoingHttp, Preopen, Stream};
+pub use guest::{
+    AllowList, EPOCH_TICK, Guest, IoFuture, LogSink, OutgoingHttp, Preopen, SendFuture, Stream,
+    WasiBody,
+};
 pub use http::{HttpHandler, RequestError, Response};
+/// What an `OutgoingHttp` hook works with, from wasmtime-wasi-http.
+pub use wasmtime_wasi_http::{Error as HttpError, RequestOptions};
 
 use command::{P1State, Program};
 use guest::GuestState;
@@ -115,6 +120,7 @@ impl EpochTicker {
         let thread = std::thread::Builder::new()
             .name("weft-epoch".into())
             .spawn(move || {
+                realtime_priority();
                 let activity = rx.recv().expect("the host sends its activity counter");
                 while !flag.load(Ordering::Relaxed) {
                     if activity.alive() {
@@ -136,6 +142,25 @@ impl EpochTicker {
             },
             activity,
         )
+    }
+}
+
+/// Puts the calling thread (the ticker) ahead of ordinary threads when the
+/// process may (root or CAP_SYS_NICE). Guests yield and are throttled at
+/// ticks: when busy guests fill every core, an ordinary ticker waits about a
+/// millisecond for a core, and a spinning guest holds a runtime thread that
+/// long. The ticker sleeps between ticks, so it takes little from others.
+fn realtime_priority() {
+    let param = libc::sched_param { sched_priority: 1 };
+    // SAFETY: sched_setscheduler on the calling thread (pid 0) with a valid
+    // parameter; it only changes how the kernel schedules this thread.
+    #[allow(unsafe_code)]
+    let rc = unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) };
+    if rc != 0 {
+        tracing::debug!(
+            "epoch ticker keeps normal priority: {}",
+            std::io::Error::last_os_error()
+        );
     }
 }
 

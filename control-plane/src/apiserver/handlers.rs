@@ -475,6 +475,14 @@ fn admit(
     Ok((obj, warnings))
 }
 
+/// Services get their ClusterIP and NodePorts before they are written (not on dry runs).
+async fn allocate(ctx: &Ctx<'_>, obj: &mut Value, old: Option<&Value>) -> Result<(), Status> {
+    if ctx.target.res.kind != "Service" || ctx.target.sub.is_some() || ctx.dry_run() {
+        return Ok(());
+    }
+    super::services::allocate(&ctx.api.store, &ctx.api.services, obj, old).await
+}
+
 async fn ensure_namespace(ctx: &Ctx<'_>) -> Result<(), Status> {
     if !ctx.target.res.namespaced {
         return Ok(());
@@ -502,8 +510,9 @@ async fn ensure_namespace(ctx: &Ctx<'_>) -> Result<(), Status> {
 pub async fn create(ctx: &Ctx<'_>, body: &Bytes) -> ApiResult {
     let res = ctx.target.res;
     let obj = decode_body(ctx.headers, body, res, (res.group, res.version, res.kind))?;
-    let (obj, warnings) = admit(ctx, obj, None)?;
+    let (mut obj, warnings) = admit(ctx, obj, None)?;
     ensure_namespace(ctx).await?;
+    allocate(ctx, &mut obj, None).await?;
     let name = obj
         .pointer("/metadata/name")
         .and_then(Value::as_str)
@@ -706,6 +715,7 @@ where
             return Err(Status::conflict(res.group, res.plural, &name));
         }
         let (mut obj, warnings) = admit(ctx, new, Some(&cur))?;
+        allocate(ctx, &mut obj, Some(&cur)).await?;
         if ctx.dry_run() {
             return Ok((obj, warnings));
         }
@@ -857,8 +867,9 @@ pub async fn patch(ctx: &Ctx<'_>, body: &Bytes) -> ApiResult {
                 .map_err(|e| store_error(res, ctx.name(), e))?
                 .is_none()
         {
-            let (obj, warnings) = admit(ctx, patch_doc, None)?;
+            let (mut obj, warnings) = admit(ctx, patch_doc, None)?;
             ensure_namespace(ctx).await?;
+            allocate(ctx, &mut obj, None).await?;
             if ctx.dry_run() {
                 return Ok(ctx.respond(StatusCode::CREATED, &obj, &warnings));
             }

@@ -11,6 +11,7 @@ pub mod patch;
 pub mod protobuf;
 pub mod security;
 pub mod selectors;
+pub mod services;
 pub mod table;
 pub mod validation;
 pub mod watch;
@@ -145,6 +146,8 @@ pub struct ApiInner {
     max_body: usize,
     /// Reaches node agents' endpoints (`pods/log`).
     pub agents: reqwest::Client,
+    /// Where ClusterIPs and NodePorts come from.
+    pub services: services::ServiceNetwork,
 }
 
 impl ApiInner {
@@ -507,6 +510,7 @@ pub struct ControlPlaneConfig {
     pub run_controllers: bool,
     pub controllers: crate::controllers::ControllerConfig,
     pub lease_duration: Duration,
+    pub services: services::ServiceNetwork,
 }
 
 impl ControlPlaneConfig {
@@ -523,6 +527,7 @@ impl ControlPlaneConfig {
             run_controllers: true,
             controllers: Default::default(),
             lease_duration: Duration::from_secs(15),
+            services: services::ServiceNetwork::default(),
         }
     }
 }
@@ -628,6 +633,7 @@ impl ControlPlane {
             agents: reqwest::Client::builder()
                 .connect_timeout(Duration::from_secs(5))
                 .build()?,
+            services: cfg.services.clone(),
         }));
         // Serve before the store is ready: peers reach this member's Raft over it.
         let server = tokio::spawn(serve(
@@ -639,6 +645,11 @@ impl ControlPlane {
         ));
         api.store.wait_ready(cfg.ready_timeout).await?;
         handlers::bootstrap(&api).await?;
+        match services::bootstrap(&api.store, &api.services, addr).await {
+            // Bootstrapping is the leader's job; followers receive the result.
+            Ok(()) | Err(StoreError::NotLeader { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
         let (leading_tx, leading) = signal::channel(false);
         if cfg.run_controllers {
             let client = crate::local::LocalClient::new(api.clone());

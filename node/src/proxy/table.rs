@@ -1,0 +1,335 @@
+//! The proxy's routing table, built from Services and EndpointSlices by a
+//! pure function: what each ClusterIP:port and NodePort leads to.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use weft_api::k8s_openapi::api::core::v1::Service;
+use weft_api::k8s_openapi::api::discovery::v1::EndpointSlice;
+
+use super::balancer::{Balancer, Policy};
+use super::metrics::{EndpointMetrics, ProxyMetrics};
+
+/// Chooses the load-balancing policy (`round-robin`, the default, or `least-request`).
+pub const LB_POLICY_ANNOTATION: &str = "weft.dev/load-balancer";
+/// The Service the node's DNS server answers on, instead of the proxy.
+pub const DNS_SERVICE: (&str, &str) = ("kube-system", "kube-dns");
+const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+
+/// How a Service port's connections are handled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// `appProtocol: http` / `kubernetes.io/h2c`: per-request balancing.
+    Http,
+    /// Any other appProtocol: a TCP stream to one endpoint.
+    Tcp,
+    /// No appProtocol: HTTP if the client's first bytes are HTTP, else TCP.
+    Detect,
+}
+
+/// One Service port: where its traffic may go.
+#[derive(Debug)]
+pub struct PortRoute {
+    /// `namespace/name:port`, for metrics and messages.
+    pub service: Arc<str>,
+    pub mode: Mode,
+    /// Ready endpoints, sorted.
+    pub endpoints: Vec<SocketAddr>,
+    pub policy: Policy,
+    /// `sessionAffinity: ClientIP` and its timeout.
+    pub affinity: Option<Duration>,
+    pub balancer: Arc<Balancer>,
+    /// Metric handles by endpoint, and for requests no endpoint took.
+    pub stats: HashMap<SocketAddr, EndpointMetrics>,
+    pub unrouted: EndpointMetrics,
+}
+
+/// What DNS and in-cluster egress need to know of a Service.
+#[derive(Debug, Default)]
+pub struct ServiceEntry {
+    /// None for headless Services.
+    pub cluster_ip: Option<Ipv4Addr>,
+    /// (name, port, protocol) of each Service port.
+    pub ports: Vec<(String, u16, String)>,
+    /// Ready endpoint addresses (what headless Services resolve to).
+    pub endpoint_ips: Vec<Ipv4Addr>,
+    /// Routes by Service port.
+    pub routes: HashMap<u16, Arc<PortRoute>>,
+}
+
+#[derive(Debug, Default)]
+pub struct Table {
+    /// Listening address (ClusterIP:port, node IP:nodePort) → route.
+    pub listeners: HashMap<SocketAddr, Arc<PortRoute>>,
+    /// (namespace, name) → Service.
+    pub services: HashMap<(String, String), ServiceEntry>,
+    /// ClusterIP → (namespace, name).
+    pub by_ip: HashMap<Ipv4Addr, (String, String)>,
+    /// Where the cluster DNS server listens (kube-dns's ClusterIP:53).
+    pub dns: Option<SocketAddr>,
+}
+
+impl Table {
+    /// The route for a Service port by ClusterIP or by name.
+    pub fn route(&self, ns: &str, name: &str, port: u16) -> Option<&Arc<PortRoute>> {
+        self.services
+            .get(&(ns.to_string(), name.to_string()))?
+            .routes
+            .get(&port)
+    }
+}
+
+fn mode_for(app_protocol: Option<&str>) -> Mode {
+    match app_protocol {
+        None | Some("") => Mode::Detect,
+        Some(p) if p.eq_ignore_ascii_case("http") || p == "kubernetes.io/h2c" => Mode::Http,
+        Some(_) => Mode::Tcp,
+    }
+}
+
+/// Builds the table. `balancers` keeps each Service port's balancer (its
+/// counters, ejections and affinities) across rebuilds; unused ones are dropped.
+pub fn build(
+    services: &[Arc<Service>],
+    slices: &[Arc<EndpointSlice>],
+    node_ip: IpAddr,
+    balancers: &mut HashMap<Arc<str>, Arc<Balancer>>,
+    metrics: &ProxyMetrics,
+) -> Table {
+    let mut by_service: HashMap<(&str, &str), Vec<&EndpointSlice>> = HashMap::new();
+    for s in slices {
+        let ns = s.metadata.namespace.as_deref().unwrap_or("");
+        if let Some(svc) = s
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(SERVICE_NAME_LABEL))
+        {
+            by_service.entry((ns, svc.as_str())).or_default().push(s);
+        }
+    }
+    let mut table = Table::default();
+    let mut used = HashMap::new();
+    for svc in services {
+        let (Some(ns), Some(name), Some(spec)) = (
+            svc.metadata.namespace.as_deref(),
+            svc.metadata.name.as_deref(),
+            svc.spec.as_ref(),
+        ) else {
+            continue;
+        };
+        let cluster_ip = spec
+            .cluster_ip
+            .as_deref()
+            .and_then(|ip| ip.parse::<Ipv4Addr>().ok());
+        let svc_slices = by_service.get(&(ns, name)).cloned().unwrap_or_default();
+        let ready = |e: &weft_api::k8s_openapi::api::discovery::v1::Endpoint| {
+            e.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true)
+        };
+        let mut entry = ServiceEntry {
+            cluster_ip,
+            ..ServiceEntry::default()
+        };
+        entry.endpoint_ips = svc_slices
+            .iter()
+            .flat_map(|s| s.endpoints.iter())
+            .filter(|e| ready(e))
+            .flat_map(|e| e.addresses.iter())
+            .filter_map(|a| a.parse().ok())
+            .collect();
+        entry.endpoint_ips.sort();
+        entry.endpoint_ips.dedup();
+        if (ns, name) == DNS_SERVICE {
+            table.dns = cluster_ip.map(|ip| SocketAddr::from((ip, 53)));
+        }
+        let policy = match svc
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(LB_POLICY_ANNOTATION))
+            .map(String::as_str)
+        {
+            Some("least-request") => Policy::LeastRequest,
+            _ => Policy::RoundRobin,
+        };
+        let affinity = (spec.session_affinity.as_deref() == Some("ClientIP")).then(|| {
+            let secs = spec
+                .session_affinity_config
+                .as_ref()
+                .and_then(|c| c.client_ip.as_ref())
+                .and_then(|c| c.timeout_seconds)
+                .unwrap_or(10_800);
+            Duration::from_secs(secs.max(1) as u64)
+        });
+        for p in spec.ports.iter().flatten() {
+            let protocol = p.protocol.clone().unwrap_or_else(|| "TCP".into());
+            let port_name = p.name.clone().unwrap_or_default();
+            let port = p.port as u16;
+            entry
+                .ports
+                .push((port_name.clone(), port, protocol.clone()));
+            if protocol != "TCP" {
+                continue;
+            }
+            // The slice port of the same name carries the resolved target port.
+            let mut endpoints: Vec<SocketAddr> = svc_slices
+                .iter()
+                .flat_map(|s| {
+                    let target = s
+                        .ports
+                        .iter()
+                        .flatten()
+                        .find(|sp| sp.name.as_deref().unwrap_or("") == port_name)
+                        .and_then(|sp| sp.port);
+                    s.endpoints
+                        .iter()
+                        .filter(|e| ready(e))
+                        .flat_map(|e| e.addresses.iter())
+                        .filter_map(move |a| Some(SocketAddr::new(a.parse().ok()?, target? as u16)))
+                })
+                .collect();
+            endpoints.sort();
+            endpoints.dedup();
+            let key: Arc<str> = format!("{ns}/{name}:{port}").into();
+            let balancer = balancers.get(&key).cloned().unwrap_or_default();
+            used.insert(key.clone(), balancer.clone());
+            let stats = endpoints
+                .iter()
+                .map(|e| (*e, metrics.endpoint(&key, Some(*e))))
+                .collect();
+            let unrouted = metrics.endpoint(&key, None);
+            let route = Arc::new(PortRoute {
+                stats,
+                unrouted,
+                service: key,
+                mode: mode_for(p.app_protocol.as_deref()),
+                endpoints,
+                policy,
+                affinity,
+                balancer,
+            });
+            entry.routes.insert(port, route.clone());
+            if (ns, name) == DNS_SERVICE {
+                continue;
+            }
+            if let Some(ip) = cluster_ip {
+                table
+                    .listeners
+                    .insert(SocketAddr::from((ip, port)), route.clone());
+            }
+            if let Some(np) = p.node_port.filter(|n| *n > 0) {
+                table
+                    .listeners
+                    .insert(SocketAddr::new(node_ip, np as u16), route);
+            }
+        }
+        if let Some(ip) = cluster_ip {
+            table.by_ip.insert(ip, (ns.to_string(), name.to_string()));
+        }
+        table
+            .services
+            .insert((ns.to_string(), name.to_string()), entry);
+    }
+    *balancers = used;
+    table
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn svc(v: serde_json::Value) -> Arc<Service> {
+        Arc::new(serde_json::from_value(v).unwrap())
+    }
+
+    fn slice(v: serde_json::Value) -> Arc<EndpointSlice> {
+        Arc::new(serde_json::from_value(v).unwrap())
+    }
+
+    #[test]
+    fn routes_ready_endpoints_by_named_port_with_node_ports() {
+        let services = [
+            svc(json!({"metadata": {"namespace": "default", "name": "web",
+                "annotations": {LB_POLICY_ANNOTATION: "least-request"}},
+                "spec": {"type": "NodePort", "clusterIP": "127.96.0.20", "sessionAffinity": "ClientIP",
+                         "ports": [{"name": "http", "port": 80, "targetPort": "http", "nodePort": 30080, "appProtocol": "http"},
+                                   {"name": "raw", "port": 9000, "appProtocol": "postgresql"}]}})),
+            svc(json!({"metadata": {"namespace": "default", "name": "db"},
+                "spec": {"clusterIP": "None", "ports": [{"port": 5432}]}})),
+            svc(
+                json!({"metadata": {"namespace": "kube-system", "name": "kube-dns"},
+                "spec": {"clusterIP": "127.96.0.10", "ports": [{"name": "dns", "port": 53, "protocol": "UDP"},
+                                                             {"name": "dns-tcp", "port": 53}]}}),
+            ),
+        ];
+        let slices = [
+            slice(json!({"metadata": {"namespace": "default", "name": "web-1",
+                "labels": {SERVICE_NAME_LABEL: "web"}}, "addressType": "IPv4",
+                "ports": [{"name": "http", "port": 8080}, {"name": "raw", "port": 9999}],
+                "endpoints": [
+                    {"addresses": ["127.10.0.3"], "conditions": {"ready": true}},
+                    {"addresses": ["127.10.0.2"]},
+                    {"addresses": ["127.10.0.4"], "conditions": {"ready": false, "terminating": true}}]})),
+            slice(json!({"metadata": {"namespace": "default", "name": "db-1",
+                "labels": {SERVICE_NAME_LABEL: "db"}}, "addressType": "IPv4",
+                "ports": [{"name": "", "port": 5432}],
+                "endpoints": [{"addresses": ["127.10.0.9"], "conditions": {"ready": true}}]})),
+        ];
+        let mut balancers = HashMap::new();
+        let m = ProxyMetrics::default();
+        let t = build(
+            &services,
+            &slices,
+            "127.0.0.1".parse().unwrap(),
+            &mut balancers,
+            &m,
+        );
+        let web = &t.listeners[&"127.96.0.20:80".parse().unwrap()];
+        assert_eq!(
+            web.endpoints,
+            [
+                "127.10.0.2:8080".parse().unwrap(),
+                "127.10.0.3:8080".parse().unwrap()
+            ],
+            "ready endpoints only, at the named port's number"
+        );
+        assert_eq!(web.mode, Mode::Http);
+        assert_eq!(web.policy, Policy::LeastRequest);
+        assert_eq!(web.affinity, Some(Duration::from_secs(10_800)));
+        assert!(Arc::ptr_eq(
+            web,
+            &t.listeners[&"127.0.0.1:30080".parse().unwrap()]
+        ));
+        assert_eq!(
+            t.listeners[&"127.96.0.20:9000".parse().unwrap()].mode,
+            Mode::Tcp
+        );
+        assert_eq!(
+            t.listeners.len(),
+            3,
+            "headless and DNS Services get no listener"
+        );
+        assert_eq!(
+            t.services[&("default".into(), "db".into())].endpoint_ips,
+            [Ipv4Addr::new(127, 10, 0, 9)]
+        );
+        assert_eq!(t.dns, Some("127.96.0.10:53".parse().unwrap()));
+        assert_eq!(t.by_ip[&Ipv4Addr::new(127, 96, 0, 20)].1, "web");
+        // A rebuild keeps each port's balancer; a removed Service's goes.
+        let again = build(
+            &services[..1],
+            &slices,
+            "127.0.0.1".parse().unwrap(),
+            &mut balancers,
+            &m,
+        );
+        assert!(Arc::ptr_eq(
+            &web.balancer,
+            &again.listeners[&"127.96.0.20:80".parse().unwrap()].balancer
+        ));
+        assert_eq!(balancers.len(), 2);
+    }
+}
