@@ -7,8 +7,9 @@
 //! - through a ClusterIP with `appProtocol: tcp` (the L4 path: proxy
 //!   socket → pod socket), whose added p99 is reported;
 //! - a native hyper hello, the ceiling;
-//! - p99 at one connection (`-t1 -c1`), where the hop's own added latency
-//!   shows without queueing behind 64 connections on 2 cores;
+//! - p50/p99 one request at a time, taking turns between the paths, where
+//!   the hop's own added latency shows without queueing behind 64
+//!   connections on 2 cores;
 //! - how fast a new Service is routed (create → first 200 at its ClusterIP).
 //!
 //!   cargo bench --profile dev --bench proxy            (wrk 10 s each)
@@ -28,9 +29,10 @@ mod registry;
 #[path = "common/watch.rs"]
 mod watch;
 
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use load::{latency, micros, native_hello, wrk};
+use load::{interleaved_latency, micros, native_hello, wrk};
 use serde_json::json;
 
 fn main() {
@@ -101,16 +103,15 @@ fn main() {
             l4 / direct,
             p99s[2] - p99s[0]
         );
-        // The hop's own cost, without queueing: one connection, one request at a
-        // time; direct is measured before and after to show the drift.
-        let direct_a = latency(&urls[0], secs);
-        let l4_lat = latency(&urls[2], secs);
-        let l7_lat = latency(&urls[1], secs);
-        let direct_b = latency(&urls[0], secs);
-        let direct = ((direct_a.0 + direct_b.0) / 2.0, (direct_a.1 + direct_b.1) / 2.0);
-        println!("  -t1 -c1 latency p50/p99: direct {:.0}/{:.0} µs then {:.0}/{:.0} µs", direct_a.0, direct_a.1, direct_b.0, direct_b.1);
-        println!("    L4 {:.0}/{:.0} µs: added {:.0}/{:.0} µs", l4_lat.0, l4_lat.1, l4_lat.0 - direct.0, l4_lat.1 - direct.1);
-        println!("    HTTP in-process {:.0}/{:.0} µs: added {:.0}/{:.0} µs", l7_lat.0, l7_lat.1, l7_lat.0 - direct.0, l7_lat.1 - direct.1);
+        // The hop's own cost, without queueing: one request at a time on a
+        // keep-alive connection to each path, taking turns.
+        let rounds = if quick { 5_000 } else { 20_000 };
+        let targets: Vec<SocketAddr> =
+            [format!("{pod_ip}:8080"), format!("{}:80", ips[1]), format!("{}:80", ips[0])].iter().map(|a| a.parse().unwrap()).collect();
+        let lat = interleaved_latency(&targets, rounds);
+        println!("  one request at a time, {rounds} each, taking turns: p50/p99 direct {:.0}/{:.0} µs", lat[0].0, lat[0].1);
+        println!("    L4 {:.0}/{:.0} µs: added {:.0}/{:.0} µs", lat[1].0, lat[1].1, lat[1].0 - lat[0].0, lat[1].1 - lat[0].1);
+        println!("    HTTP in-process {:.0}/{:.0} µs: added {:.0}/{:.0} µs", lat[2].0, lat[2].1, lat[2].0 - lat[0].0, lat[2].1 - lat[0].1);
         let native = native_hello();
         let (rps, p99) = wrk(&format!("http://{native}/"), secs);
         println!("  native hyper hello         {rps:>9.0} req/s  p99 {p99}   ClusterIP/native = {:.2}", l7 / rps);

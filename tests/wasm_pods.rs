@@ -5,25 +5,11 @@ mod common;
 #[path = "../wasm-host/tests/guests/mod.rs"]
 mod guests;
 
-use std::io::{Read, Write};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::TestCluster;
 use common::registry::Registry;
-
-fn http_get(addr: &str) -> std::io::Result<String> {
-    let mut s =
-        std::net::TcpStream::connect_timeout(&addr.parse().unwrap(), Duration::from_secs(5))?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(
-        s,
-        "GET / HTTP/1.1\r\nHost: pod\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut out = String::new();
-    s.read_to_string(&mut out)?;
-    Ok(out)
-}
+use common::{TestCluster, http_get};
 
 /// Polls a kubectl jsonpath until it equals `want` (bounded).
 fn wait_for(c: &TestCluster, args: &[&str], want: &str, within: Duration) -> String {
@@ -159,8 +145,9 @@ fn wasm_pod_runs_serves_and_is_deleted() {
         ip.starts_with(cidr.trim_end_matches("0/24")),
         "pod IP {ip} from the node's range {cidr}"
     );
-    let reply = http_get(&format!("{ip}:8080")).expect("the pod answers at podIP:8080");
-    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    let (status, reply) =
+        http_get(&format!("{ip}:8080"), "/").expect("the pod answers at podIP:8080");
+    assert_eq!(status, 200, "{reply}");
     assert!(reply.contains("Hello from hello\n"), "{reply}");
     let wide = c.kubectl_ok(&["get", "pod", "hello", "-o", "wide"]);
     assert!(
@@ -192,7 +179,7 @@ fn wasm_pod_runs_serves_and_is_deleted() {
         logs, "GET / answered by hello\nGET / answered by hello\n",
         "the HTTP/1.1 and the h2c request"
     );
-    http_get(&format!("{ip}:8080")).unwrap();
+    http_get(&format!("{ip}:8080"), "/").unwrap();
     let stamped = c.kubectl_ok(&["logs", "hello", "--tail=1", "--timestamps"]);
     let (ts, line) = stamped.split_once(' ').unwrap();
     assert!(ts.ends_with('Z') && ts.contains('T'), "{stamped}");
@@ -209,7 +196,7 @@ fn wasm_pod_runs_serves_and_is_deleted() {
         "GET / answered by hello"
     );
     std::thread::sleep(Duration::from_millis(300));
-    http_get(&format!("{ip}:8080")).unwrap();
+    http_get(&format!("{ip}:8080"), "/").unwrap();
     assert_eq!(
         lines.recv_timeout(Duration::from_secs(10)).unwrap(),
         "GET / answered by hello",
@@ -247,7 +234,7 @@ fn wasm_pod_runs_serves_and_is_deleted() {
             .success()
     );
     let greeter_ip = ready_ip(&c, "greeter");
-    let reply = http_get(&format!("{greeter_ip}:8080")).unwrap();
+    let (_, reply) = http_get(&format!("{greeter_ip}:8080"), "/").unwrap();
     assert!(reply.contains("Hi from greeter"), "{reply}");
     let orphan = pod("orphan", &node, &image).replace(
         "    ports:",
@@ -282,7 +269,7 @@ fn wasm_pod_runs_serves_and_is_deleted() {
         "the pod object is gone"
     );
     assert!(
-        http_get(&format!("{ip}:8080")).is_err(),
+        http_get(&format!("{ip}:8080"), "/").is_err(),
         "nothing listens at the old pod IP"
     );
 }
@@ -312,8 +299,9 @@ fn agent_restart_resumes_its_pods() {
     );
     let ip = ready_ip(&c, "resume");
     assert!(
-        http_get(&format!("{ip}:8080"))
+        http_get(&format!("{ip}:8080"), "/")
             .unwrap()
+            .1
             .contains("Hello from resume")
     );
 
@@ -321,15 +309,15 @@ fn agent_restart_resumes_its_pods() {
     // must run the pod from its artifact and compile caches.
     c.stop();
     assert!(
-        http_get(&format!("{ip}:8080")).is_err(),
+        http_get(&format!("{ip}:8080"), "/").is_err(),
         "stopped with the agent"
     );
     drop(registry);
     let c = TestCluster::start_in(dir.path());
     let deadline = Instant::now() + Duration::from_secs(30);
     let reply = loop {
-        match http_get(&format!("{ip}:8080")) {
-            Ok(r) => break r,
+        match http_get(&format!("{ip}:8080"), "/") {
+            Ok((_, body)) => break body,
             Err(e) if Instant::now() > deadline => panic!("the pod did not come back at {ip}: {e}"),
             Err(_) => std::thread::sleep(Duration::from_millis(200)),
         }
@@ -381,8 +369,9 @@ fn static_pods_run_from_a_manifest_directory_with_a_mirror_pod() {
     let reply = ready_ip(&c, mirror);
     assert_eq!(reply, ip);
     assert!(
-        http_get(&format!("{ip}:8080"))
+        http_get(&format!("{ip}:8080"), "/")
             .unwrap()
+            .1
             .contains(&format!("Hello from {mirror}"))
     );
 

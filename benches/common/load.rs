@@ -33,19 +33,65 @@ pub fn wrk(url: &str, secs: u64) -> (f64, String) {
     (rps, p99)
 }
 
-/// One connection, one request at a time (`wrk -t1 -c1`): (p50, p99) in µs.
-pub fn latency(url: &str, secs: u64) -> (f64, f64) {
-    let out = Command::new("wrk")
-        .args(["-t1", "-c1", &format!("-d{secs}s"), "--latency", url])
-        .output()
-        .expect("wrk (Debian package wrk)");
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    let pct = |p: &str| {
-        text.lines()
-            .find_map(|l| l.trim().strip_prefix(p))
-            .map_or(f64::NAN, micros)
-    };
-    (pct("50%"), pct("99%"))
+/// One request at a time over a keep-alive connection to each of `targets`,
+/// taking turns, `rounds` times: (p50, p99) in µs per target. Taking turns
+/// puts the machine's noise on every target alike, so the differences are
+/// the paths' own.
+pub fn interleaved_latency(targets: &[SocketAddr], rounds: usize) -> Vec<(f64, f64)> {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let mut conns: Vec<_> = targets
+        .iter()
+        .map(|a| {
+            let s = std::net::TcpStream::connect(a).expect("connect");
+            s.set_nodelay(true).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            (s.try_clone().unwrap(), BufReader::new(s))
+        })
+        .collect();
+    let mut samples = vec![Vec::with_capacity(rounds); targets.len()];
+    for _ in 0..rounds {
+        for (i, (w, r)) in conns.iter_mut().enumerate() {
+            let t = Instant::now();
+            w.write_all(b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n")
+                .unwrap();
+            // The head, then a Content-Length or chunked body.
+            let (mut length, mut chunked, mut line) = (0usize, false, String::new());
+            loop {
+                line.clear();
+                r.read_line(&mut line).unwrap();
+                let l = line.to_ascii_lowercase();
+                if let Some(v) = l.strip_prefix("content-length:") {
+                    length = v.trim().parse().unwrap();
+                }
+                chunked |= l.starts_with("transfer-encoding:") && l.contains("chunked");
+                if line == "\r\n" {
+                    break;
+                }
+            }
+            if chunked {
+                loop {
+                    line.clear();
+                    r.read_line(&mut line).unwrap();
+                    let n = usize::from_str_radix(line.trim(), 16).unwrap();
+                    let mut chunk = vec![0; n + 2];
+                    r.read_exact(&mut chunk).unwrap();
+                    if n == 0 {
+                        break;
+                    }
+                }
+            } else {
+                r.read_exact(&mut vec![0; length]).unwrap();
+            }
+            samples[i].push(t.elapsed().as_secs_f64() * 1e6);
+        }
+    }
+    samples
+        .into_iter()
+        .map(|mut v| {
+            v.sort_by(f64::total_cmp);
+            (v[v.len() / 2], v[v.len() * 99 / 100])
+        })
+        .collect()
 }
 
 /// wrk's latency figure (`850.12us`, `1.20ms`, `2s`) in microseconds.

@@ -347,14 +347,30 @@ where
     }
 }
 
+/// The next connection, with TCP_NODELAY set. Accept errors (out of
+/// descriptors, most likely) pause the loop rather than spin it.
+pub async fn accept(
+    listener: &tokio::net::TcpListener,
+) -> (tokio::net::TcpStream, std::net::SocketAddr) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                let _ = stream.set_nodelay(true);
+                return (stream, peer);
+            }
+            Err(e) => {
+                tracing::debug!("accept: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+        }
+    }
+}
+
 /// Serves one pod port (HTTP/1.1 and h2c): every connection, every request, into the handler.
 async fn serve(listener: tokio::net::TcpListener, handler: HttpHandler) {
     let mut conns = tokio::task::JoinSet::new();
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
-        };
-        let _ = stream.set_nodelay(true);
+        let (stream, _) = accept(&listener).await;
         let handler = handler.clone();
         conns.spawn(async move {
             let svc =

@@ -215,10 +215,7 @@ impl Proxy {
 
     async fn accept(self: Arc<Self>, listener: TcpListener, addr: SocketAddr) {
         loop {
-            let Ok((stream, peer)) = listener.accept().await else {
-                continue;
-            };
-            let _ = stream.set_nodelay(true);
+            let (stream, peer) = crate::runtime::accept(&listener).await;
             tokio::spawn(self.clone().connection(stream, peer, addr));
         }
     }
