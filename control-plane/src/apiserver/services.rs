@@ -76,8 +76,8 @@ impl ServiceNetwork {
 
     /// Addresses handed out automatically: all but the network, broadcast and
     /// the first ten (the static band for the cluster's own Services).
-    fn dynamic(&self) -> impl Iterator<Item = Ipv4Addr> + '_ {
-        (self.base + 11..self.base + self.size - 1).map(Ipv4Addr::from)
+    fn dynamic(&self) -> std::ops::Range<u32> {
+        self.base + 11..self.base + self.size - 1
     }
 }
 
@@ -171,22 +171,29 @@ async fn claim(store: &Store, pool: Pool, value: &str, owner: &Owner<'_>) -> Res
     }
 }
 
-/// Claims the first free value among `candidates` (random probes first, then a scan).
-async fn claim_any(
+/// Claims the first free value of `range` (as `value` names it), scanning
+/// from a random place and wrapping around; a full range is a 500 `full`.
+async fn claim_free(
     store: &Store,
     pool: Pool,
-    candidates: Vec<String>,
+    range: std::ops::Range<u32>,
+    value: impl Fn(u32) -> String,
     owner: &Owner<'_>,
-) -> Result<Option<String>, Status> {
-    use rand::seq::SliceRandom;
-    let mut order = candidates;
-    order.shuffle(&mut rand::rng());
-    for v in order {
+    full: String,
+) -> Result<String, Status> {
+    let len = range.end.saturating_sub(range.start);
+    let first = if len > 0 {
+        rand::random_range(0..len)
+    } else {
+        0
+    };
+    for i in 0..len {
+        let v = value(range.start + (first + i) % len);
         if claim(store, pool, &v, owner).await? {
-            return Ok(Some(v));
+            return Ok(v);
         }
     }
-    Ok(None)
+    Err(Status::new(500, "InternalError", full))
 }
 
 fn invalid(name: &str, field: &str, value: &str, why: &str) -> Status {
@@ -281,25 +288,21 @@ pub async fn allocate(
             w
         }
         (None, None) => {
-            let candidates = net.dynamic().map(|ip| ip.to_string()).collect();
-            claim_any(store, Pool::ClusterIp, candidates, &owner)
-                .await?
-                .ok_or_else(|| {
-                    Status::new(
-                        500,
-                        "InternalError",
-                        format!(
-                            "failed to allocate a serviceIP: range is full ({})",
-                            net.cidr
-                        ),
-                    )
-                })?
+            claim_free(
+                store,
+                Pool::ClusterIp,
+                net.dynamic(),
+                |n| Ipv4Addr::from(n).to_string(),
+                &owner,
+                format!(
+                    "failed to allocate a serviceIP: range is full ({})",
+                    net.cidr
+                ),
+            )
+            .await?
         }
     };
-    spec.insert("clusterIP".into(), json!(ip));
-    spec.insert("clusterIPs".into(), json!([ip]));
-    spec.entry("ipFamilies").or_insert(json!(["IPv4"]));
-    spec.entry("ipFamilyPolicy").or_insert(json!("SingleStack"));
+    set_cluster_ip(spec, &ip);
 
     let wants_node_ports = matches!(ty.as_str(), "NodePort" | "LoadBalancer");
     let old_ports: Vec<Value> = old
@@ -350,16 +353,17 @@ pub async fn allocate(
                 v
             }
             None => {
-                let candidates = net.node_ports.clone().map(|n| n.to_string()).collect();
-                claim_any(store, Pool::NodePort, candidates, &owner)
-                    .await?
-                    .ok_or_else(|| {
-                        Status::new(
-                            500,
-                            "InternalError",
-                            "failed to allocate a nodePort: range is full",
-                        )
-                    })?
+                let ports =
+                    u32::from(*net.node_ports.start())..u32::from(*net.node_ports.end()) + 1;
+                claim_free(
+                    store,
+                    Pool::NodePort,
+                    ports,
+                    |n| n.to_string(),
+                    &owner,
+                    "failed to allocate a nodePort: range is full".into(),
+                )
+                .await?
             }
         };
         p.insert("nodePort".into(), json!(port.parse::<i64>().unwrap_or(0)));
@@ -418,7 +422,9 @@ pub async fn bootstrap(
         };
         // A failure here leaves the Service without a reservation; it is written anyway.
         let _ = claim(store, Pool::ClusterIp, &ip.to_string(), &owner).await;
-        allocate_static(&mut svc, ip);
+        if let Some(spec) = svc["spec"].as_object_mut() {
+            set_cluster_ip(spec, &ip.to_string());
+        }
         match store
             .write(Op::Put {
                 key,
@@ -472,10 +478,12 @@ pub async fn bootstrap(
     Ok(())
 }
 
-fn allocate_static(svc: &mut Value, ip: Ipv4Addr) {
-    svc["spec"]["clusterIPs"] = json!([ip.to_string()]);
-    svc["spec"]["ipFamilies"] = json!(["IPv4"]);
-    svc["spec"]["ipFamilyPolicy"] = json!("SingleStack");
+/// A Service's address fields for a single-stack IPv4 `ip` (or `None`).
+fn set_cluster_ip(spec: &mut serde_json::Map<String, Value>, ip: &str) {
+    spec.insert("clusterIP".into(), json!(ip));
+    spec.insert("clusterIPs".into(), json!([ip]));
+    spec.entry("ipFamilies").or_insert(json!(["IPv4"]));
+    spec.entry("ipFamilyPolicy").or_insert(json!("SingleStack"));
 }
 
 #[cfg(test)]
@@ -491,9 +499,12 @@ mod tests {
         assert!(n.contains(Ipv4Addr::new(127, 96, 0, 254)));
         assert!(!n.contains(Ipv4Addr::new(127, 96, 0, 255)), "broadcast");
         assert!(!n.contains(Ipv4Addr::new(127, 96, 1, 1)));
-        let dynamic: Vec<_> = n.dynamic().collect();
-        assert_eq!(dynamic.first(), Some(&Ipv4Addr::new(127, 96, 0, 11)));
-        assert_eq!(dynamic.last(), Some(&Ipv4Addr::new(127, 96, 0, 254)));
+        let dynamic = n.dynamic();
+        assert_eq!(Ipv4Addr::from(dynamic.start), Ipv4Addr::new(127, 96, 0, 11));
+        assert_eq!(
+            Ipv4Addr::from(dynamic.end - 1),
+            Ipv4Addr::new(127, 96, 0, 254)
+        );
         assert!(ServiceNetwork::parse("10.0.0.0/40", "1-2").is_err());
         assert!(ServiceNetwork::parse("10.0.0.0/16", "5-1").is_err());
     }

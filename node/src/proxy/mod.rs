@@ -158,9 +158,6 @@ impl Proxy {
                 &mut balancers,
                 &self.metrics,
             );
-            for r in table.listeners.values() {
-                r.balancer.retain(&r.endpoints);
-            }
             let table = Arc::new(table);
             *self.table.write().expect("table lock") = table.clone();
             listeners.retain(|addr, task| {

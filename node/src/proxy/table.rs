@@ -90,7 +90,8 @@ fn mode_for(app_protocol: Option<&str>) -> Mode {
 }
 
 /// Builds the table. `balancers` keeps each Service port's balancer (its
-/// counters, ejections and affinities) across rebuilds; unused ones are dropped.
+/// counters, ejections and affinities) across rebuilds, pruned to the
+/// current endpoints; unused ones are dropped.
 pub fn build(
     services: &[Arc<Service>],
     slices: &[Arc<EndpointSlice>],
@@ -194,6 +195,8 @@ pub fn build(
             endpoints.dedup();
             let key: Arc<str> = format!("{ns}/{name}:{port}").into();
             let balancer = balancers.get(&key).cloned().unwrap_or_default();
+            // Forget the counters and ejections of endpoints that left.
+            balancer.retain(&endpoints);
             used.insert(key.clone(), balancer.clone());
             let stats = endpoints
                 .iter()
