@@ -18,9 +18,13 @@ use weft_api::k8s_openapi::api::node::v1::RuntimeClass;
 use weft_wasm_host::{Host, HostConfig};
 
 use crate::artifacts::ArtifactStore;
+use crate::containerd::{ContainerdConfig, ContainerdRuntime};
 use crate::logs::{self, Live};
 use crate::proxy::{LocalHandlers, Proxy};
-use crate::runtime::{Exited, PodEnv, RunningPod, StartSpec, WasmRuntime, Workload, WorkloadError};
+use crate::runtime::{
+    CONTAINERD_HANDLER, Exited, Note, PodEnv, Report, RunningPod, Runtimes, StartSpec,
+    WASM_HANDLER, WasmRuntime, Workload, WorkloadError,
+};
 use crate::server::{self, ServerState};
 use crate::{env, probes, static_pods, volumes};
 use weft_wasm_host::Exit;
@@ -28,6 +32,9 @@ use weft_wasm_host::Exit;
 /// The label nodes carry when their agent runs Wasm pods: the scheduler's
 /// runtime fit sends pods of RuntimeClass `wasm` (handler `wasmtime`) here.
 pub const WASM_LABEL: &str = "runtime.weft.dev/wasmtime";
+/// The label of nodes whose agent also runs container pods (RuntimeClass
+/// `containerd`, and pods without a RuntimeClass).
+pub const CONTAINERD_LABEL: &str = "runtime.weft.dev/containerd";
 const FIELD_MANAGER: &str = "weft-node";
 
 #[derive(Debug, thiserror::Error)]
@@ -88,6 +95,9 @@ pub struct AgentConfig {
     pub log_max_size: u64,
     /// Static pod manifests (kubelet's `--pod-manifest-path`), checked every few seconds.
     pub pod_manifest_path: Option<PathBuf>,
+    /// Container pods through containerd; without it (or when containerd
+    /// does not answer) the node runs Wasm pods only.
+    pub containerd: Option<ContainerdConfig>,
 }
 
 impl AgentConfig {
@@ -102,6 +112,7 @@ impl AgentConfig {
             token: String::new(),
             log_max_size: logs::DEFAULT_MAX_SIZE,
             pod_manifest_path: None,
+            containerd: None,
         }
     }
 }
@@ -168,13 +179,21 @@ fn now_micro() -> String {
         .to_string()
 }
 
-async fn register(client: &kube::Client, cfg: &AgentConfig) -> Result<(), AgentError> {
+async fn register(
+    client: &kube::Client,
+    cfg: &AgentConfig,
+    containerd: Option<&str>,
+) -> Result<(), AgentError> {
     let nodes: Api<Node> = Api::all(client.clone());
+    let mut labels = json!({
+        "kubernetes.io/hostname": cfg.name, "kubernetes.io/os": std::env::consts::OS,
+        "kubernetes.io/arch": weft_api::go_arch(),
+        WASM_LABEL: "true"});
+    if containerd.is_some() {
+        labels[CONTAINERD_LABEL] = json!("true");
+    }
     let node = json!({"apiVersion": "v1", "kind": "Node",
-        "metadata": {"name": cfg.name, "labels": {
-            "kubernetes.io/hostname": cfg.name, "kubernetes.io/os": std::env::consts::OS,
-            "kubernetes.io/arch": weft_api::go_arch(),
-            WASM_LABEL: "true"}},
+        "metadata": {"name": cfg.name, "labels": labels},
         "spec": {"podCIDR": cfg.pod_cidr, "podCIDRs": [cfg.pod_cidr]}});
     nodes
         .patch(
@@ -183,10 +202,16 @@ async fn register(client: &kube::Client, cfg: &AgentConfig) -> Result<(), AgentE
             &Patch::Apply(&node),
         )
         .await?;
-    post_node_status(client, cfg).await?;
+    post_node_status(client, cfg, containerd).await?;
     let classes: Api<RuntimeClass> = Api::all(client.clone());
-    if classes.get_opt("wasm").await?.is_none() {
-        let rc: RuntimeClass = serde_json::from_value(json!({"apiVersion": "node.k8s.io/v1", "kind": "RuntimeClass", "metadata": {"name": "wasm"}, "handler": "wasmtime"}))
+    for (name, handler) in [
+        ("wasm", WASM_HANDLER),
+        (CONTAINERD_HANDLER, CONTAINERD_HANDLER),
+    ] {
+        if classes.get_opt(name).await?.is_some() {
+            continue;
+        }
+        let rc: RuntimeClass = serde_json::from_value(json!({"apiVersion": "node.k8s.io/v1", "kind": "RuntimeClass", "metadata": {"name": name}, "handler": handler}))
             .expect("static RuntimeClass");
         match classes.create(&Default::default(), &rc).await {
             Ok(_) => {}
@@ -197,7 +222,11 @@ async fn register(client: &kube::Client, cfg: &AgentConfig) -> Result<(), AgentE
     Ok(())
 }
 
-fn node_status(cfg: &AgentConfig) -> Value {
+fn node_status(cfg: &AgentConfig, containerd: Option<&str>) -> Value {
+    let runtime = match containerd {
+        Some(v) => format!("wasmtime://48.0.8,containerd://{v}"),
+        None => "wasmtime://48.0.8".into(),
+    };
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let ts = now();
     let cond = |ty: &str, status: &str, reason: &str, msg: &str| json!({"type": ty, "status": status, "reason": reason, "message": msg, "lastHeartbeatTime": ts, "lastTransitionTime": ts});
@@ -213,12 +242,16 @@ fn node_status(cfg: &AgentConfig) -> Value {
         "addresses": [{"type": "InternalIP", "address": cfg.listen.ip().to_string()}, {"type": "Hostname", "address": cfg.name}],
         "daemonEndpoints": {"kubeletEndpoint": {"Port": cfg.listen.port()}},
         "nodeInfo": {"kubeletVersion": "v1.32.0-weft", "kubeProxyVersion": "", "osImage": "weft", "kernelVersion": "",
-                     "containerRuntimeVersion": "wasmtime://48.0.8", "operatingSystem": std::env::consts::OS,
+                     "containerRuntimeVersion": runtime, "operatingSystem": std::env::consts::OS,
                      "architecture": weft_api::go_arch(),
                      "machineID": "", "systemUUID": "", "bootID": ""}}})
 }
 
-async fn heartbeat(client: &kube::Client, cfg: &AgentConfig) -> Result<(), AgentError> {
+async fn heartbeat(
+    client: &kube::Client,
+    cfg: &AgentConfig,
+    containerd: Option<&str>,
+) -> Result<(), AgentError> {
     let leases: Api<Lease> = Api::namespaced(client.clone(), "kube-node-lease");
     let lease = json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": {"name": cfg.name, "namespace": "kube-node-lease"},
         "spec": {"holderIdentity": cfg.name, "leaseDurationSeconds": 40, "renewTime": now_micro()}});
@@ -229,17 +262,21 @@ async fn heartbeat(client: &kube::Client, cfg: &AgentConfig) -> Result<(), Agent
             &Patch::Apply(&lease),
         )
         .await?;
-    post_node_status(client, cfg).await
+    post_node_status(client, cfg, containerd).await
 }
 
 /// Capacity, conditions (Ready with a fresh heartbeat time), addresses, node info.
-async fn post_node_status(client: &kube::Client, cfg: &AgentConfig) -> Result<(), AgentError> {
+async fn post_node_status(
+    client: &kube::Client,
+    cfg: &AgentConfig,
+    containerd: Option<&str>,
+) -> Result<(), AgentError> {
     let nodes: Api<Node> = Api::all(client.clone());
     nodes
         .patch_status(
             &cfg.name,
             &PatchParams::default(),
-            &Patch::Merge(&node_status(cfg)),
+            &Patch::Merge(&node_status(cfg, containerd)),
         )
         .await?;
     Ok(())
@@ -277,10 +314,30 @@ pub async fn start(client: kube::Client, cfg: AgentConfig) -> Result<AgentHandle
     let mut cfg = cfg;
     // Port 0 picked one: the Node advertises the real port.
     cfg.listen = endpoint;
-    register(&client, &cfg).await?;
-    let (stop, stopped) = signal::channel(false);
     let (exits_tx, exits) = mpsc::unbounded_channel();
     let live = Arc::new(Live::default());
+    let containerd = match &cfg.containerd {
+        Some(c) => match ContainerdRuntime::connect(
+            c,
+            cfg.name.clone(),
+            &cfg.data_dir,
+            live.clone(),
+            cfg.log_max_size,
+            exits_tx.clone(),
+        )
+        .await
+        {
+            Ok(r) => Some(r),
+            Err(e) => {
+                tracing::warn!("{e}: this node runs Wasm pods only");
+                None
+            }
+        },
+        None => None,
+    };
+    let containerd_version = containerd.as_ref().map(|c| c.version.clone());
+    register(&client, &cfg, containerd_version.as_deref()).await?;
+    let (stop, stopped) = signal::channel(false);
     let logs = cfg.data_dir.join("logs");
     let local = Arc::new(LocalHandlers::default());
     let proxy = Proxy::new(local.clone());
@@ -303,15 +360,19 @@ pub async fn start(client: kube::Client, cfg: AgentConfig) -> Result<AgentHandle
     let (probe_tx, probes) = mpsc::unbounded_channel();
     let agent = PodLoop {
         client,
-        runtime: WasmRuntime::new(
-            host,
-            artifacts,
-            live,
-            cfg.log_max_size,
-            exits_tx,
-            local,
-            proxy,
-        ),
+        runtime: Runtimes {
+            wasm: WasmRuntime::new(
+                host,
+                artifacts,
+                live,
+                cfg.log_max_size,
+                exits_tx,
+                local,
+                proxy,
+            ),
+            containerd,
+        },
+        containerd_version,
         cfg,
         logs,
         pool,
@@ -399,6 +460,7 @@ struct PodLoop<W: Workload> {
     client: kube::Client,
     cfg: AgentConfig,
     runtime: W,
+    containerd_version: Option<String>,
     logs: PathBuf,
     pool: IpPool,
     /// By pod uid.
@@ -439,15 +501,24 @@ fn backoff_delay(base: Duration, failures: u32) -> Duration {
     base.saturating_mul(1 << failures.min(16)).min(MAX_BACKOFF)
 }
 
+/// The pod's termination grace period (the deletion's, if it set one).
+fn grace_period(pod: &Pod) -> Duration {
+    let secs = pod
+        .metadata
+        .deletion_grace_period_seconds
+        .or(pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.termination_grace_period_seconds))
+        .unwrap_or(30)
+        .max(0) as u64;
+    Duration::from_secs(secs)
+}
+
 /// How long a deleted pod keeps serving: its preStop `sleep`, within the grace period.
 fn drain_time(pod: &Pod) -> Duration {
     let spec = pod.spec.as_ref();
-    let grace = pod
-        .metadata
-        .deletion_grace_period_seconds
-        .or(spec.and_then(|s| s.termination_grace_period_seconds))
-        .unwrap_or(30)
-        .max(0) as u64;
+    let grace = grace_period(pod).as_secs();
     let sleep = spec
         .into_iter()
         .flat_map(|s| s.containers.iter())
@@ -456,6 +527,32 @@ fn drain_time(pod: &Pod) -> Duration {
         .max()
         .unwrap_or(0);
     Duration::from_secs(sleep.min(grace))
+}
+
+/// Records a core/v1 Event about a pod, as kubelet does.
+async fn post_event(
+    client: &kube::Client,
+    node: &str,
+    key: &PodKey,
+    warning: bool,
+    reason: &str,
+    message: &str,
+) {
+    let ts = now();
+    let ev: Event = match serde_json::from_value(json!({
+        "metadata": {"generateName": format!("{}.", key.name), "namespace": key.namespace},
+        "involvedObject": {"apiVersion": "v1", "kind": "Pod", "name": key.name, "namespace": key.namespace, "uid": key.uid},
+        "reason": reason, "message": message, "type": if warning { "Warning" } else { "Normal" },
+        "source": {"component": "kubelet", "host": node}, "reportingComponent": "kubelet",
+        "reportingInstance": node, "firstTimestamp": ts, "lastTimestamp": ts, "count": 1}))
+    {
+        Ok(ev) => ev,
+        Err(_) => return,
+    };
+    let events: Api<Event> = Api::namespaced(client.clone(), &key.namespace);
+    if let Err(e) = events.create(&Default::default(), &ev).await {
+        tracing::debug!("event {reason}: {e}");
+    }
 }
 
 fn cond(ty: &str, status: bool, ts: &str) -> Value {
@@ -475,12 +572,14 @@ impl<W: Workload> PodLoop<W> {
         let mut events = watcher::watcher(pods, wc).boxed();
         let mut beat = tokio::time::interval(self.cfg.heartbeat);
         let mut static_check = tokio::time::interval(STATIC_POD_CHECK);
+        // The pods of the watch's first listing: what an agent restart keeps.
+        let mut listed: Option<HashSet<String>> = None;
         loop {
             tokio::select! {
                 _ = stop.changed() => break,
                 _ = static_check.tick(), if self.cfg.pod_manifest_path.is_some() => self.sync_static_pods().await,
                 _ = beat.tick() => {
-                    if let Err(e) = heartbeat(&self.client, &self.cfg).await {
+                    if let Err(e) = heartbeat(&self.client, &self.cfg, self.containerd_version.as_deref()).await {
                         tracing::warn!("heartbeat: {e}");
                     }
                 }
@@ -490,9 +589,20 @@ impl<W: Workload> PodLoop<W> {
                 Some(t) = probes.recv() => self.probed(t).await,
                 Some(m) = msgs.recv() => self.message(m).await,
                 ev = events.next() => match ev {
-                    Some(Ok(watcher::Event::Apply(pod) | watcher::Event::InitApply(pod))) => self.sync(pod, false).await,
+                    Some(Ok(watcher::Event::Init)) => listed = Some(HashSet::new()),
+                    Some(Ok(watcher::Event::InitDone)) => {
+                        if let Some(keep) = listed.take() {
+                            self.runtime.collect_garbage(&keep).await;
+                        }
+                    }
+                    Some(Ok(watcher::Event::InitApply(pod))) => {
+                        if let (Some(l), Some(uid)) = (listed.as_mut(), pod.metadata.uid.clone()) {
+                            l.insert(uid);
+                        }
+                        self.sync(pod, false).await
+                    }
+                    Some(Ok(watcher::Event::Apply(pod))) => self.sync(pod, false).await,
                     Some(Ok(watcher::Event::Delete(pod))) => self.forget(&pod).await,
-                    Some(Ok(_)) => {}
                     Some(Err(e)) => {
                         tracing::warn!("pod watch: {e}");
                         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -501,8 +611,9 @@ impl<W: Workload> PodLoop<W> {
                 }
             }
         }
+        // Wasm pods end with the agent; containers keep running, to be adopted.
         for (_, a) in self.running.drain() {
-            a.run.stop().await;
+            a.run.detach().await;
         }
     }
 
@@ -568,21 +679,48 @@ impl<W: Workload> PodLoop<W> {
 
     /// Records a core/v1 Event about a pod, as kubelet does.
     async fn event(&self, key: &PodKey, warning: bool, reason: &str, message: &str) {
-        let ts = now();
-        let ev: Event = match serde_json::from_value(json!({
-            "metadata": {"generateName": format!("{}.", key.name), "namespace": key.namespace},
-            "involvedObject": {"apiVersion": "v1", "kind": "Pod", "name": key.name, "namespace": key.namespace, "uid": key.uid},
-            "reason": reason, "message": message, "type": if warning { "Warning" } else { "Normal" },
-            "source": {"component": "kubelet", "host": self.cfg.name}, "reportingComponent": "kubelet",
-            "reportingInstance": self.cfg.name, "firstTimestamp": ts, "lastTimestamp": ts, "count": 1}))
-        {
-            Ok(ev) => ev,
-            Err(_) => return,
-        };
-        let events: Api<Event> = Api::namespaced(self.client.clone(), &key.namespace);
-        if let Err(e) = events.create(&Default::default(), &ev).await {
-            tracing::debug!("event {reason}: {e}");
-        }
+        post_event(&self.client, &self.cfg.name, key, warning, reason, message).await;
+    }
+
+    /// What a runtime reports while it starts `pod`: events, and the
+    /// containers' waiting state (image pull progress) in the pod's status.
+    fn reporter(&self, pod: &Pod) -> Report {
+        let client = self.client.clone();
+        let node = self.cfg.name.clone();
+        let key = PodKey::of(pod);
+        let containers: Vec<(String, String)> = pod
+            .spec
+            .iter()
+            .flat_map(|s| s.containers.iter())
+            .map(|c| (c.name.clone(), c.image.clone().unwrap_or_default()))
+            .collect();
+        Arc::new(move |note| {
+            let (client, node, key, containers) = (
+                client.clone(),
+                node.clone(),
+                key.clone(),
+                containers.clone(),
+            );
+            tokio::spawn(async move {
+                match note {
+                    Note::Event {
+                        warning,
+                        reason,
+                        message,
+                    } => post_event(&client, &node, &key, warning, reason, &message).await,
+                    Note::Waiting { reason, message } => {
+                        let statuses: Vec<Value> = containers.iter().map(|(name, image)| json!({
+                            "name": name, "ready": false, "started": false, "restartCount": 0, "image": image, "imageID": "",
+                            "state": {"waiting": {"reason": reason, "message": message}}})).collect();
+                        let api: Api<Pod> = Api::namespaced(client, &key.namespace);
+                        let patch = json!({"status": {"containerStatuses": statuses}});
+                        let _ = api
+                            .patch_status(&key.name, &PatchParams::default(), &Patch::Merge(&patch))
+                            .await;
+                    }
+                }
+            });
+        })
     }
 
     async fn message(&mut self, m: Msg) {
@@ -597,6 +735,7 @@ impl<W: Workload> PodLoop<W> {
             Msg::Terminated(k, ip) => {
                 self.pool.release(ip);
                 self.terminating.remove(&k.uid);
+                self.runtime.release(&k.uid).await;
                 self.finish_deletion(&k).await;
             }
             Msg::Deadline(k) => {
@@ -608,9 +747,11 @@ impl<W: Workload> PodLoop<W> {
                     return;
                 }
                 if let Some(a) = active {
-                    a.run.stop().await;
+                    let grace = grace_period(&a.pod);
                     self.pool.release(a.ip);
+                    a.run.stop(grace).await;
                 }
+                self.runtime.release(&k.uid).await;
                 self.backoff.remove(&k.uid);
                 self.finished.insert(k.uid.clone());
                 let msg = "Pod was active on the node longer than the specified deadline";
@@ -630,9 +771,10 @@ impl<W: Workload> PodLoop<W> {
         self.last_state.remove(&uid);
         self.finished.remove(&uid);
         if let Some(a) = self.running.remove(&uid) {
-            a.run.stop().await;
             self.pool.release(a.ip);
+            a.run.stop(Duration::ZERO).await;
         }
+        self.runtime.release(&uid).await;
         let k = PodKey::of(pod);
         let _ = std::fs::remove_dir_all(logs::pod_dir(&self.logs, &k.namespace, &k.name, &k.uid));
         let _ = std::fs::remove_dir_all(self.volume_dir(&k));
@@ -673,8 +815,8 @@ impl<W: Workload> PodLoop<W> {
             return;
         };
         let containers = active.run.containers.clone();
-        active.run.stop().await;
         self.pool.release(active.ip);
+        active.run.stop(grace_period(&active.pod)).await;
         let key = active.key.clone();
         let policy = active
             .pod
@@ -697,7 +839,7 @@ impl<W: Workload> PodLoop<W> {
                     c.name.clone(),
                     json!({"exitCode": code, "reason": reason, "message": message,
                     "startedAt": active.started_at, "finishedAt": finished,
-                    "containerID": format!("wasm://{uid}/{}", c.name)}),
+                    "containerID": c.id}),
                 )
             })
             .collect();
@@ -721,6 +863,7 @@ impl<W: Workload> PodLoop<W> {
         } else {
             self.restarts.remove(uid);
             self.finished.insert(uid.to_string());
+            self.runtime.release(uid).await;
             let statuses: Vec<Value> = containers.iter().map(|c| json!({
                 "name": c.name, "ready": false, "started": false, "restartCount": restarts, "image": c.image, "imageID": c.image_id,
                 "state": {"terminated": terminated[&c.name]}})).collect();
@@ -782,7 +925,7 @@ impl<W: Workload> PodLoop<W> {
         let statuses: Vec<Value> = a.run.containers.iter().map(|c| {
             let ready = a.ready.get(&c.name).copied().unwrap_or(true);
             let mut s = json!({"name": c.name, "ready": ready, "started": true, "restartCount": restarts,
-                "image": c.image, "imageID": c.image_id, "containerID": format!("wasm://{uid}/{}", c.name),
+                "image": c.image, "imageID": c.image_id, "containerID": c.id,
                 "state": {"running": {"startedAt": a.started_at}}});
             if let Some(t) = last.and_then(|l| l.get(&c.name)) {
                 s["lastState"] = json!({"terminated": t});
@@ -815,6 +958,21 @@ impl<W: Workload> PodLoop<W> {
             secrets.extend(c_secrets);
         }
         let mut fetched = env::Fetched::default();
+        let pull_secrets: Vec<String> = pod
+            .spec
+            .iter()
+            .flat_map(|s| s.image_pull_secrets.iter().flatten())
+            .map(|r| r.name.clone())
+            .collect();
+        for name in pull_secrets {
+            // A missing pull secret is not fatal (kubelet pulls anonymously).
+            if let Ok(Some(s)) = Api::<Secret>::namespaced(self.client.clone(), &ns)
+                .get_opt(&name)
+                .await
+            {
+                fetched.pull_secrets.push(s);
+            }
+        }
         for name in cms {
             if !fetched.config_maps.contains_key(&name)
                 && let Some(cm) = Api::<ConfigMap>::namespaced(self.client.clone(), &ns)
@@ -855,12 +1013,32 @@ impl<W: Workload> PodLoop<W> {
             .collect::<Result<PodEnv, WorkloadError>>()?;
         let volumes = volumes::prepare(pod, &fetched, &self.volume_dir(&key))
             .map_err(|e| WorkloadError::Config(e.0))?;
+        let handler = match pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.runtime_class_name.as_deref())
+        {
+            Some(name) => {
+                let rc = Api::<RuntimeClass>::all(self.client.clone())
+                    .get_opt(name)
+                    .await
+                    .map_err(|e| WorkloadError::Config(e.to_string()))?
+                    .ok_or_else(|| {
+                        WorkloadError::Create(format!("RuntimeClass {name:?} not found"))
+                    })?;
+                Some(rc.handler)
+            }
+            None => None,
+        };
         Ok(StartSpec {
             ip,
             env,
             volumes,
             log_dir: logs::pod_dir(&self.logs, &key.namespace, &key.name, &key.uid),
             restarts: self.restarts.get(&key.uid).copied().unwrap_or(0),
+            handler,
+            pull_secrets: fetched.pull_secrets,
+            report: self.reporter(pod),
         })
     }
 
@@ -928,6 +1106,11 @@ impl<W: Workload> PodLoop<W> {
         };
         match started {
             Ok(run) => {
+                // A container pod's IP comes from its network, not the agent's range.
+                if run.ip != ip {
+                    self.pool.release(ip);
+                }
+                let ip = run.ip;
                 let mut probe_tasks = tokio::task::JoinSet::new();
                 let mut ready = HashMap::new();
                 for c in &spec.containers {
@@ -937,7 +1120,7 @@ impl<W: Workload> PodLoop<W> {
                         uid.clone(),
                         c.clone(),
                         ip,
-                        run.handlers.get(&c.name).cloned(),
+                        run.probes.get(&c.name).cloned().unwrap_or_default(),
                         self.probe_tx.clone(),
                     ));
                 }
@@ -963,10 +1146,17 @@ impl<W: Workload> PodLoop<W> {
             Err(e) => {
                 self.pool.release(ip);
                 tracing::warn!(pod = %key.name, "start failed: {e}");
+                let failures = self.backoff.entry(uid.clone()).or_insert(0);
+                // As kubelet: ErrImagePull first, ImagePullBackOff while retries back off.
+                let (reason, message) = match e.reason() {
+                    "ErrImagePull" if *failures > 0 => {
+                        ("ImagePullBackOff", format!("Back-off pulling image: {e}"))
+                    }
+                    r => (r, e.to_string()),
+                };
                 let statuses: Vec<Value> = spec.containers.iter().map(|c| json!({
                     "name": c.name, "ready": false, "started": false, "restartCount": 0, "image": c.image.clone().unwrap_or_default(), "imageID": "",
-                    "state": {"waiting": {"reason": e.reason(), "message": e.to_string()}}})).collect();
-                let failures = self.backoff.entry(uid.clone()).or_insert(0);
+                    "state": {"waiting": {"reason": reason, "message": message}}})).collect();
                 let delay = backoff_delay(self.cfg.retry_after, *failures);
                 *failures += 1;
                 later(&self.msgs, Msg::Retry(key.clone()), delay);
@@ -997,11 +1187,12 @@ impl<W: Workload> PodLoop<W> {
         self.patch_status(&key, &json!({"status": {"conditions": [cond("ContainersReady", false, &ts), cond("Ready", false, &ts)]}}))
             .await;
         let drain = drain_time(pod);
+        let grace = grace_period(pod).saturating_sub(drain);
         let tx = self.msgs.clone();
         tokio::spawn(async move {
             tokio::time::sleep(drain).await;
             let ip = active.ip;
-            active.run.stop().await;
+            active.run.stop(grace).await;
             let _ = tx.send(Msg::Terminated(active.key, ip));
         });
     }

@@ -15,6 +15,7 @@ use oci_client::manifest::{IMAGE_LAYER_MEDIA_TYPE, WASM_LAYER_MEDIA_TYPE};
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
 use sha2::{Digest, Sha256};
+use weft_api::k8s_openapi::api::core::v1::Secret;
 
 pub const WASM_MEDIA_TYPE: &str = "application/wasm";
 pub const WASM_CONFIG_MEDIA_TYPE: &str = "application/vnd.wasm.config.v0+json";
@@ -107,7 +108,7 @@ fn is_loopback(registry: &str) -> bool {
             .is_ok_and(|ip| ip.is_loopback())
 }
 
-fn client_for(reference: &Reference) -> Client {
+pub(crate) fn client_for(reference: &Reference) -> Client {
     // rustls needs one process-wide crypto provider; ring is the one Weft builds.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let registry = reference.resolve_registry().to_string();
@@ -122,13 +123,71 @@ fn client_for(reference: &Reference) -> Client {
     })
 }
 
-fn parse(image: &str) -> Result<Reference, PullError> {
+pub(crate) fn parse(image: &str) -> Result<Reference, PullError> {
     image
         .parse()
         .map_err(|e: oci_client::ParseError| PullError::InvalidReference {
             image: image.into(),
             message: e.to_string(),
         })
+}
+
+/// The fully qualified name of an image (`busybox` is `docker.io/library/busybox:latest`).
+pub fn normalize(image: &str) -> Result<String, PullError> {
+    Ok(parse(image)?.whole())
+}
+
+/// Registry credentials for `image` from the pod's `imagePullSecrets`
+/// (`kubernetes.io/dockerconfigjson` or `.dockercfg`), matched by registry
+/// host; anonymous when none matches.
+pub fn auth_for(image: &str, secrets: &[Secret]) -> RegistryAuth {
+    use base64::Engine;
+    let Ok(reference) = parse(image) else {
+        return RegistryAuth::Anonymous;
+    };
+    let registry = reference.resolve_registry().to_string();
+    let host_of = |key: &str| -> String {
+        let k = key
+            .trim_start_matches("https://")
+            .trim_start_matches("http://");
+        let k = k.split('/').next().unwrap_or(k);
+        if k == "index.docker.io" {
+            "index.docker.io".into()
+        } else {
+            k.to_string()
+        }
+    };
+    for secret in secrets {
+        let data = secret.data.clone().unwrap_or_default();
+        let auths = if let Some(b) = data.get(".dockerconfigjson") {
+            serde_json::from_slice::<serde_json::Value>(&b.0)
+                .ok()
+                .map(|v| v["auths"].clone())
+        } else {
+            data.get(".dockercfg")
+                .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b.0).ok())
+        };
+        let Some(serde_json::Value::Object(auths)) = auths else {
+            continue;
+        };
+        for (key, entry) in auths {
+            if host_of(&key) != registry {
+                continue;
+            }
+            let field = |f: &str| entry[f].as_str().unwrap_or_default().to_string();
+            let (mut user, mut pass) = (field("username"), field("password"));
+            if user.is_empty()
+                && let Ok(raw) = base64::engine::general_purpose::STANDARD.decode(field("auth"))
+                && let Some((u, p)) = String::from_utf8_lossy(&raw).split_once(':')
+            {
+                (user, pass) = (u.to_string(), p.to_string());
+            }
+            if !user.is_empty() {
+                return RegistryAuth::Basic(user, pass);
+            }
+        }
+    }
+    RegistryAuth::Anonymous
 }
 
 /// Local, digest-addressed artifact storage plus the reference → digest map.
@@ -280,6 +339,26 @@ pub async fn push(file: &Path, image: &str, auth: &RegistryAuth) -> Result<Strin
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pull_secrets_match_the_registry() {
+        let secret: Secret = serde_json::from_value(serde_json::json!({
+            "type": "kubernetes.io/dockerconfigjson",
+            "data": {".dockerconfigjson": base64::Engine::encode(&base64::engine::general_purpose::STANDARD,
+                r#"{"auths": {"https://reg.example:5000": {"auth": "dTpw"}, "other.example": {"username": "a", "password": "b"}}}"#)}}))
+        .unwrap();
+        let auth = |image| match auth_for(image, std::slice::from_ref(&secret)) {
+            RegistryAuth::Basic(u, p) => format!("{u}:{p}"),
+            _ => "anonymous".into(),
+        };
+        assert_eq!(auth("reg.example:5000/app:1"), "u:p");
+        assert_eq!(auth("other.example/x/y:2"), "a:b");
+        assert_eq!(auth("third.example/app:1"), "anonymous");
+        assert_eq!(
+            normalize("busybox").unwrap(),
+            "docker.io/library/busybox:latest"
+        );
+    }
 
     #[test]
     fn pull_policy_defaults_like_kubernetes() {

@@ -22,6 +22,8 @@ pub trait Sources {
 pub struct Fetched {
     pub config_maps: HashMap<String, ConfigMap>,
     pub secrets: HashMap<String, Secret>,
+    /// The pod's `imagePullSecrets` that exist.
+    pub pull_secrets: Vec<Secret>,
 }
 
 impl Sources for Fetched {
@@ -193,6 +195,7 @@ mod tests {
         Fetched {
             config_maps: HashMap::from([("cfg".into(), cm)]),
             secrets: HashMap::from([("creds".into(), s)]),
+            pull_secrets: Vec::new(),
         }
     }
 

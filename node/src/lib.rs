@@ -3,6 +3,7 @@
 
 pub mod agent;
 pub mod artifacts;
+pub mod containerd;
 pub mod env;
 pub mod logs;
 pub mod probes;

@@ -1,9 +1,13 @@
 //! Startup, liveness and readiness probes, as kubelet runs them. httpGet
 //! to a Wasm container goes straight into its in-process handler; other
-//! httpGet and tcpSocket probes connect to the pod IP.
+//! httpGet and tcpSocket probes connect to the pod IP; exec runs the command
+//! in the container (containerd's task exec).
 
 use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
+
+use futures::future::BoxFuture;
 
 use http_body_util::Empty;
 use tokio::sync::mpsc;
@@ -26,6 +30,18 @@ impl Kind {
             Kind::Readiness => "Readiness",
         }
     }
+}
+
+/// Runs a command in a container: its exit code, or why it could not run.
+pub type Exec = Arc<dyn Fn(Vec<String>) -> BoxFuture<'static, Result<i32, String>> + Send + Sync>;
+
+/// What a container's probes can reach besides its pod IP.
+#[derive(Clone, Default)]
+pub struct Target {
+    /// A Wasm server's in-process handler.
+    pub handler: Option<HttpHandler>,
+    /// A container's exec.
+    pub exec: Option<Exec>,
 }
 
 /// A probe's result changed (after its thresholds).
@@ -58,7 +74,7 @@ pub async fn attempt(
     probe: &Probe,
     c: &Container,
     ip: Ipv4Addr,
-    handler: Option<&HttpHandler>,
+    target: &Target,
 ) -> Result<(), String> {
     let timeout = Duration::from_secs(probe.timeout_seconds.unwrap_or(1).max(1) as u64);
     let run = async {
@@ -75,7 +91,7 @@ pub async fn attempt(
             let req = req
                 .body(Empty::<bytes::Bytes>::new())
                 .map_err(|e| format!("bad probe request: {e}"))?;
-            let code = match handler {
+            let code = match &target.handler {
                 // In process: no socket, the same path a request takes.
                 Some(handler) => handler
                     .handle(req)
@@ -98,8 +114,16 @@ pub async fn attempt(
                 .await
                 .map(drop)
                 .map_err(|e| format!("dial tcp {ip}:{port}: {e}"))
-        } else if probe.exec.is_some() {
-            Err("exec probes need a container runtime; Wasm containers support httpGet and tcpSocket".into())
+        } else if let Some(e) = &probe.exec {
+            let Some(exec) = &target.exec else {
+                return Err("exec probes need a container runtime; Wasm containers support httpGet and tcpSocket".into());
+            };
+            let command = e.command.clone().unwrap_or_default();
+            match exec(command.clone()).await {
+                Ok(0) => Ok(()),
+                Ok(code) => Err(format!("command {command:?} exited with {code}")),
+                Err(e) => Err(format!("exec {command:?}: {e}")),
+            }
         } else {
             Err("the probe has no handler (httpGet, tcpSocket or exec)".into())
         }
@@ -112,8 +136,21 @@ pub async fn attempt(
 
 async fn over_tcp(
     addr: SocketAddr,
-    req: hyper::Request<Empty<bytes::Bytes>>,
+    mut req: hyper::Request<Empty<bytes::Bytes>>,
 ) -> Result<hyper::StatusCode, String> {
+    // On the wire, as kubelet sends it: origin-form target and a Host header
+    // (servers such as busybox httpd answer 400 without one).
+    if let Some(authority) = req.uri().authority().cloned()
+        && !req.headers().contains_key(hyper::header::HOST)
+        && let Ok(v) = authority.as_str().parse()
+    {
+        req.headers_mut().insert(hyper::header::HOST, v);
+    }
+    if let Some(pq) = req.uri().path_and_query().cloned()
+        && let Ok(uri) = pq.as_str().parse()
+    {
+        *req.uri_mut() = uri;
+    }
     let stream = tokio::net::TcpStream::connect(addr)
         .await
         .map_err(|e| format!("dial tcp {addr}: {e}"))?;
@@ -134,7 +171,7 @@ pub async fn run(
     pod_uid: String,
     c: Container,
     ip: Ipv4Addr,
-    handler: Option<HttpHandler>,
+    target: Target,
     tx: mpsc::UnboundedSender<Transition>,
 ) {
     let mut probes: Vec<(Kind, Probe)> = Vec::new();
@@ -175,7 +212,7 @@ pub async fn run(
             let period = Duration::from_secs(p.period_seconds.unwrap_or(10).max(1) as u64);
             s.next = Some(now + period);
             next = next.min(now + period);
-            let result = attempt(p, &c, ip, handler.as_ref()).await;
+            let result = attempt(p, &c, ip, &target).await;
             let (successes, failures) = (
                 p.success_threshold.unwrap_or(1).max(1) as u32,
                 p.failure_threshold.unwrap_or(3).max(1) as u32,
@@ -245,13 +282,28 @@ mod tests {
         let probe: Probe =
             serde_json::from_value(serde_json::json!({"tcpSocket": {"port": port}})).unwrap();
         let ip = Ipv4Addr::LOCALHOST;
-        assert_eq!(attempt(&probe, &c, ip, None).await, Ok(()));
+        assert_eq!(attempt(&probe, &c, ip, &Target::default()).await, Ok(()));
         drop(listener);
-        let err = attempt(&probe, &c, ip, None).await.unwrap_err();
+        let err = attempt(&probe, &c, ip, &Target::default())
+            .await
+            .unwrap_err();
         assert!(err.starts_with("dial tcp 127.0.0.1"), "{err}");
         let exec: Probe =
             serde_json::from_value(serde_json::json!({"exec": {"command": ["true"]}})).unwrap();
-        assert!(attempt(&exec, &c, ip, None).await.is_err());
+        assert!(attempt(&exec, &c, ip, &Target::default()).await.is_err());
+        // With a runtime's exec, the exit code decides.
+        let target = |code: i32| Target {
+            handler: None,
+            exec: Some(Arc::new(move |cmd: Vec<String>| {
+                Box::pin(async move {
+                    assert_eq!(cmd, ["true"]);
+                    Ok(code)
+                }) as BoxFuture<'static, _>
+            })),
+        };
+        assert_eq!(attempt(&exec, &c, ip, &target(0)).await, Ok(()));
+        let err = attempt(&exec, &c, ip, &target(3)).await.unwrap_err();
+        assert!(err.contains("exited with 3"), "{err}");
     }
 
     #[tokio::test(start_paused = true)]
@@ -262,7 +314,13 @@ mod tests {
             {"tcpSocket": {"port": 1}, "periodSeconds": 5, "failureThreshold": 3}}));
         let (tx, mut rx) = mpsc::unbounded_channel();
         let start = tokio::time::Instant::now();
-        let task = tokio::spawn(run("u".into(), c, Ipv4Addr::new(127, 0, 0, 1), None, tx));
+        let task = tokio::spawn(run(
+            "u".into(),
+            c,
+            Ipv4Addr::new(127, 0, 0, 1),
+            Target::default(),
+            tx,
+        ));
         let t = rx.recv().await.unwrap();
         assert_eq!((t.kind, t.healthy), (Kind::Liveness, false));
         assert!(

@@ -1,26 +1,29 @@
 //! The workload boundary: one trait for running a pod's workload. Wasm
-//! (in-process wasmtime) implements it now; containerd joins later. Every
-//! other part of the agent is the same for both.
+//! (in-process wasmtime) and containerd implement it; [`Runtimes`] picks
+//! one per pod. Every other part of the agent is the same for both.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::convert::Infallible;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
+use futures::future::BoxFuture;
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use oci_client::secrets::RegistryAuth;
 use tokio::sync::mpsc;
-use weft_api::k8s_openapi::api::core::v1::{Container, Pod};
+use weft_api::k8s_openapi::api::core::v1::{Container, Pod, Secret};
 use weft_wasm_host::{
     AllowList, Command, Exit, Guest, Host, HttpHandler, Limits, Preopen, RequestError,
 };
 
 use crate::artifacts::{ArtifactStore, PullError, PullPolicy};
+use crate::containerd::ContainerdRuntime;
 use crate::logs::{self, ContainerLog, Live};
+use crate::probes::Target;
 use crate::proxy::egress::ClusterEgress;
 use crate::proxy::{LocalHandlers, Proxy};
 use crate::volumes::Volume;
@@ -67,23 +70,82 @@ pub struct Started {
     pub image_id: String,
     /// A wasi:cli command that runs to completion (else a wasi:http server).
     pub command: bool,
+    /// `containerID` in the status: `wasm://...` or `containerd://...`.
+    pub id: String,
 }
 
-/// A running pod's workload; dropping it (or `stop`) ends it.
+/// Ends a pod's workload outside the process: given the grace period
+/// between SIGTERM and SIGKILL.
+pub type Teardown = Box<dyn FnOnce(Duration) -> BoxFuture<'static, ()> + Send + Sync>;
+
+/// A running pod's workload; `stop` ends it.
 pub struct RunningPod {
     pub containers: Vec<Started>,
-    /// In-process HTTP handlers by container, for probes (Wasm servers only).
-    pub handlers: HashMap<String, HttpHandler>,
+    /// The pod's IP: the one the agent offered, or the one the runtime's
+    /// network gave it (containers).
+    pub ip: Ipv4Addr,
+    /// How each container is probed (in-process handler, exec).
+    pub probes: HashMap<String, Target>,
     tasks: tokio::task::JoinSet<()>,
-    _registered: Registered,
+    teardown: Option<Teardown>,
+    _registered: Option<Registered>,
 }
 
 impl RunningPod {
-    /// Stops accepting and ends every task of the pod.
-    pub async fn stop(mut self) {
+    pub fn new(
+        containers: Vec<Started>,
+        ip: Ipv4Addr,
+        probes: HashMap<String, Target>,
+        tasks: tokio::task::JoinSet<()>,
+    ) -> RunningPod {
+        RunningPod {
+            containers,
+            ip,
+            probes,
+            tasks,
+            teardown: None,
+            _registered: None,
+        }
+    }
+
+    pub fn with_teardown(mut self, t: Teardown) -> RunningPod {
+        self.teardown = Some(t);
+        self
+    }
+
+    /// Stops accepting, ends every task of the pod, then its processes
+    /// (SIGTERM, SIGKILL after `grace`).
+    pub async fn stop(mut self, grace: Duration) {
+        self.tasks.shutdown().await;
+        if let Some(t) = self.teardown.take() {
+            t(grace).await;
+        }
+    }
+
+    /// The agent is exiting: in-process work ends with it, while containers
+    /// keep running for the next agent to adopt.
+    pub async fn detach(mut self) {
         self.tasks.shutdown().await;
     }
 }
+
+/// What a runtime tells the agent while it starts a pod.
+#[derive(Debug, Clone)]
+pub enum Note {
+    /// A core/v1 Event about the pod.
+    Event {
+        warning: bool,
+        reason: &'static str,
+        message: String,
+    },
+    /// The containers' waiting state (image pull progress).
+    Waiting {
+        reason: &'static str,
+        message: String,
+    },
+}
+
+pub type Report = Arc<dyn Fn(Note) + Send + Sync>;
 
 /// Each container's resolved environment, by container name.
 pub type PodEnv = BTreeMap<String, Vec<(String, String)>>;
@@ -97,6 +159,11 @@ pub struct StartSpec {
     pub log_dir: PathBuf,
     /// How many times the pod's containers have restarted (names the log file).
     pub restarts: u32,
+    /// The handler of the pod's RuntimeClass (`wasmtime`, `containerd`), if it names one.
+    pub handler: Option<String>,
+    /// The pod's `imagePullSecrets`.
+    pub pull_secrets: Vec<Secret>,
+    pub report: Report,
 }
 
 pub trait Workload: Send + Sync + 'static {
@@ -106,6 +173,88 @@ pub trait Workload: Send + Sync + 'static {
         pod: &Pod,
         spec: &StartSpec,
     ) -> impl Future<Output = Result<RunningPod, WorkloadError>> + Send;
+
+    /// The pod is gone or finished: release what outlives its containers
+    /// (a container pod's network).
+    fn release(&self, _uid: &str) -> impl Future<Output = ()> + Send {
+        async {}
+    }
+
+    /// After an agent restart: remove what belongs to pods not in `keep`.
+    fn collect_garbage(&self, _keep: &HashSet<String>) -> impl Future<Output = ()> + Send {
+        async {}
+    }
+}
+
+/// The handler names of the two runtimes (RuntimeClass `handler`, node label suffix).
+pub const WASM_HANDLER: &str = "wasmtime";
+pub const CONTAINERD_HANDLER: &str = "containerd";
+
+/// Both runtimes of a node. Which one runs a pod: its RuntimeClass's
+/// handler when it has one; else its image: a Wasm artifact runs in Wasm,
+/// any other image in containerd. A pod's containers all run in the
+/// runtime its first container's image picks.
+pub struct Runtimes {
+    pub wasm: WasmRuntime,
+    pub containerd: Option<ContainerdRuntime>,
+}
+
+impl Runtimes {
+    async fn use_containerd(&self, pod: &Pod, spec: &StartSpec) -> Result<bool, WorkloadError> {
+        let Some(ctr) = &self.containerd else {
+            return match spec.handler.as_deref() {
+                Some(CONTAINERD_HANDLER) => Err(WorkloadError::Create(
+                    "this node has no container runtime (containerd)".into(),
+                )),
+                _ => Ok(false),
+            };
+        };
+        match spec.handler.as_deref() {
+            Some(WASM_HANDLER) => return Ok(false),
+            Some(CONTAINERD_HANDLER) => return Ok(true),
+            Some(other) => {
+                return Err(WorkloadError::Create(format!(
+                    "no runtime handler {other:?} on this node"
+                )));
+            }
+            None => {}
+        }
+        let image = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.containers.first())
+            .and_then(|c| c.image.clone())
+            .unwrap_or_default();
+        if self.wasm.artifacts.cached(&image).is_some() {
+            return Ok(false);
+        }
+        if ctr.has_image(&image).await {
+            return Ok(true);
+        }
+        let auth = crate::artifacts::auth_for(&image, &spec.pull_secrets);
+        Ok(!crate::containerd::is_wasm_image(&image, &auth).await?)
+    }
+}
+
+impl Workload for Runtimes {
+    async fn start(&self, pod: &Pod, spec: &StartSpec) -> Result<RunningPod, WorkloadError> {
+        match (&self.containerd, self.use_containerd(pod, spec).await?) {
+            (Some(ctr), true) => ctr.start(pod, spec).await,
+            _ => self.wasm.start(pod, spec).await,
+        }
+    }
+
+    async fn release(&self, uid: &str) {
+        if let Some(ctr) = &self.containerd {
+            ctr.release(uid).await;
+        }
+    }
+
+    async fn collect_garbage(&self, keep: &HashSet<String>) {
+        if let Some(ctr) = &self.containerd {
+            ctr.collect_garbage(keep).await;
+        }
+    }
 }
 
 /// Wasm pods: wasi:http components served in process, a fresh instance per request.
@@ -119,7 +268,7 @@ pub struct Exited {
 
 pub struct WasmRuntime {
     host: Arc<Host>,
-    artifacts: Arc<ArtifactStore>,
+    pub(crate) artifacts: Arc<ArtifactStore>,
     live: Arc<Live>,
     log_max_size: u64,
     exits: mpsc::UnboundedSender<Exited>,
@@ -165,10 +314,8 @@ impl WasmRuntime {
     ) -> Result<(Prepared, Started), WorkloadError> {
         let image = c.image.clone().unwrap_or_default();
         let policy = PullPolicy::for_container(c.image_pull_policy.as_deref(), &image);
-        let pulled = self
-            .artifacts
-            .pull(&image, policy, &RegistryAuth::Anonymous)
-            .await?;
+        let auth = crate::artifacts::auth_for(&image, &spec.pull_secrets);
+        let pulled = self.artifacts.pull(&image, policy, &auth).await?;
         let artifact = self
             .host
             .load_with(&pulled.digest, || std::fs::read(&pulled.path))
@@ -210,6 +357,7 @@ impl WasmRuntime {
             )
         };
         let command = matches!(prepared, Prepared::Command(_));
+        let uid = pod.metadata.uid.as_deref().unwrap_or_default();
         Ok((
             prepared,
             Started {
@@ -217,13 +365,15 @@ impl WasmRuntime {
                 image,
                 image_id: pulled.digest,
                 command,
+                id: format!("wasm://{uid}/{}", c.name),
             },
         ))
     }
 }
 
-/// The container's volumeMounts as WASI preopens.
-fn preopens(
+/// The container's volumeMounts, resolved to host directories (WASI
+/// preopens, or bind mounts for containers).
+pub(crate) fn preopens(
     c: &Container,
     volumes: &BTreeMap<String, Volume>,
 ) -> Result<Vec<Preopen>, WorkloadError> {
@@ -408,7 +558,7 @@ impl Workload for WasmRuntime {
         let pod_spec = pod.spec.clone().unwrap_or_default();
         let mut tasks = tokio::task::JoinSet::new();
         let mut containers = Vec::new();
-        let mut handlers = HashMap::new();
+        let mut probes = HashMap::new();
         let mut registered = Registered {
             local: self.local.clone(),
             addrs: Vec::new(),
@@ -418,7 +568,13 @@ impl Workload for WasmRuntime {
             let (prepared, started) = self.prepare(pod, c, spec).await?;
             match prepared {
                 Prepared::Http(handler) => {
-                    handlers.insert(c.name.clone(), handler.clone());
+                    probes.insert(
+                        c.name.clone(),
+                        Target {
+                            handler: Some(handler.clone()),
+                            exec: None,
+                        },
+                    );
                     for p in c.ports.iter().flatten() {
                         let addr = SocketAddr::from((ip, p.container_port as u16));
                         let listener = tokio::net::TcpListener::bind(addr)
@@ -444,12 +600,9 @@ impl Workload for WasmRuntime {
             }
             containers.push(started);
         }
-        Ok(RunningPod {
-            containers,
-            handlers,
-            tasks,
-            _registered: registered,
-        })
+        let mut run = RunningPod::new(containers, ip, probes, tasks);
+        run._registered = Some(registered);
+        Ok(run)
     }
 }
 

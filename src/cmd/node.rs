@@ -39,6 +39,38 @@ pub struct StatusArgs {
     /// How often the agent renews its Lease and posts node status.
     #[arg(long, default_value = "10s", value_parser = super::parse_duration)]
     pub node_status_update_frequency: std::time::Duration,
+    /// containerd's socket, for container pods. When nothing answers there,
+    /// the node runs Wasm pods only; an empty value turns containers off.
+    #[arg(long, default_value = "/run/containerd/containerd.sock")]
+    pub containerd_socket: PathBuf,
+    /// The range container pods' IPs come from: they live on the CNI bridge
+    /// and in the pods' network namespaces.
+    #[arg(long, default_value = "10.88.0.0/16")]
+    pub container_pod_cidr: String,
+    /// The Linux bridge container pods attach to.
+    #[arg(long, default_value = "weft0")]
+    pub cni_bridge: String,
+    /// Where the standard CNI plugins are (Debian's containernetworking-plugins).
+    #[arg(long, default_value = "/usr/lib/cni")]
+    pub cni_plugin_dir: PathBuf,
+    /// Lets pods run privileged containers.
+    #[arg(long)]
+    pub allow_privileged: bool,
+}
+
+impl StatusArgs {
+    /// The agent's containerd settings, unless turned off.
+    pub fn containerd(&self) -> Option<weft_node::containerd::ContainerdConfig> {
+        (!self.containerd_socket.as_os_str().is_empty()).then(|| {
+            weft_node::containerd::ContainerdConfig {
+                socket: self.containerd_socket.clone(),
+                pod_cidr: self.container_pod_cidr.clone(),
+                bridge: self.cni_bridge.clone(),
+                cni_plugin_dir: self.cni_plugin_dir.clone(),
+                allow_privileged: self.allow_privileged,
+            }
+        })
+    }
 }
 
 /// A kube client for a server, token and CA file.
@@ -87,6 +119,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let mut cfg = AgentConfig::new(args.name, args.data_dir);
     cfg.pod_cidr = args.pod_cidr;
     cfg.heartbeat = args.status.node_status_update_frequency;
+    cfg.containerd = args.status.containerd();
     cfg.pod_manifest_path = args.status.pod_manifest_path;
     cfg.token = args.token;
     let node = agent::start(client, cfg)

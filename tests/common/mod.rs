@@ -3,6 +3,7 @@
 
 #![allow(dead_code)] // each test binary uses a different subset
 
+pub mod containers;
 pub mod registry;
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -161,7 +162,8 @@ impl TestCluster {
         Self::start_in_with(dir, &[])
     }
 
-    fn start_in_with(dir: &Path, args: &[&str]) -> TestCluster {
+    /// `weft up` on `dir` with extra flags, reusing whatever state is there.
+    pub fn start_in_with(dir: &Path, args: &[&str]) -> TestCluster {
         std::fs::create_dir_all(dir).expect("data dir");
         // Clusters running side by side need pod IP ranges of their own; a
         // restarted cluster keeps its range (and so its pods' IPs).

@@ -1,0 +1,852 @@
+//! Container pods through a real containerd, over its gRPC API, behind the
+//! same [`Workload`] trait as Wasm pods. See docs/design/containerd.md.
+//!
+//! Per pod: a network namespace attached by CNI (kept across container
+//! restarts, like a Kubernetes sandbox, and released by [`Workload::release`]);
+//! per container: a snapshot of the unpacked image, a container record
+//! labelled with its pod, and a task whose stdout and stderr are FIFOs that
+//! the agent copies into the CRI log files.
+
+pub mod cni;
+pub mod pull;
+pub mod spec;
+
+use std::collections::{HashMap, HashSet};
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use containerd_client::services::v1::container::Runtime;
+use containerd_client::services::v1::containers_client::ContainersClient;
+use containerd_client::services::v1::content_client::ContentClient;
+use containerd_client::services::v1::diff_client::DiffClient;
+use containerd_client::services::v1::images_client::ImagesClient;
+use containerd_client::services::v1::leases_client::LeasesClient;
+use containerd_client::services::v1::snapshots::snapshots_client::SnapshotsClient;
+use containerd_client::services::v1::snapshots::{PrepareSnapshotRequest, RemoveSnapshotRequest};
+use containerd_client::services::v1::tasks_client::TasksClient;
+use containerd_client::services::v1::version_client::VersionClient;
+use containerd_client::services::v1::{
+    Container as CtrContainer, CreateContainerRequest, CreateTaskRequest, DeleteContainerRequest,
+    DeleteProcessRequest, DeleteTaskRequest, ExecProcessRequest, GetRequest, KillRequest,
+    ListContainersRequest, StartRequest, WaitRequest,
+};
+use containerd_client::tonic::transport::Channel;
+use containerd_client::tonic::{self, Request};
+use containerd_client::types::v1::Status as TaskStatus;
+use futures::FutureExt;
+use oci_client::secrets::RegistryAuth;
+use prost_types::Any;
+use tokio::io::AsyncReadExt;
+use tokio::sync::mpsc;
+use weft_api::k8s_openapi::api::core::v1::{Container, Pod};
+use weft_wasm_host::{Exit, LogSink, Stream};
+
+use crate::artifacts::{PullError, PullPolicy};
+use crate::logs::{self, ContainerLog, Live};
+use crate::probes::{Exec, Target};
+use crate::runtime::{
+    Exited, Note, RunningPod, StartSpec, Started, Teardown, Workload, WorkloadError, preopens,
+};
+
+/// Weft's own containerd namespace: its containers, images and leases
+/// never mix with another client's.
+pub const NAMESPACE: &str = "weft";
+pub const SNAPSHOTTER: &str = "overlayfs";
+const RUNTIME: &str = "io.containerd.runc.v2";
+const SPEC_TYPE: &str = "types.containerd.io/opencontainers/runtime-spec/1/Spec";
+const PROCESS_TYPE: &str = "types.containerd.io/opencontainers/runtime-spec/1/Process";
+/// Labels on every container record: how an agent finds its own after a restart.
+pub const POD_UID_LABEL: &str = "weft.dev/pod-uid";
+pub const NODE_LABEL: &str = "weft.dev/node";
+pub const CONTAINER_LABEL: &str = "weft.dev/container";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ContainerdError {
+    #[error("connecting to containerd at {path}: {message}")]
+    Connect { path: PathBuf, message: String },
+}
+
+/// A connection to containerd, scoped to Weft's namespace.
+#[derive(Clone)]
+pub struct Conn {
+    channel: Channel,
+}
+
+impl Conn {
+    /// Connects and checks that containerd answers.
+    pub async fn connect(socket: &Path) -> Result<(Conn, String), ContainerdError> {
+        let err = |message: String| ContainerdError::Connect {
+            path: socket.to_path_buf(),
+            message,
+        };
+        if !socket.exists() {
+            return Err(err("no such socket".into()));
+        }
+        let channel = containerd_client::connect(socket)
+            .await
+            .map_err(|e| err(e.to_string()))?;
+        let conn = Conn { channel };
+        let version = VersionClient::new(conn.channel.clone())
+            .version(())
+            .await
+            .map_err(|e| err(e.message().to_string()))?
+            .into_inner()
+            .version;
+        Ok((conn, version))
+    }
+
+    /// A request in Weft's namespace.
+    fn req<T>(&self, m: T) -> Request<T> {
+        let mut r = Request::new(m);
+        r.metadata_mut().insert(
+            "containerd-namespace",
+            tonic::metadata::MetadataValue::from_static(NAMESPACE),
+        );
+        r
+    }
+
+    /// A request whose resources belong to `lease` until it is deleted.
+    fn leased<T>(&self, m: T, lease: &str) -> Request<T> {
+        let mut r = self.req(m);
+        if let Ok(v) = lease.parse() {
+            r.metadata_mut().insert("containerd-lease", v);
+        }
+        r
+    }
+
+    fn content(&self) -> ContentClient<Channel> {
+        ContentClient::new(self.channel.clone())
+    }
+    fn diff(&self) -> DiffClient<Channel> {
+        DiffClient::new(self.channel.clone())
+    }
+    fn images(&self) -> ImagesClient<Channel> {
+        ImagesClient::new(self.channel.clone())
+    }
+    fn leases(&self) -> LeasesClient<Channel> {
+        LeasesClient::new(self.channel.clone())
+    }
+    fn snapshots(&self) -> SnapshotsClient<Channel> {
+        SnapshotsClient::new(self.channel.clone())
+    }
+    fn tasks(&self) -> TasksClient<Channel> {
+        TasksClient::new(self.channel.clone())
+    }
+    fn containers(&self) -> ContainersClient<Channel> {
+        ContainersClient::new(self.channel.clone())
+    }
+
+    /// Waits for a task (or one of its exec processes) to exit; its status.
+    async fn wait(&self, id: &str, exec_id: &str) -> Result<u32, tonic::Status> {
+        Ok(self
+            .tasks()
+            .wait(self.req(WaitRequest {
+                container_id: id.into(),
+                exec_id: exec_id.into(),
+            }))
+            .await?
+            .into_inner()
+            .exit_status)
+    }
+
+    async fn kill(&self, id: &str, signal: u32) {
+        let _ = self
+            .tasks()
+            .kill(self.req(KillRequest {
+                container_id: id.into(),
+                exec_id: String::new(),
+                signal,
+                all: true,
+            }))
+            .await;
+    }
+
+    /// Whether container `id`'s task is running.
+    async fn running(&self, id: &str) -> bool {
+        match self
+            .tasks()
+            .get(self.req(GetRequest {
+                container_id: id.into(),
+                exec_id: String::new(),
+            }))
+            .await
+        {
+            Ok(r) => r
+                .into_inner()
+                .process
+                .is_some_and(|p| p.status == TaskStatus::Running as i32),
+            Err(_) => false,
+        }
+    }
+
+    /// Stops container `id` (SIGTERM, then SIGKILL after `grace`) and deletes
+    /// its task, record and snapshot. Whatever is already gone is skipped.
+    async fn remove(&self, id: &str, grace: Duration) {
+        if self.running(id).await {
+            self.kill(id, libc_signal::SIGTERM).await;
+            if tokio::time::timeout(grace, self.wait(id, ""))
+                .await
+                .is_err()
+            {
+                self.kill(id, libc_signal::SIGKILL).await;
+                let _ = tokio::time::timeout(Duration::from_secs(10), self.wait(id, "")).await;
+            }
+        }
+        let _ = self
+            .tasks()
+            .delete(self.req(DeleteTaskRequest {
+                container_id: id.into(),
+            }))
+            .await;
+        let _ = self
+            .containers()
+            .delete(self.req(DeleteContainerRequest { id: id.into() }))
+            .await;
+        let _ = self
+            .snapshots()
+            .remove(self.req(RemoveSnapshotRequest {
+                snapshotter: SNAPSHOTTER.into(),
+                key: id.into(),
+            }))
+            .await;
+    }
+
+    /// Container records carrying `label=value`: (id, labels).
+    async fn list(&self, label: &str, value: &str) -> Vec<(String, HashMap<String, String>)> {
+        let filter = format!("labels.\"{label}\"=={value}");
+        match self
+            .containers()
+            .list(self.req(ListContainersRequest {
+                filters: vec![filter],
+            }))
+            .await
+        {
+            Ok(r) => r
+                .into_inner()
+                .containers
+                .into_iter()
+                .map(|c| (c.id, c.labels))
+                .collect(),
+            Err(e) => {
+                tracing::warn!("listing containers: {}", e.message());
+                Vec::new()
+            }
+        }
+    }
+}
+
+/// Signal numbers (Linux), without a libc dependency here.
+mod libc_signal {
+    pub const SIGTERM: u32 = 15;
+    pub const SIGKILL: u32 = 9;
+}
+
+/// How the node runs container pods.
+#[derive(Debug, Clone)]
+pub struct ContainerdConfig {
+    pub socket: PathBuf,
+    /// The container pod CIDR (addresses on the bridge and in pods' namespaces).
+    pub pod_cidr: String,
+    pub bridge: String,
+    pub cni_plugin_dir: PathBuf,
+    pub allow_privileged: bool,
+}
+
+impl Default for ContainerdConfig {
+    fn default() -> Self {
+        ContainerdConfig {
+            socket: "/run/containerd/containerd.sock".into(),
+            pod_cidr: "10.88.0.0/16".into(),
+            bridge: "weft0".into(),
+            cni_plugin_dir: "/usr/lib/cni".into(),
+            allow_privileged: false,
+        }
+    }
+}
+
+pub struct ContainerdRuntime {
+    conn: Conn,
+    cni: cni::Cni,
+    node: String,
+    /// Per-pod state that outlives the agent: FIFOs and the pod IP.
+    pods_dir: PathBuf,
+    live: Arc<Live>,
+    log_max_size: u64,
+    exits: mpsc::UnboundedSender<Exited>,
+    allow_privileged: bool,
+    pub version: String,
+}
+
+/// The containerd ID of a pod's container.
+pub fn container_id(uid: &str, name: &str) -> String {
+    format!("{uid}-{name}")
+}
+
+impl ContainerdRuntime {
+    /// Connects to containerd; an error means this node runs Wasm only.
+    pub async fn connect(
+        cfg: &ContainerdConfig,
+        node: String,
+        data_dir: &Path,
+        live: Arc<Live>,
+        log_max_size: u64,
+        exits: mpsc::UnboundedSender<Exited>,
+    ) -> Result<ContainerdRuntime, ContainerdError> {
+        let (conn, version) = Conn::connect(&cfg.socket).await?;
+        let cni = cni::Cni::new(
+            cfg.cni_plugin_dir.clone(),
+            &cfg.bridge,
+            &cfg.pod_cidr,
+            &data_dir.join("cni"),
+        );
+        if !cni.available() {
+            return Err(ContainerdError::Connect {
+                path: cfg.socket.clone(),
+                message: format!(
+                    "CNI plugins bridge, host-local and loopback are not all in {}",
+                    cfg.cni_plugin_dir.display()
+                ),
+            });
+        }
+        Ok(ContainerdRuntime {
+            conn,
+            cni,
+            node,
+            pods_dir: data_dir.join("pods"),
+            live,
+            log_max_size,
+            exits,
+            allow_privileged: cfg.allow_privileged,
+            version,
+        })
+    }
+
+    pub fn conn(&self) -> &Conn {
+        &self.conn
+    }
+
+    fn pod_dir(&self, uid: &str) -> PathBuf {
+        self.pods_dir.join(uid)
+    }
+
+    fn ip_file(&self, uid: &str) -> PathBuf {
+        self.pod_dir(uid).join("ip")
+    }
+
+    /// The pod's network: the existing one (a container restart, or an agent
+    /// restart), or a new namespace attached by CNI.
+    async fn network(&self, uid: &str) -> Result<Ipv4Addr, WorkloadError> {
+        if cni::netns_path(uid).exists()
+            && let Some(ip) = std::fs::read_to_string(self.ip_file(uid))
+                .ok()
+                .and_then(|s| s.trim().parse().ok())
+        {
+            return Ok(ip);
+        }
+        // Half-made leftovers of a crash: detach before attaching again.
+        self.cni.del(uid).await;
+        let ip = self
+            .cni
+            .add(uid)
+            .await
+            .map_err(|e| WorkloadError::Create(format!("pod network: {e}")))?;
+        let file = self.ip_file(uid);
+        let _ = std::fs::create_dir_all(self.pod_dir(uid));
+        std::fs::write(&file, ip.to_string())
+            .map_err(|e| WorkloadError::Create(format!("{}: {e}", file.display())))?;
+        Ok(ip)
+    }
+
+    /// FIFO paths for a container's stdout and stderr, created if missing.
+    fn fifos(&self, uid: &str, name: &str) -> Result<(PathBuf, PathBuf), WorkloadError> {
+        let dir = self.pod_dir(uid).join("fifo");
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| WorkloadError::Create(format!("{}: {e}", dir.display())))?;
+        let make = |suffix: &str| -> Result<PathBuf, WorkloadError> {
+            let p = dir.join(format!("{name}.{suffix}"));
+            if !p.exists() {
+                rustix::fs::mknodat(
+                    rustix::fs::CWD,
+                    &p,
+                    rustix::fs::FileType::Fifo,
+                    rustix::fs::Mode::from_raw_mode(0o600),
+                    0,
+                )
+                .map_err(|e| WorkloadError::Create(format!("mkfifo {}: {e}", p.display())))?;
+            }
+            Ok(p)
+        };
+        Ok((make("stdout")?, make("stderr")?))
+    }
+
+    /// Pulls and unpacks the container's image, reporting as kubelet does.
+    async fn image(
+        &self,
+        c: &Container,
+        spec: &StartSpec,
+    ) -> Result<pull::Unpacked, WorkloadError> {
+        let image = c.image.clone().unwrap_or_default();
+        let policy = PullPolicy::for_container(c.image_pull_policy.as_deref(), &image);
+        let auth = crate::artifacts::auth_for(&image, &spec.pull_secrets);
+        let report = spec.report.clone();
+        let last = std::sync::Mutex::new(std::time::Instant::now());
+        let progress = |p: pull::Progress| {
+            let mut last = last.lock().expect("progress clock");
+            if last.elapsed() >= Duration::from_secs(1) || p.done == p.total {
+                *last = std::time::Instant::now();
+                report(Note::Waiting {
+                    reason: "ContainerCreating",
+                    message: format!(
+                        "Pulling image {:?}: {} of {} bytes",
+                        p.image, p.done, p.total
+                    ),
+                });
+            }
+        };
+        report(Note::Event {
+            warning: false,
+            reason: "Pulling",
+            message: format!("Pulling image {image:?}"),
+        });
+        match self.conn.pull(&image, policy, &auth, &progress).await {
+            Ok((u, outcome)) => {
+                let message = match outcome {
+                    pull::Outcome::AlreadyPresent => {
+                        format!("Container image {image:?} already present on machine")
+                    }
+                    pull::Outcome::Pulled { bytes, took } => format!(
+                        "Successfully pulled image {image:?} in {took:.3?}. Image size: {bytes} bytes."
+                    ),
+                };
+                report(Note::Event {
+                    warning: false,
+                    reason: "Pulled",
+                    message,
+                });
+                Ok(u)
+            }
+            Err(e) => {
+                report(Note::Event {
+                    warning: true,
+                    reason: "Failed",
+                    message: format!("Failed to pull image {image:?}: {e}"),
+                });
+                Err(WorkloadError::Pull(e))
+            }
+        }
+    }
+
+    /// Creates and starts one container; returns its spec's process (for exec).
+    async fn create(
+        &self,
+        pod: &Pod,
+        c: &Container,
+        spec: &StartSpec,
+        id: &str,
+        unpacked: &pull::Unpacked,
+    ) -> Result<oci_spec::runtime::Process, WorkloadError> {
+        let uid = pod.metadata.uid.clone().unwrap_or_default();
+        let volumes = preopens(c, &spec.volumes)?;
+        let env = spec.env.get(&c.name).cloned().unwrap_or_default();
+        let oci = spec::build(
+            pod,
+            c,
+            &spec::Inputs {
+                image: unpacked.config.config().as_ref(),
+                env: &env,
+                volumes: &volumes,
+                netns: cni::netns_path(&uid),
+                cgroups_path: format!("/weft/{id}"),
+                allow_privileged: self.allow_privileged,
+            },
+        )
+        .map_err(|e| WorkloadError::Config(e.0))?;
+        let create = |what: &str, e: tonic::Status| {
+            WorkloadError::Create(format!("{what} {id}: {}", e.message()))
+        };
+        // Leftovers of an earlier run of this container go first.
+        self.conn.remove(id, Duration::ZERO).await;
+        let mounts = self
+            .conn
+            .snapshots()
+            .prepare(self.conn.req(PrepareSnapshotRequest {
+                snapshotter: SNAPSHOTTER.into(),
+                key: id.into(),
+                parent: unpacked.top.clone(),
+                labels: HashMap::new(),
+            }))
+            .await
+            .map_err(|e| create("snapshot", e))?
+            .into_inner()
+            .mounts;
+        let labels = HashMap::from([
+            (POD_UID_LABEL.to_string(), uid.clone()),
+            (NODE_LABEL.to_string(), self.node.clone()),
+            (CONTAINER_LABEL.to_string(), c.name.clone()),
+        ]);
+        let record = CtrContainer {
+            id: id.into(),
+            labels,
+            image: crate::artifacts::normalize(c.image.as_deref().unwrap_or_default())
+                .unwrap_or_default(),
+            runtime: Some(Runtime {
+                name: RUNTIME.into(),
+                options: None,
+            }),
+            spec: Some(Any {
+                type_url: SPEC_TYPE.into(),
+                value: serde_json::to_vec(&oci).expect("spec serializes"),
+            }),
+            snapshotter: SNAPSHOTTER.into(),
+            snapshot_key: id.into(),
+            ..Default::default()
+        };
+        self.conn
+            .containers()
+            .create(self.conn.req(CreateContainerRequest {
+                container: Some(record),
+            }))
+            .await
+            .map_err(|e| create("container", e))?;
+        let (stdout, stderr) = self.fifos(&uid, &c.name)?;
+        let task = CreateTaskRequest {
+            container_id: id.into(),
+            rootfs: mounts,
+            stdout: stdout.display().to_string(),
+            stderr: stderr.display().to_string(),
+            ..Default::default()
+        };
+        let started = async {
+            self.conn
+                .tasks()
+                .create(self.conn.req(task))
+                .await
+                .map_err(|e| create("task", e))?;
+            self.conn
+                .tasks()
+                .start(self.conn.req(StartRequest {
+                    container_id: id.into(),
+                    exec_id: String::new(),
+                }))
+                .await
+                .map_err(|e| create("start", e))
+        }
+        .await;
+        if let Err(e) = started {
+            self.conn.remove(id, Duration::ZERO).await;
+            return Err(e);
+        }
+        Ok(oci.process().clone().unwrap_or_default())
+    }
+
+    /// Copies a container's output into its log file. The FIFOs are open
+    /// before the task is created: the shim waits for a reader.
+    fn copy_output(
+        &self,
+        tasks: &mut tokio::task::JoinSet<()>,
+        uid: &str,
+        name: &str,
+        log: Arc<ContainerLog>,
+    ) -> Result<(), WorkloadError> {
+        let (stdout, stderr) = self.fifos(uid, name)?;
+        for (path, stream) in [(stdout, Stream::Stdout), (stderr, Stream::Stderr)] {
+            // Read-write, so that it never sees end-of-file between writers
+            // (an agent restart reopens it while the container keeps writing).
+            let rx = tokio::net::unix::pipe::OpenOptions::new()
+                .read_write(true)
+                .open_receiver(&path)
+                .map_err(|e| WorkloadError::Create(format!("{}: {e}", path.display())))?;
+            tasks.spawn(copy_fifo(rx, stream, log.clone()));
+        }
+        Ok(())
+    }
+
+    /// Reports a running container's exit (OOMKilled from its memory cgroup).
+    fn watch_exit(&self, tasks: &mut tokio::task::JoinSet<()>, uid: &str, name: &str, id: &str) {
+        let conn = self.conn.clone();
+        let exits = self.exits.clone();
+        let (pod_uid, container, id) = (uid.to_string(), name.to_string(), id.to_string());
+        tasks.spawn(async move {
+            let status = loop {
+                match conn.wait(&id, "").await {
+                    Ok(s) => break s,
+                    Err(e) if e.code() == tonic::Code::NotFound => break 255,
+                    Err(e) => {
+                        tracing::warn!(container = %id, "wait: {}", e.message());
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
+            };
+            let exit = if oom_killed(&id) {
+                Exit::OutOfMemory("the container exceeded its memory limit".into())
+            } else {
+                Exit::Code(status as i32)
+            };
+            // Let the FIFO readers drain what the process wrote last.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let _ = exits.send(Exited {
+                pod_uid,
+                container,
+                exit,
+            });
+        });
+    }
+
+    /// An exec probe's command in container `id`: its exit code.
+    fn exec(&self, id: &str, process: oci_spec::runtime::Process) -> Exec {
+        let conn = self.conn.clone();
+        let id = id.to_string();
+        Arc::new(move |cmd: Vec<String>| {
+            let conn = conn.clone();
+            let id = id.clone();
+            let mut process = process.clone();
+            async move {
+                process.set_args(Some(cmd));
+                process.set_terminal(Some(false));
+                let exec_id = format!("probe-{:08x}", rand::random::<u32>());
+                let spec = Any {
+                    type_url: PROCESS_TYPE.into(),
+                    value: serde_json::to_vec(&process).map_err(|e| e.to_string())?,
+                };
+                let msg = |e: tonic::Status| e.message().to_string();
+                conn.tasks()
+                    .exec(conn.req(ExecProcessRequest {
+                        container_id: id.clone(),
+                        exec_id: exec_id.clone(),
+                        spec: Some(spec),
+                        ..Default::default()
+                    }))
+                    .await
+                    .map_err(msg)?;
+                let delete = || async {
+                    let _ = conn
+                        .tasks()
+                        .delete_process(conn.req(DeleteProcessRequest {
+                            container_id: id.clone(),
+                            exec_id: exec_id.clone(),
+                        }))
+                        .await;
+                };
+                if let Err(e) = conn
+                    .tasks()
+                    .start(conn.req(StartRequest {
+                        container_id: id.clone(),
+                        exec_id: exec_id.clone(),
+                    }))
+                    .await
+                {
+                    delete().await;
+                    return Err(msg(e));
+                }
+                let waited = conn.wait(&id, &exec_id).await;
+                delete().await;
+                waited.map(|s| s as i32).map_err(msg)
+            }
+            .boxed()
+        })
+    }
+}
+
+/// Whether the kernel OOM-killed something in container `id`'s memory
+/// cgroup (v1 `memory.oom_control`, v2 `memory.events`).
+fn oom_killed(id: &str) -> bool {
+    let v1 = format!("/sys/fs/cgroup/memory/weft/{id}/memory.oom_control");
+    let v2 = format!("/sys/fs/cgroup/weft/{id}/memory.events");
+    [v1, v2].iter().any(|p| {
+        std::fs::read_to_string(p).is_ok_and(|s| {
+            s.lines().any(|l| {
+                l.strip_prefix("oom_kill ")
+                    .and_then(|n| n.trim().parse::<u64>().ok())
+                    .is_some_and(|n| n > 0)
+            })
+        })
+    })
+}
+
+/// Copies a container's output FIFO into its log, line by line.
+async fn copy_fifo(
+    mut rx: tokio::net::unix::pipe::Receiver,
+    stream: Stream,
+    log: Arc<ContainerLog>,
+) {
+    let mut buf = vec![0u8; 64 << 10];
+    let mut pending: Vec<u8> = Vec::new();
+    loop {
+        let n = match rx.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        pending.extend_from_slice(&buf[..n]);
+        // Whole lines go out as they complete; a long partial line at 16 KiB (CRI's P tag).
+        if let Some(end) = pending.iter().rposition(|&b| b == b'\n') {
+            log.write(stream, &pending[..=end]);
+            pending.drain(..=end);
+        } else if pending.len() >= 16 << 10 {
+            log.write(stream, &pending);
+            pending.clear();
+        }
+    }
+}
+
+impl Workload for ContainerdRuntime {
+    async fn start(&self, pod: &Pod, spec: &StartSpec) -> Result<RunningPod, WorkloadError> {
+        let uid = pod.metadata.uid.clone().unwrap_or_default();
+        let containers = pod.spec.clone().unwrap_or_default().containers;
+        let ids: Vec<String> = containers
+            .iter()
+            .map(|c| container_id(&uid, &c.name))
+            .collect();
+        // An agent restart: containers still running are adopted, not restarted.
+        let mut adopt = !containers.is_empty();
+        for id in &ids {
+            adopt = adopt && self.conn.running(id).await;
+        }
+        let ip = self.network(&uid).await?;
+        let mut tasks = tokio::task::JoinSet::new();
+        let mut started = Vec::new();
+        let mut probes = HashMap::new();
+        let report = spec.report.clone();
+        for (c, id) in containers.iter().zip(&ids) {
+            let image = c.image.clone().unwrap_or_default();
+            let log_path = logs::run_path(&spec.log_dir, &c.name, spec.restarts);
+            if !adopt {
+                logs::prune(&spec.log_dir, &c.name, spec.restarts);
+            }
+            let log = ContainerLog::create(log_path.clone(), self.log_max_size, self.live.clone())
+                .map_err(|e| WorkloadError::Create(format!("log {}: {e}", log_path.display())))?;
+            self.copy_output(&mut tasks, &uid, &c.name, log)?;
+            let (unpacked, process) = if adopt {
+                let u = self.image_record(c).await;
+                let process = self.process_of(id).await;
+                (u, process)
+            } else {
+                let u = self.image(c, spec).await?;
+                let process = self.create(pod, c, spec, id, &u).await?;
+                report(Note::Event {
+                    warning: false,
+                    reason: "Started",
+                    message: format!("Started container {}", c.name),
+                });
+                (Some(u), Some(process))
+            };
+            self.watch_exit(&mut tasks, &uid, &c.name, id);
+            probes.insert(
+                c.name.clone(),
+                Target {
+                    handler: None,
+                    exec: process.map(|p| self.exec(id, p)),
+                },
+            );
+            started.push(Started {
+                name: c.name.clone(),
+                image,
+                image_id: unpacked.map(|u| u.digest).unwrap_or_default(),
+                command: false,
+                id: format!("containerd://{id}"),
+            });
+        }
+        let conn = self.conn.clone();
+        let teardown: Teardown = Box::new(move |grace| {
+            async move {
+                futures::future::join_all(ids.iter().map(|id| conn.remove(id, grace))).await;
+            }
+            .boxed()
+        });
+        Ok(RunningPod::new(started, ip, probes, tasks).with_teardown(teardown))
+    }
+
+    async fn release(&self, uid: &str) {
+        for (id, _) in self.conn.list(POD_UID_LABEL, uid).await {
+            self.conn.remove(&id, Duration::ZERO).await;
+        }
+        if self.pod_dir(uid).exists() {
+            self.cni.del(uid).await;
+            let _ = std::fs::remove_dir_all(self.pod_dir(uid));
+        }
+    }
+
+    async fn collect_garbage(&self, keep: &HashSet<String>) {
+        let mut gone: HashSet<String> = self
+            .conn
+            .list(NODE_LABEL, &self.node)
+            .await
+            .into_iter()
+            .filter_map(|(_, labels)| labels.get(POD_UID_LABEL).cloned())
+            .filter(|uid| !keep.contains(uid))
+            .collect();
+        // Networks of pods that no longer exist (their containers may be gone already).
+        if let Ok(dir) = std::fs::read_dir(&self.pods_dir) {
+            for e in dir.flatten() {
+                let uid = e.file_name().to_string_lossy().to_string();
+                if !keep.contains(&uid) && e.path().join("ip").exists() {
+                    gone.insert(uid);
+                }
+            }
+        }
+        for uid in gone {
+            tracing::info!(pod = %uid, "removing the containers of a pod that no longer exists");
+            self.release(&uid).await;
+        }
+    }
+}
+
+impl ContainerdRuntime {
+    /// Whether containerd already has `image` (so no registry is asked).
+    pub async fn has_image(&self, image: &str) -> bool {
+        let Ok(name) = crate::artifacts::normalize(image) else {
+            return false;
+        };
+        self.conn
+            .images()
+            .get(
+                self.conn
+                    .req(containerd_client::services::v1::GetImageRequest { name }),
+            )
+            .await
+            .is_ok()
+    }
+
+    /// The image an adopted container runs (for its status), if still recorded.
+    async fn image_record(&self, c: &Container) -> Option<pull::Unpacked> {
+        let image = c.image.clone().unwrap_or_default();
+        self.conn
+            .pull(&image, PullPolicy::Never, &RegistryAuth::Anonymous, &|_| {})
+            .await
+            .map(|(u, _)| u)
+            .ok()
+    }
+
+    /// An adopted container's process spec, for exec probes.
+    async fn process_of(&self, id: &str) -> Option<oci_spec::runtime::Process> {
+        let c = self
+            .conn
+            .containers()
+            .get(
+                self.conn
+                    .req(containerd_client::services::v1::GetContainerRequest { id: id.into() }),
+            )
+            .await
+            .ok()?
+            .into_inner()
+            .container?;
+        let spec: oci_spec::runtime::Spec = serde_json::from_slice(&c.spec?.value).ok()?;
+        spec.process().clone()
+    }
+}
+
+/// Decides whether `image` is a Wasm artifact (else a container image) from
+/// its manifest, without fetching layers.
+pub async fn is_wasm_image(image: &str, auth: &RegistryAuth) -> Result<bool, PullError> {
+    let reference = crate::artifacts::parse(image)?;
+    let client = crate::artifacts::client_for(&reference);
+    let (manifest, _, _) = client
+        .pull_manifest_and_config(&reference, auth)
+        .await
+        .map_err(|e| PullError::Pull {
+            image: image.into(),
+            message: e.to_string(),
+        })?;
+    Ok(pull::is_wasm(&manifest))
+}
