@@ -298,6 +298,15 @@ spec:
     assert!(events.contains("Liveness probe failed"), "{events}");
 }
 
+/// Which kind of endpoint answered: "wasm" (the hello sample), else the body.
+fn kind(body: String) -> String {
+    if body.starts_with("Hello from") {
+        "wasm".into()
+    } else {
+        body
+    }
+}
+
 /// Requests answered, failures, and which kinds of body were seen.
 type LoadResult = (u32, Vec<String>, HashSet<String>);
 
@@ -318,11 +327,7 @@ fn load(
                     match get(&addr, "/") {
                         Ok((200, body)) => {
                             ok += 1;
-                            bodies.insert(if body.starts_with("Hello from") {
-                                "wasm".into()
-                            } else {
-                                body
-                            });
+                            bodies.insert(kind(body));
                         }
                         other => failed.push(format!("{other:?}")),
                     }
@@ -358,11 +363,7 @@ fn one_service_over_both_runtimes_and_moving_a_service_to_wasm() {
     let mut seen = HashSet::new();
     for _ in 0..200 {
         if let Ok((200, body)) = get(&addr, "/") {
-            seen.insert(if body.starts_with("Hello from") {
-                "wasm".to_string()
-            } else {
-                body
-            });
+            seen.insert(kind(body));
         }
         if seen.len() == 2 {
             break;

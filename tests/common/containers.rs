@@ -2,6 +2,8 @@
 //! own (own socket, root and state, killed with its containers on drop),
 //! and a busybox-static OCI image pushed to the loopback registry.
 
+#![allow(dead_code)] // the benchmarks use a subset
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -75,17 +77,19 @@ impl Containerd {
             .expect("run ctr")
     }
 
-    /// IDs of the running tasks.
+    /// (ID, PID) of the running tasks, sorted.
     pub fn running_tasks(&self) -> Vec<(String, String)> {
         let out = self.ctr(&["tasks", "ls"]);
-        String::from_utf8_lossy(&out.stdout)
+        let mut tasks: Vec<(String, String)> = String::from_utf8_lossy(&out.stdout)
             .lines()
             .skip(1)
             .filter_map(|l| {
                 let f: Vec<&str> = l.split_whitespace().collect();
                 (f.len() >= 3 && f[2] == "RUNNING").then(|| (f[0].to_string(), f[1].to_string()))
             })
-            .collect()
+            .collect();
+        tasks.sort();
+        tasks
     }
 }
 
@@ -103,6 +107,14 @@ impl Drop for Containerd {
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // Shims of tasks that never got going (ctr cannot kill those).
+        let _ = Command::new("pkill")
+            .args(["-9", "-f"])
+            .arg(format!(
+                "containerd-shim-runc-v2 .*-address {}",
+                self.socket.display()
+            ))
+            .status();
         // Overlay mounts left under the root would keep the temp dir busy.
         let _ = Command::new("sh")
             .arg("-c")
@@ -149,6 +161,17 @@ impl PodNetwork {
 
 impl Drop for PodNetwork {
     fn drop(&mut self) {
+        // Namespaces of pods still running at the end (the agent releases
+        // them only when pods are deleted): those with an address in this CIDR.
+        let prefix = self.cidr.trim_end_matches("0/24");
+        let _ = Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "for ns in $(ip netns list | awk '{{print $1}}' | grep '^weft-'); do \
+                   ip -n \"$ns\" -4 -o addr show dev eth0 2>/dev/null | grep -q ' inet {prefix}' && ip netns delete \"$ns\"; \
+                 done"
+            ))
+            .status();
         let _ = Command::new("ip")
             .args(["link", "delete", &self.bridge])
             .stderr(Stdio::null())
