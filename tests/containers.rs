@@ -256,7 +256,35 @@ spec:
     image: {image}
     command: [sh, -c, 'echo allocating; x=aaaaaaaa; while true; do x=$x$x; done']
     resources: {{limits: {{memory: 32Mi}}}}
-"
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {{name: conf}}
+data: {{greeting: hi}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: conf}}
+spec:
+  securityContext: {{runAsUser: 1000}}
+  containers:
+  - name: c
+    image: {image}
+    command: [sh, -c, 'echo env=$GREETING file=$(cat /etc/conf/greeting) uid=$(id -u); touch /x 2>/dev/null || echo read-only; sleep 600']
+    env: [{{name: GREETING, valueFrom: {{configMapKeyRef: {{name: conf, key: greeting}}}}}}]
+    securityContext: {{readOnlyRootFilesystem: true}}
+    volumeMounts: [{{name: conf, mountPath: /etc/conf}}]
+  volumes: [{{name: conf, configMap: {{name: conf}}}}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: missing}}
+spec:
+  containers:
+  - name: c
+    image: {registry}/test/nope:1
+",
+        registry = registry.addr
     ));
     c.wait_until(
         &[
@@ -296,6 +324,27 @@ spec:
         "involvedObject.name=live",
     ]);
     assert!(events.contains("Liveness probe failed"), "{events}");
+    // The spec from the pod: env from a ConfigMap, a configMap volume,
+    // runAsUser, a read-only root filesystem.
+    let logs = c.wait_until(&["logs", "conf"], Duration::from_secs(60), |out| {
+        out.contains("read-only")
+    });
+    assert!(logs.contains("env=hi file=hi uid=1000"), "{logs}");
+    // A tag the registry does not have: ErrImagePull with the registry's
+    // words, then ImagePullBackOff.
+    let waiting = c.wait_until(
+        &["get", "pod", "missing", "-o", "jsonpath={.status.containerStatuses[0].state.waiting.reason}: {.status.containerStatuses[0].state.waiting.message}"],
+        Duration::from_secs(60),
+        |out| out.starts_with("ErrImagePull") || out.starts_with("ImagePullBackOff"),
+    );
+    assert!(waiting.contains("manifest unknown"), "{waiting}");
+    let events = c.kubectl_ok(&[
+        "get",
+        "events",
+        "--field-selector",
+        "involvedObject.name=missing",
+    ]);
+    assert!(events.contains("Failed to pull image"), "{events}");
 }
 
 /// Which kind of endpoint answered: "wasm" (the hello sample), else the body.

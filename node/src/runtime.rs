@@ -232,7 +232,17 @@ impl Runtimes {
             return Ok(true);
         }
         let auth = crate::artifacts::auth_for(&image, &spec.pull_secrets);
-        Ok(!crate::containerd::is_wasm_image(&image, &auth).await?)
+        match crate::containerd::is_wasm_image(&image, &auth).await {
+            Ok(wasm) => Ok(!wasm),
+            Err(e) => {
+                (spec.report)(Note::Event {
+                    warning: true,
+                    reason: "Failed",
+                    message: format!("Failed to pull image {image:?}: {e}"),
+                });
+                Err(e.into())
+            }
+        }
     }
 }
 

@@ -201,7 +201,7 @@ pub fn push_busybox(registry: &str, repo: &str, page: &str, cmd: &[&str]) -> Str
     tar.append_data(&mut h, "bin/busybox", busybox.as_slice())
         .unwrap();
     for applet in [
-        "sh", "httpd", "sleep", "cat", "echo", "rm", "touch", "ls", "wget", "true", "false",
+        "sh", "httpd", "sleep", "cat", "echo", "rm", "touch", "ls", "wget", "true", "false", "id",
     ] {
         let mut h = tar::Header::new_gnu();
         h.set_entry_type(tar::EntryType::Symlink);
