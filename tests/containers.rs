@@ -214,6 +214,9 @@ fn container_deployment_serves_logs_is_replaced_and_survives_an_agent_restart() 
     assert_eq!(answers(&format!("{}:80", cluster_ip(&c2, "web"))), PAGE);
 
     // Deleting the Deployment removes its containers from containerd.
+    let uids = jsonpath(&c2, &["pods", "-l", "app=web"], "{.items[*].metadata.uid}");
+    let uids: Vec<String> = uids.split_whitespace().map(String::from).collect();
+    assert_eq!(uids.len(), 2);
     c2.kubectl_ok(&["delete", "deployment", "web"]);
     let deadline = Instant::now() + Duration::from_secs(60);
     while !containerd.running_tasks().is_empty() {
@@ -224,6 +227,21 @@ fn container_deployment_serves_logs_is_replaced_and_survives_an_agent_restart() 
         );
         std::thread::sleep(Duration::from_millis(250));
     }
+    // The pods finish deleting only after their networks are released.
+    c2.wait_until(
+        &["get", "pods", "-l", "app=web", "-o", "name"],
+        Duration::from_secs(60),
+        |out| out.trim().is_empty(),
+    );
+    let ns = std::process::Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .unwrap();
+    let ns = String::from_utf8_lossy(&ns.stdout);
+    assert!(
+        uids.iter().all(|u| !ns.contains(u.as_str())),
+        "pod namespaces left: {ns}"
+    );
     drop(c);
 }
 

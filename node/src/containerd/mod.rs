@@ -405,11 +405,14 @@ impl ContainerdRuntime {
                 });
             }
         };
-        report(Note::Event {
-            warning: false,
-            reason: "Pulling",
-            message: format!("Pulling image {image:?}"),
-        });
+        // As kubelet: `Pulling` only when the registry is asked.
+        if policy == PullPolicy::Always || !self.has_image(&image).await {
+            report(Note::Event {
+                warning: false,
+                reason: "Pulling",
+                message: format!("Pulling image {image:?}"),
+            });
+        }
         match self.conn.pull(&image, policy, &auth, &progress).await {
             Ok((u, outcome)) => {
                 let message = match outcome {
@@ -690,8 +693,8 @@ async fn copy_fifo(
     }
 }
 
-impl Workload for ContainerdRuntime {
-    async fn start(&self, pod: &Pod, spec: &StartSpec) -> Result<RunningPod, WorkloadError> {
+impl ContainerdRuntime {
+    async fn start_pod(&self, pod: &Pod, spec: &StartSpec) -> Result<RunningPod, WorkloadError> {
         let uid = pod.metadata.uid.clone().unwrap_or_default();
         let containers = pod.spec.clone().unwrap_or_default().containers;
         let ids: Vec<String> = containers
@@ -757,13 +760,32 @@ impl Workload for ContainerdRuntime {
         Ok(RunningPod::new(started, ip, probes, tasks).with_teardown(teardown))
     }
 
-    async fn release(&self, uid: &str) {
+    /// Stops and deletes every container of pod `uid`.
+    async fn remove_containers(&self, uid: &str) {
         for (id, _) in self.conn.list(POD_UID_LABEL, uid).await {
             self.conn.remove(&id, Duration::ZERO).await;
         }
-        if self.pod_dir(uid).exists() {
+    }
+}
+
+impl Workload for ContainerdRuntime {
+    async fn start(&self, pod: &Pod, spec: &StartSpec) -> Result<RunningPod, WorkloadError> {
+        let started = self.start_pod(pod, spec).await;
+        if started.is_err() {
+            // A pod starts whole or not at all: no container of a failed start keeps running.
+            self.remove_containers(pod.metadata.uid.as_deref().unwrap_or_default())
+                .await;
+        }
+        started
+    }
+
+    async fn release(&self, uid: &str) {
+        self.remove_containers(uid).await;
+        // Only container pods have a network (Wasm pods share the pods/ directory for volumes).
+        if self.ip_file(uid).exists() {
             self.cni.del(uid).await;
-            let _ = std::fs::remove_dir_all(self.pod_dir(uid));
+            let _ = std::fs::remove_file(self.ip_file(uid));
+            let _ = std::fs::remove_dir_all(self.pod_dir(uid).join("fifo"));
         }
     }
 
