@@ -18,21 +18,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use containerd_client::services::v1::container::Runtime;
-use containerd_client::services::v1::containers_client::ContainersClient;
-use containerd_client::services::v1::content_client::ContentClient;
-use containerd_client::services::v1::diff_client::DiffClient;
-use containerd_client::services::v1::images_client::ImagesClient;
-use containerd_client::services::v1::leases_client::LeasesClient;
-use containerd_client::services::v1::snapshots::snapshots_client::SnapshotsClient;
 use containerd_client::services::v1::snapshots::{PrepareSnapshotRequest, RemoveSnapshotRequest};
-use containerd_client::services::v1::tasks_client::TasksClient;
-use containerd_client::services::v1::version_client::VersionClient;
 use containerd_client::services::v1::{
     Container as CtrContainer, CreateContainerRequest, CreateTaskRequest, DeleteContainerRequest,
     DeleteProcessRequest, DeleteTaskRequest, ExecProcessRequest, GetRequest, KillRequest,
     ListContainersRequest, StartRequest, WaitRequest,
 };
-use containerd_client::tonic::transport::Channel;
 use containerd_client::tonic::{self, Request};
 use containerd_client::types::v1::Status as TaskStatus;
 use futures::FutureExt;
@@ -68,10 +59,19 @@ pub enum ContainerdError {
     Connect { path: PathBuf, message: String },
 }
 
-/// A connection to containerd, scoped to Weft's namespace.
+/// A connection to containerd, scoped to Weft's namespace. It derefs to
+/// containerd-client's `Client` for the service clients.
 #[derive(Clone)]
 pub struct Conn {
-    channel: Channel,
+    client: Arc<containerd_client::Client>,
+}
+
+impl std::ops::Deref for Conn {
+    type Target = containerd_client::Client;
+
+    fn deref(&self) -> &containerd_client::Client {
+        &self.client
+    }
 }
 
 impl Conn {
@@ -87,8 +87,11 @@ impl Conn {
         let channel = containerd_client::connect(socket)
             .await
             .map_err(|e| err(e.to_string()))?;
-        let conn = Conn { channel };
-        let version = VersionClient::new(conn.channel.clone())
+        let conn = Conn {
+            client: Arc::new(channel.into()),
+        };
+        let version = conn
+            .version()
             .version(())
             .await
             .map_err(|e| err(e.message().to_string()))?
@@ -114,28 +117,6 @@ impl Conn {
             r.metadata_mut().insert("containerd-lease", v);
         }
         r
-    }
-
-    fn content(&self) -> ContentClient<Channel> {
-        ContentClient::new(self.channel.clone())
-    }
-    fn diff(&self) -> DiffClient<Channel> {
-        DiffClient::new(self.channel.clone())
-    }
-    fn images(&self) -> ImagesClient<Channel> {
-        ImagesClient::new(self.channel.clone())
-    }
-    fn leases(&self) -> LeasesClient<Channel> {
-        LeasesClient::new(self.channel.clone())
-    }
-    fn snapshots(&self) -> SnapshotsClient<Channel> {
-        SnapshotsClient::new(self.channel.clone())
-    }
-    fn tasks(&self) -> TasksClient<Channel> {
-        TasksClient::new(self.channel.clone())
-    }
-    fn containers(&self) -> ContainersClient<Channel> {
-        ContainersClient::new(self.channel.clone())
     }
 
     /// Waits for a task (or one of its exec processes) to exit; its status.
