@@ -9,9 +9,12 @@
 //!   cargo bench --profile dev --bench containers -- quick   (15 pods of each kind, wrk 2 s x2)
 //!
 //! Needs root, containerd, runc, the CNI plugins and busybox-static (`./dev`
-//! installs them). The benchmark starts a containerd of its own and a
-//! loopback registry, as the tests do.
+//! installs them). The benchmark starts a containerd of its own, as the
+//! tests do; the cluster (a loopback registry, the control plane in this
+//! process, the agent as a `weft node` child) is `common/cluster.rs`.
 
+#[path = "common/cluster.rs"]
+mod cluster;
 #[path = "../tests/common/containers.rs"]
 mod containers;
 #[path = "../wasm-host/tests/guests/mod.rs"]
@@ -20,25 +23,15 @@ mod guests;
 mod load;
 #[path = "../tests/common/registry.rs"]
 mod registry;
+#[path = "common/stats.rs"]
+mod stats;
 #[path = "common/watch.rs"]
 mod watch;
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use weft_control_plane::apiserver::{ControlPlane, ControlPlaneConfig};
-use weft_node::agent::{self, AgentConfig};
-use weft_node::containerd::ContainerdConfig;
-
-fn pct(v: &mut [Duration], p: f64) -> Duration {
-    v.sort();
-    v[((v.len() as f64 - 1.0) * p).round() as usize]
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.2} ms", d.as_secs_f64() * 1e3)
-}
+use stats::{ms, pct};
 
 fn pod(name: &str, image: &str) -> Value {
     json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "labels": {"app": name}},
@@ -49,45 +42,25 @@ fn pod(name: &str, image: &str) -> Value {
 fn main() {
     let quick = std::env::args().any(|a| a == "quick");
     let (n, secs) = if quick { (15, 2) } else { (40, 5) };
-    let reg = registry::Registry::start();
     let ctrd = containers::Containerd::start();
     let net = containers::PodNetwork::fresh();
-    let ctr_image = containers::push_busybox(
-        &reg.addr,
-        "bench/httpd:1",
-        "container page\n",
-        &["httpd", "-f", "-p", "8080", "-h", "/www"],
-    );
-    let dir = tempfile::tempdir().unwrap();
-    let wasm_path = dir.path().join("hello.wasm");
-    std::fs::write(&wasm_path, guests::sample("hello")).unwrap();
-    let wasm_image = format!("{}/samples/hello:1", reg.addr);
-
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .unwrap();
     rt.block_on(async {
-        weft_node::artifacts::push(&wasm_path, &wasm_image, &oci_client::secrets::RegistryAuth::Anonymous).await.unwrap();
-        let cfg = ControlPlaneConfig::new(dir.path().join("cluster"), "127.0.0.1:0".parse::<SocketAddr>().unwrap());
-        let cp = ControlPlane::start(cfg).await.unwrap();
-        let client = agent::client(&cp.url, &cp.token, cp.ca_pem.as_ref().map(|p| p.as_bytes())).unwrap();
-        let mut acfg = AgentConfig::new("bench-node".into(), dir.path().join("node"));
-        acfg.pod_cidr = "127.201.0.0/16".into();
-        acfg.containerd = Some(ContainerdConfig {
-            socket: ctrd.socket.clone(),
-            pod_cidr: net.cidr.clone(),
-            bridge: net.bridge.clone(),
-            ..ContainerdConfig::default()
-        });
-        let node = agent::start(client, acfg).await.unwrap();
-
-        let http = reqwest::Client::builder()
-            .add_root_certificate(reqwest::Certificate::from_pem(cp.ca_pem.as_ref().unwrap().as_bytes()).unwrap())
-            .build()
-            .unwrap();
-        let pods_url = format!("{}/api/v1/namespaces/default/pods", cp.url);
-        let mut rx = watch::ready_pods(&http, &pods_url, &cp.token).await;
+        // The agent is a `weft node` child with containerd, as in production.
+        let cl = cluster::Cluster::start_with("127.201.0.0/16", &net.flags(&ctrd)).await;
+        // push_busybox runs its own runtime: a plain thread, outside this one.
+        let addr = cl.registry.addr.clone();
+        let ctr_image = std::thread::spawn(move || {
+            containers::push_busybox(&addr, "bench/httpd:1", "container page\n", &["httpd", "-f", "-p", "8080", "-h", "/www"])
+        })
+        .join()
+        .unwrap();
+        let (cp, http, wasm_image) = (&cl.cp, &cl.http, cl.image.clone());
+        let pods_url = cl.api("pods");
+        let mut rx = watch::ready_pods(http, &pods_url, &cp.token).await;
         let mut create = async |name: &str, image: &str| -> (Duration, String) {
             let t = Instant::now();
             let r = http.post(&pods_url).bearer_auth(&cp.token).json(&pod(name, image)).send().await.unwrap();
@@ -144,8 +117,6 @@ fn main() {
             println!("  {what:22} {:>9.0} req/s  p99 {}", best(v), v.iter().map(|x| x.1.clone()).collect::<Vec<_>>().join(" / "));
         }
         println!("  Service / direct: {:.2}", best(&s) / best(&d));
-        node.shutdown(Duration::from_secs(10)).await;
-        cp.shutdown(Duration::from_secs(10)).await;
     });
     drop(net);
     drop(ctrd);

@@ -11,6 +11,8 @@
 mod guests;
 #[path = "../tests/common/registry.rs"]
 mod registry;
+#[path = "common/stats.rs"]
+mod stats;
 #[path = "common/watch.rs"]
 mod watch;
 
@@ -21,14 +23,7 @@ use serde_json::{Value, json};
 use weft_control_plane::apiserver::{ControlPlane, ControlPlaneConfig};
 use weft_node::agent::{self, AgentConfig};
 
-fn pct(v: &mut [Duration], p: f64) -> Duration {
-    v.sort();
-    v[((v.len() as f64 - 1.0) * p).round() as usize]
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.2} ms", d.as_secs_f64() * 1e3)
-}
+use stats::{ms, pct};
 
 fn pod(name: &str, image: &str) -> Value {
     json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},

@@ -24,12 +24,17 @@ pub struct Cluster {
     /// samples/hello on disk.
     pub wasm: PathBuf,
     pub dir: tempfile::TempDir,
-    _registry: crate::registry::Registry,
+    pub registry: crate::registry::Registry,
 }
 
 impl Cluster {
     /// Pod IPs come from `pod_cidr`: each benchmark takes its own range.
     pub async fn start(pod_cidr: &str) -> Cluster {
+        Self::start_with(pod_cidr, &[]).await
+    }
+
+    /// As `start`, with extra `weft node` flags.
+    pub async fn start_with(pod_cidr: &str, node_flags: &[&str]) -> Cluster {
         let weft = env!("CARGO_BIN_EXE_weft");
         let registry = crate::registry::Registry::start();
         let dir = tempfile::tempdir().unwrap();
@@ -62,6 +67,7 @@ impl Cluster {
                 .arg(dir.path().join("node"))
                 .arg("--certificate-authority")
                 .arg(dir.path().join("cluster/pki/ca.crt"))
+                .args(node_flags)
                 .env("WEFT_TOKEN", &cp.token)
                 .stdout(Stdio::null())
                 .stderr(node_log)
@@ -80,7 +86,7 @@ impl Cluster {
             image,
             wasm,
             dir,
-            _registry: registry,
+            registry,
         }
     }
 
