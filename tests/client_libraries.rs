@@ -9,10 +9,9 @@ use common::TestCluster;
 #[test]
 fn official_python_client() {
     let c = TestCluster::start();
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/clients/python_client.py"
-    );
+    // Cargo's run-time CARGO_MANIFEST_DIR: see guests::repo_root.
+    let script = std::path::Path::new(&std::env::var("CARGO_MANIFEST_DIR").expect("run by cargo"))
+        .join("tests/clients/python_client.py");
     let out = Command::new("python3")
         .arg(script)
         .arg(&c.kubeconfig)

@@ -263,6 +263,9 @@ spec:
     image: {image}
     command: [sh, -c, 'touch /tmp/healthy; sleep 3; rm /tmp/healthy; sleep 600']
     livenessProbe: {{exec: {{command: [cat, /tmp/healthy]}}, periodSeconds: 1, failureThreshold: 2}}
+  - name: steady
+    image: {image}
+    command: [sleep, '600']
 ---
 apiVersion: v1
 kind: Pod
@@ -304,6 +307,27 @@ spec:
 ",
         registry = registry.addr
     ));
+    let steady_started = c.wait_until(
+        &[
+            "get",
+            "pod",
+            "live",
+            "-o",
+            "jsonpath={.status.containerStatuses[?(@.name==\"steady\")].state.running.startedAt}",
+        ],
+        Duration::from_secs(60),
+        |s| !s.is_empty(),
+    );
+    let live_uid = jsonpath(&c, &["pod", "live"], "{.metadata.uid}");
+    let steady_task = || {
+        let id = format!("{live_uid}-steady");
+        containerd
+            .running_tasks()
+            .into_iter()
+            .find(|(t, _)| *t == id)
+            .map(|(_, pid)| pid)
+    };
+    let steady_pid = steady_task().expect("the steady container runs");
     c.wait_until(
         &[
             "get",
@@ -342,6 +366,16 @@ spec:
         "involvedObject.name=live",
     ]);
     assert!(events.contains("Liveness probe failed"), "{events}");
+    // Only the failing container restarted: its neighbour runs on, the same task.
+    assert_eq!(
+        jsonpath(
+            &c,
+            &["pod", "live"],
+            "{.status.containerStatuses[?(@.name==\"steady\")].restartCount} {.status.containerStatuses[?(@.name==\"steady\")].state.running.startedAt}"
+        ),
+        format!("0 {steady_started}")
+    );
+    assert_eq!(steady_task(), Some(steady_pid));
     // The spec from the pod: env from a ConfigMap, a configMap volume,
     // runAsUser, a read-only root filesystem.
     let logs = c.wait_until(&["logs", "conf"], Duration::from_secs(60), |out| {
@@ -491,13 +525,10 @@ fn one_service_over_both_runtimes_and_moving_a_service_to_wasm() {
 
     // samples/mixed: the Wasm frontend reaches the container backend by Service name.
     let frontend = common::push(&registry, &guests::sample("mixed"), "samples/mixed:1");
-    let manifest = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/samples/mixed/app.yaml"
-    ))
-    .unwrap()
-    .replace("FRONTEND_IMAGE", &frontend)
-    .replace("BACKEND_IMAGE", &image);
+    let manifest = std::fs::read_to_string(guests::repo_root().join("samples/mixed/app.yaml"))
+        .unwrap()
+        .replace("FRONTEND_IMAGE", &frontend)
+        .replace("BACKEND_IMAGE", &image);
     c.apply(&manifest);
     rollout(&c, "backend");
     rollout(&c, "frontend");

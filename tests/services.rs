@@ -15,13 +15,10 @@ use common::{TestCluster, http_get as get};
 
 /// The hello sample (Deployment and Service) with `replicas`.
 fn hello_sample(image: &str, replicas: u32) -> String {
-    std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/samples/hello/deployment.yaml"
-    ))
-    .expect("sample manifest")
-    .replace("IMAGE", image)
-    .replace("replicas: 2", &format!("replicas: {replicas}"))
+    std::fs::read_to_string(guests::repo_root().join("samples/hello/deployment.yaml"))
+        .expect("sample manifest")
+        .replace("IMAGE", image)
+        .replace("replicas: 2", &format!("replicas: {replicas}"))
 }
 
 fn cluster_ip(c: &TestCluster, svc: &str) -> String {

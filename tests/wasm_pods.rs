@@ -391,3 +391,139 @@ fn static_pods_run_from_a_manifest_directory_with_a_mirror_pod() {
         |s| !s.contains(mirror),
     );
 }
+
+/// `{.status.containerStatuses[?(@.name=="NAME")]FIELD}` of a pod.
+fn container_field(c: &TestCluster, pod: &str, name: &str, field: &str) -> String {
+    c.kubectl_ok(&[
+        "get",
+        "pod",
+        pod,
+        "-o",
+        &format!("jsonpath={{.status.containerStatuses[?(@.name==\"{name}\")]{field}}}"),
+    ])
+}
+
+#[test]
+fn containers_of_a_pod_restart_one_at_a_time_by_its_policy() {
+    let registry = Registry::start();
+    let c = TestCluster::start_with(&["--restart-backoff", "1s"]);
+    let hello = common::push(&registry, &guests::sample("hello"), "hello:mc");
+    let job = common::push(&registry, &guests::sample("job"), "job:mc");
+    let bad = common::push(
+        &registry,
+        &guests::guest("wasm-host/tests/guests/hostile", "hostile"),
+        "hostile:mc",
+    );
+    let step = |name: &str, code: u8| {
+        format!("  - {{name: {name}, image: {job}, env: [{{name: EXIT_CODE, value: '{code}'}}]}}\n")
+    };
+    let manifests = format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: sidecars}}\nspec:\n  runtimeClassName: wasm\n  containers:\n  \
+         - {{name: web, image: {hello}, ports: [{{containerPort: 8080}}]}}\n{worker}  \
+         - name: flaky\n    image: {bad}\n    ports: [{{containerPort: 8081}}]\n    \
+         livenessProbe: {{httpGet: {{path: /trap, port: 8081}}, periodSeconds: 1, failureThreshold: 1}}\n\
+         ---\napiVersion: v1\nkind: Pod\nmetadata: {{name: onfailure}}\nspec:\n  runtimeClassName: wasm\n  restartPolicy: OnFailure\n  containers:\n{ok}{fail}\
+         ---\napiVersion: v1\nkind: Pod\nmetadata: {{name: never}}\nspec:\n  runtimeClassName: wasm\n  restartPolicy: Never\n  containers:\n{ok}{fail}",
+        worker = step("worker", 3),
+        ok = step("ok", 0),
+        fail = step("fail", 3),
+    );
+    c.apply(&manifests);
+    // Never Ready while the worker crash-loops (kubelet's rule): wait for the web container.
+    c.wait_until(
+        &[
+            "get",
+            "pod",
+            "sidecars",
+            "-o",
+            "jsonpath={.status.containerStatuses[?(@.name==\"web\")].state.running.startedAt}",
+        ],
+        Duration::from_secs(60),
+        |s| !s.is_empty(),
+    );
+    let ip = c.kubectl_ok(&["get", "pod", "sidecars", "-o", "jsonpath={.status.podIP}"]);
+    let web_started = container_field(&c, "sidecars", "web", ".state.running.startedAt");
+    assert!(!web_started.is_empty());
+
+    // While the worker crash-loops and the flaky server fails its liveness
+    // probe, the web container keeps serving from the same run (bounded).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (mut served, mut restarted) = (0, false);
+    while Instant::now() < deadline && !restarted {
+        let (code, body) = http_get(&format!("{ip}:8080"), "/").expect("web answers");
+        assert_eq!(code, 200, "{body}");
+        served += 1;
+        let counts = (
+            container_field(&c, "sidecars", "worker", ".restartCount"),
+            container_field(&c, "sidecars", "flaky", ".restartCount"),
+        );
+        restarted = counts.0.parse::<u32>().is_ok_and(|n| n >= 2)
+            && counts.1.parse::<u32>().is_ok_and(|n| n >= 1);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        restarted,
+        "worker and flaky never restarted ({served} GETs)"
+    );
+    assert_eq!(container_field(&c, "sidecars", "web", ".restartCount"), "0");
+    assert_eq!(
+        container_field(&c, "sidecars", "web", ".state.running.startedAt"),
+        web_started,
+        "the web container was never restarted"
+    );
+    let worker = |field: &str| container_field(&c, "sidecars", "worker", field);
+    // wasi:cli's exit carries success or failure, not the number.
+    assert_eq!(worker(".lastState.terminated.exitCode"), "1");
+    assert_eq!(worker(".lastState.terminated.reason"), "Error");
+    let flaky = container_field(&c, "sidecars", "flaky", ".lastState.terminated.message");
+    assert!(flaky.contains("Liveness probe failed"), "{flaky}");
+    assert_eq!(
+        c.kubectl_ok(&["get", "pod", "sidecars", "-o", "jsonpath={.status.phase}"]),
+        "Running"
+    );
+    let previous = c.kubectl_ok(&["logs", "sidecars", "-c", "worker", "-p"]);
+    assert!(
+        previous.contains("job step done by sidecars") && previous.contains("exit code 3"),
+        "{previous}"
+    );
+
+    // OnFailure: the container that succeeded stays Completed while the
+    // failing one restarts; the pod runs on.
+    c.wait_until(
+        &[
+            "get",
+            "pod",
+            "onfailure",
+            "-o",
+            "jsonpath={.status.containerStatuses[?(@.name==\"fail\")].restartCount}",
+        ],
+        Duration::from_secs(30),
+        |n| n.parse::<u32>().is_ok_and(|n| n >= 1),
+    );
+    assert_eq!(
+        container_field(&c, "onfailure", "ok", ".state.terminated.reason"),
+        "Completed"
+    );
+    assert_eq!(container_field(&c, "onfailure", "ok", ".restartCount"), "0");
+    assert_eq!(
+        c.kubectl_ok(&["get", "pod", "onfailure", "-o", "jsonpath={.status.phase}"]),
+        "Running"
+    );
+
+    // Never: once both have ended, the pod is Failed, each container with its own end.
+    c.wait_until(
+        &["get", "pod", "never", "-o", "jsonpath={.status.phase}"],
+        Duration::from_secs(30),
+        |p| p == "Failed",
+    );
+    assert_eq!(
+        c.kubectl_ok(&[
+            "get",
+            "pod",
+            "never",
+            "-o",
+            "jsonpath={.status.containerStatuses[*].state.terminated.reason}"
+        ]),
+        "Completed Error"
+    );
+}

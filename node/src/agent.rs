@@ -5,7 +5,7 @@ use std::collections::{HashMap, HashSet};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
@@ -13,7 +13,9 @@ use kube::runtime::watcher;
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, watch as signal};
 use weft_api::k8s_openapi::api::coordination::v1::Lease;
-use weft_api::k8s_openapi::api::core::v1::{ConfigMap, Event, Node, Pod, Secret};
+use weft_api::k8s_openapi::api::core::v1::{
+    ConfigMap, Container, ContainerStatus, Event, Node, Pod, Secret,
+};
 use weft_api::k8s_openapi::api::node::v1::RuntimeClass;
 use weft_wasm_host::{Host, HostConfig};
 
@@ -22,8 +24,8 @@ use crate::containerd::{ContainerdConfig, ContainerdRuntime};
 use crate::logs::{self, Live};
 use crate::proxy::{LocalHandlers, Proxy};
 use crate::runtime::{
-    CONTAINERD_HANDLER, Exited, Note, PodEnv, Report, RunningPod, Runtimes, StartSpec,
-    WASM_HANDLER, WasmRuntime, Workload, WorkloadError,
+    CONTAINERD_HANDLER, Exited, Note, PodEnv, Report, RunningContainer, Runtimes, StartSpec,
+    Started, WASM_HANDLER, WasmRuntime, Workload, WorkloadError,
 };
 use crate::server::{self, ServerState};
 use crate::{env, probes, static_pods, volumes};
@@ -378,8 +380,6 @@ pub async fn start(client: kube::Client, cfg: AgentConfig) -> Result<AgentHandle
         pool,
         running: HashMap::new(),
         backoff: HashMap::new(),
-        restarts: HashMap::new(),
-        last_state: HashMap::new(),
         finished: HashSet::new(),
         terminating: HashSet::new(),
         msgs: msgs_tx,
@@ -411,6 +411,8 @@ impl PodKey {
 enum Msg {
     /// A pod is due for another start attempt.
     Retry(PodKey),
+    /// A container of a running pod is due to start again.
+    Restart(PodKey, String),
     /// A deleted pod's workload has stopped: release it and finish deletion.
     Terminated(PodKey, Ipv4Addr),
     /// `spec.activeDeadlineSeconds` passed.
@@ -442,18 +444,81 @@ impl Ending {
     }
 }
 
+/// Where a container of a running pod is.
+enum State {
+    Running,
+    /// Waiting to start again (`{"reason", "message"}`).
+    Waiting(Value),
+    /// Ended for good, by the restart policy (`state.terminated`).
+    Terminated(Value),
+}
+
+/// One container of a running pod: each runs, ends and restarts on its own.
+struct Slot {
+    name: String,
+    /// The current run; `None` while waiting or terminated.
+    run: Option<RunningContainer>,
+    /// What the latest run started as (imageID, containerID), kept for the status.
+    started: Option<Started>,
+    state: State,
+    started_at: String,
+    /// When the current run started: a long run resets the backoff.
+    since: Instant,
+    restarts: u32,
+    /// Failures since the last long run: the backoff's exponent.
+    crashes: u32,
+    /// The previous run's termination (`lastState.terminated`).
+    last: Option<Value>,
+    /// Readiness of the current run (true without a readiness or startup probe).
+    ready: bool,
+    /// The current run's probe loop; dropped with it.
+    _probes: tokio::task::JoinSet<()>,
+}
+
+impl Slot {
+    fn done(&self) -> bool {
+        matches!(self.state, State::Terminated(_))
+    }
+}
+
 struct Active {
     key: PodKey,
     ip: Ipv4Addr,
-    run: RunningPod,
     pod: Pod,
     started_at: String,
-    /// Containers that have ended, with how.
-    ended: HashMap<String, Ending>,
-    /// Readiness by container (true without a readiness probe).
-    ready: HashMap<String, bool>,
-    /// Probe loops; dropped with the pod.
-    _probes: tokio::task::JoinSet<()>,
+    /// In the order of `spec.containers`.
+    slots: Vec<Slot>,
+}
+
+impl Active {
+    fn slot(&mut self, name: &str) -> Option<&mut Slot> {
+        self.slots.iter_mut().find(|s| s.name == name)
+    }
+
+    /// Takes every container's current run, to stop or detach them.
+    fn take_runs(&mut self) -> Vec<RunningContainer> {
+        self.slots.iter_mut().filter_map(|s| s.run.take()).collect()
+    }
+}
+
+/// Stops containers together, each given `grace`.
+async fn stop_all(runs: Vec<RunningContainer>, grace: Duration) {
+    futures::future::join_all(runs.into_iter().map(|r| r.stop(grace))).await;
+}
+
+/// A container that ran this long has its backoff reset (kubelet: 2 × the cap).
+const BACKOFF_RESET: Duration = Duration::from_secs(600);
+
+fn restart_policy(pod: &Pod) -> &str {
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.restart_policy.as_deref())
+        .unwrap_or("Always")
+}
+
+/// Readiness before any probe answers: gated by a readiness or startup probe.
+fn ready_at_start(c: &Container) -> bool {
+    c.readiness_probe.is_none() && c.startup_probe.is_none()
 }
 
 struct PodLoop<W: Workload> {
@@ -469,10 +534,6 @@ struct PodLoop<W: Workload> {
     /// retry rather than restarting on every watch event (their own status
     /// updates included).
     backoff: HashMap<String, u32>,
-    /// Restarts per pod uid (containers that ended under restartPolicy OnFailure/Always).
-    restarts: HashMap<String, u32>,
-    /// The last termination of each container, by pod uid (`lastState`).
-    last_state: HashMap<String, HashMap<String, Value>>,
     /// Pods that ran to completion; stale events must not start them again.
     finished: HashSet<String>,
     /// Deleted pods still draining.
@@ -555,6 +616,58 @@ async fn post_event(
     }
 }
 
+/// Container `name` of `pod` (its spec).
+fn runtime_container(pod: &Pod, name: &str) -> Container {
+    pod.spec
+        .iter()
+        .flat_map(|s| s.containers.iter())
+        .find(|c| c.name == name)
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// The probe loop of run `run` of container `c`.
+fn spawn_probes(
+    uid: &str,
+    run: u32,
+    c: &Container,
+    ip: Ipv4Addr,
+    container: &RunningContainer,
+    tx: mpsc::UnboundedSender<probes::Transition>,
+) -> tokio::task::JoinSet<()> {
+    let mut set = tokio::task::JoinSet::new();
+    set.spawn(probes::run(
+        uid.to_string(),
+        run,
+        c.clone(),
+        ip,
+        container.probe.clone(),
+        tx,
+    ));
+    set
+}
+
+/// A container's entry in `status.containerStatuses`.
+fn container_status(pod: &Pod, s: &Slot) -> Value {
+    let running = matches!(s.state, State::Running);
+    let state = match &s.state {
+        State::Running => json!({"running": {"startedAt": s.started_at}}),
+        State::Waiting(w) => json!({"waiting": w}),
+        State::Terminated(t) => json!({"terminated": t}),
+    };
+    let image = runtime_container(pod, &s.name).image.unwrap_or_default();
+    let mut v = json!({"name": s.name, "ready": running && s.ready, "started": running,
+        "restartCount": s.restarts, "image": image, "state": state,
+        "imageID": s.started.as_ref().map(|st| st.image_id.as_str()).unwrap_or_default()});
+    if let Some(st) = &s.started {
+        v["containerID"] = json!(st.id);
+    }
+    if let Some(t) = &s.last {
+        v["lastState"] = json!({"terminated": t});
+    }
+    v
+}
+
 fn cond(ty: &str, status: bool, ts: &str) -> Value {
     json!({"type": ty, "status": if status { "True" } else { "False" }, "lastProbeTime": null, "lastTransitionTime": ts})
 }
@@ -584,7 +697,7 @@ impl<W: Workload> PodLoop<W> {
                     }
                 }
                 Some(e) = exits.recv() => {
-                    self.ended(&e.pod_uid, vec![(e.container, Ending::Exit(e.exit))]).await;
+                    self.ended(&e.pod_uid, &e.container, e.run, Ending::Exit(e.exit)).await;
                 }
                 Some(t) = probes.recv() => self.probed(t).await,
                 Some(m) = msgs.recv() => self.message(m).await,
@@ -612,8 +725,9 @@ impl<W: Workload> PodLoop<W> {
             }
         }
         // Wasm pods end with the agent; containers keep running, to be adopted.
-        for (_, a) in self.running.drain() {
-            a.run.detach().await;
+        for (_, mut a) in self.running.drain() {
+            futures::future::join_all(a.take_runs().into_iter().map(RunningContainer::detach))
+                .await;
         }
     }
 
@@ -732,6 +846,7 @@ impl<W: Workload> PodLoop<W> {
                     self.sync(pod, true).await;
                 }
             }
+            Msg::Restart(k, name) => self.restart(&k, &name).await,
             Msg::Terminated(k, ip) => {
                 self.pool.release(ip);
                 self.terminating.remove(&k.uid);
@@ -746,10 +861,9 @@ impl<W: Workload> PodLoop<W> {
                 if active.is_none() && !self.backoff.contains_key(&k.uid) {
                     return;
                 }
-                if let Some(a) = active {
-                    let grace = grace_period(&a.pod);
+                if let Some(mut a) = active {
                     self.pool.release(a.ip);
-                    a.run.stop(grace).await;
+                    stop_all(a.take_runs(), grace_period(&a.pod)).await;
                 }
                 self.runtime.release(&k.uid).await;
                 self.backoff.remove(&k.uid);
@@ -767,12 +881,10 @@ impl<W: Workload> PodLoop<W> {
     async fn forget(&mut self, pod: &Pod) {
         let uid = pod.metadata.uid.clone().unwrap_or_default();
         self.backoff.remove(&uid);
-        self.restarts.remove(&uid);
-        self.last_state.remove(&uid);
         self.finished.remove(&uid);
-        if let Some(a) = self.running.remove(&uid) {
+        if let Some(mut a) = self.running.remove(&uid) {
             self.pool.release(a.ip);
-            a.run.stop(Duration::ZERO).await;
+            stop_all(a.take_runs(), Duration::ZERO).await;
         }
         self.runtime.release(&uid).await;
         let k = PodKey::of(pod);
@@ -800,78 +912,138 @@ impl<W: Workload> PodLoop<W> {
         }
     }
 
-    /// Containers ended. When every container of the pod has, it completes
-    /// (Succeeded/Failed) or restarts after a backoff, by its restartPolicy,
-    /// as kubelet does. Servers only end when the agent kills them.
-    async fn ended(&mut self, uid: &str, endings: Vec<(String, Ending)>) {
-        let Some(active) = self.running.get_mut(uid) else {
+    /// Run `run` of a container ended. It starts again after a backoff, or
+    /// stays terminated, by the pod's restartPolicy, while the pod's other
+    /// containers carry on (kubelet). When every container is terminated
+    /// for good, the pod completes: Succeeded if all exited 0, else Failed.
+    async fn ended(&mut self, uid: &str, name: &str, run: u32, ending: Ending) {
+        let Some(a) = self.running.get_mut(uid) else {
             return;
         };
-        active.ended.extend(endings);
-        if active.ended.len() < active.run.containers.len() {
-            return;
-        }
-        let Some(active) = self.running.remove(uid) else {
-            return;
-        };
-        let containers = active.run.containers.clone();
-        self.pool.release(active.ip);
-        active.run.stop(grace_period(&active.pod)).await;
-        let key = active.key.clone();
-        let policy = active
-            .pod
-            .spec
-            .as_ref()
-            .and_then(|s| s.restart_policy.clone())
-            .unwrap_or_else(|| "Always".into());
-        let all_ok = active.ended.values().all(Ending::succeeded);
-        let restarts = self.restarts.get(uid).copied().unwrap_or(0);
-        let finished = now();
-        let terminated: HashMap<String, Value> = containers
-            .iter()
-            .map(|c| {
-                let (code, reason, message) = active
-                    .ended
-                    .get(&c.name)
-                    .map(Ending::terminated)
-                    .unwrap_or((0, "Completed", String::new()));
-                (
-                    c.name.clone(),
-                    json!({"exitCode": code, "reason": reason, "message": message,
-                    "startedAt": active.started_at, "finishedAt": finished,
-                    "containerID": c.id}),
-                )
-            })
-            .collect();
-        let restart = match policy.as_str() {
+        let (key, grace) = (a.key.clone(), grace_period(&a.pod));
+        let restart = match restart_policy(&a.pod) {
             "Never" => false,
-            "OnFailure" => !all_ok,
+            "OnFailure" => !ending.succeeded(),
             _ => true,
         };
-        let status = if restart {
-            let delay = backoff_delay(self.cfg.retry_after, restarts);
-            self.restarts.insert(uid.to_string(), restarts + 1);
-            self.backoff.insert(uid.to_string(), restarts + 1);
-            self.last_state.insert(uid.to_string(), terminated.clone());
-            later(&self.msgs, Msg::Retry(key.clone()), delay);
-            let statuses: Vec<Value> = containers.iter().map(|c| json!({
-                "name": c.name, "ready": false, "started": false, "restartCount": restarts + 1, "image": c.image, "imageID": c.image_id,
-                "lastState": {"terminated": terminated[&c.name]},
-                "state": {"waiting": {"reason": "CrashLoopBackOff", "message": format!("back-off {delay:?} restarting failed container={} pod={}", c.name, key.name)}}})).collect();
-            json!({"status": {"phase": "Running", "containerStatuses": statuses,
-                "conditions": [cond("ContainersReady", false, &finished), cond("Ready", false, &finished)]}})
-        } else {
-            self.restarts.remove(uid);
-            self.finished.insert(uid.to_string());
-            self.runtime.release(uid).await;
-            let statuses: Vec<Value> = containers.iter().map(|c| json!({
-                "name": c.name, "ready": false, "started": false, "restartCount": restarts, "image": c.image, "imageID": c.image_id,
-                "state": {"terminated": terminated[&c.name]}})).collect();
-            let done = |ty: &str, st: &str| json!({"type": ty, "status": st, "reason": "PodCompleted", "lastTransitionTime": finished});
-            json!({"status": {"phase": if all_ok { "Succeeded" } else { "Failed" }, "containerStatuses": statuses,
-                "conditions": [done("PodScheduled", "True"), done("Initialized", "True"), done("ContainersReady", "False"), done("Ready", "False")]}})
+        let Some(slot) = a.slot(name).filter(|s| s.restarts == run) else {
+            return;
         };
-        self.patch_status(&key, &status).await;
+        // A stale report about a run that has already been stopped.
+        let Some(stopping) = slot.run.take() else {
+            return;
+        };
+        slot._probes = tokio::task::JoinSet::new();
+        slot.ready = false;
+        let (code, reason, message) = ending.terminated();
+        let terminated = json!({"exitCode": code, "reason": reason, "message": message,
+            "startedAt": slot.started_at, "finishedAt": now(), "containerID": stopping.started.id});
+        if restart {
+            if slot.since.elapsed() >= BACKOFF_RESET {
+                slot.crashes = 0;
+            }
+            let delay = backoff_delay(self.cfg.retry_after, slot.crashes);
+            slot.crashes += 1;
+            slot.restarts += 1;
+            slot.last = Some(terminated);
+            slot.state = State::Waiting(json!({"reason": "CrashLoopBackOff",
+                "message": format!("back-off {delay:?} restarting failed container={name} pod={}", key.name)}));
+            // In the background: a container given a grace period must not
+            // hold up the node's other pods. It starts again once stopped.
+            let (tx, k, name) = (self.msgs.clone(), key.clone(), name.to_string());
+            tokio::spawn(async move {
+                stopping.stop(grace).await;
+                tokio::time::sleep(delay).await;
+                let _ = tx.send(Msg::Restart(k, name));
+            });
+        } else {
+            slot.state = State::Terminated(terminated);
+            if a.slots.iter().all(Slot::done) {
+                stopping.stop(grace).await;
+                self.complete(uid).await;
+                return;
+            }
+            tokio::spawn(stopping.stop(grace));
+        }
+        if let Some(status) = self.pod_status(uid) {
+            self.patch_status(&key, &status).await;
+        }
+    }
+
+    /// Every container of the pod has terminated for good.
+    async fn complete(&mut self, uid: &str) {
+        let Some(a) = self.running.remove(uid) else {
+            return;
+        };
+        self.pool.release(a.ip);
+        self.finished.insert(uid.to_string());
+        self.runtime.release(uid).await;
+        let all_ok = a
+            .slots
+            .iter()
+            .all(|s| matches!(&s.state, State::Terminated(t) if t["exitCode"] == 0));
+        let statuses: Vec<Value> = a
+            .slots
+            .iter()
+            .map(|s| container_status(&a.pod, s))
+            .collect();
+        let ts = now();
+        let done = |ty: &str, st: &str| json!({"type": ty, "status": st, "reason": "PodCompleted", "lastTransitionTime": ts});
+        let status = json!({"status": {"phase": if all_ok { "Succeeded" } else { "Failed" }, "containerStatuses": statuses,
+            "conditions": [done("PodScheduled", "True"), done("Initialized", "True"), done("ContainersReady", "False"), done("Ready", "False")]}});
+        self.patch_status(&a.key, &status).await;
+    }
+
+    /// A container's backoff is over: start it again in its pod.
+    async fn restart(&mut self, key: &PodKey, name: &str) {
+        let Some(a) = self.running.get(&key.uid) else {
+            return;
+        };
+        if !a
+            .slots
+            .iter()
+            .any(|s| s.name == name && matches!(s.state, State::Waiting(_)))
+        {
+            return;
+        }
+        let (pod, ip) = (a.pod.clone(), a.ip);
+        let restarts = a
+            .slots
+            .iter()
+            .map(|s| (s.name.clone(), s.restarts))
+            .collect();
+        let started = match self.start_spec(&pod, ip, restarts).await {
+            Ok(spec) => self.runtime.restart(&pod, name, &spec).await,
+            Err(e) => Err(e),
+        };
+        let probe_tx = self.probe_tx.clone();
+        let retry_after = self.cfg.retry_after;
+        let Some(slot) = self.running.get_mut(&key.uid).and_then(|a| a.slot(name)) else {
+            return;
+        };
+        match started {
+            Ok(run) => {
+                let c = runtime_container(&pod, name);
+                slot._probes = spawn_probes(&key.uid, slot.restarts, &c, ip, &run, probe_tx);
+                slot.ready = ready_at_start(&c);
+                slot.started = Some(run.started.clone());
+                slot.run = Some(run);
+                slot.state = State::Running;
+                slot.started_at = now();
+                slot.since = Instant::now();
+            }
+            Err(e) => {
+                tracing::warn!(pod = %key.name, container = name, "restart failed: {e}");
+                let delay = backoff_delay(retry_after, slot.crashes);
+                slot.crashes += 1;
+                slot.state =
+                    State::Waiting(json!({"reason": e.reason(), "message": e.to_string()}));
+                later(&self.msgs, Msg::Restart(key.clone(), name.into()), delay);
+            }
+        }
+        if let Some(status) = self.pod_status(&key.uid) {
+            self.patch_status(key, &status).await;
+        }
     }
 
     /// A probe changed its verdict.
@@ -880,21 +1052,20 @@ impl<W: Workload> PodLoop<W> {
             return;
         };
         let key = active.key.clone();
-        let names: Vec<String> = active
-            .run
-            .containers
-            .iter()
-            .map(|c| c.name.clone())
-            .collect();
+        let Some(slot) = active
+            .slot(&t.container)
+            .filter(|s| s.restarts == t.run && s.run.is_some())
+        else {
+            return;
+        };
         match (t.kind, t.healthy) {
             (probes::Kind::Readiness, ready) => {
-                active.ready.insert(t.container.clone(), ready);
+                slot.ready = ready;
                 if !ready {
                     let msg = format!("Readiness probe failed: {}", t.message);
                     self.event(&key, true, "Unhealthy", &msg).await;
                 }
-                let status = self.running_status(&t.pod_uid);
-                if let Some(status) = status {
+                if let Some(status) = self.pod_status(&t.pod_uid) {
                     self.patch_status(&key, &status).await;
                 }
             }
@@ -907,36 +1078,22 @@ impl<W: Workload> PodLoop<W> {
                     kind.as_str().to_lowercase()
                 );
                 self.event(&key, false, "Killing", &killing).await;
-                let endings = names
-                    .into_iter()
-                    .map(|c| (c, Ending::Killed(msg.clone())))
-                    .collect();
-                self.ended(&t.pod_uid, endings).await;
+                self.ended(&t.pod_uid, &t.container, t.run, Ending::Killed(msg))
+                    .await;
             }
             (_, true) => {}
         }
     }
 
-    /// The status of a running pod: readiness per container, lastState after restarts.
-    fn running_status(&self, uid: &str) -> Option<Value> {
+    /// The status of a running pod: each container's state, readiness and restarts.
+    fn pod_status(&self, uid: &str) -> Option<Value> {
         let a = self.running.get(uid)?;
-        let restarts = self.restarts.get(uid).copied().unwrap_or(0);
-        let last = self.last_state.get(uid);
-        let statuses: Vec<Value> = a.run.containers.iter().map(|c| {
-            let ready = a.ready.get(&c.name).copied().unwrap_or(true);
-            let mut s = json!({"name": c.name, "ready": ready, "started": true, "restartCount": restarts,
-                "image": c.image, "imageID": c.image_id, "containerID": c.id,
-                "state": {"running": {"startedAt": a.started_at}}});
-            if let Some(t) = last.and_then(|l| l.get(&c.name)) {
-                s["lastState"] = json!({"terminated": t});
-            }
-            s
-        }).collect();
-        let all_ready = a
-            .run
-            .containers
+        let statuses: Vec<Value> = a
+            .slots
             .iter()
-            .all(|c| a.ready.get(&c.name).copied().unwrap_or(true));
+            .map(|s| container_status(&a.pod, s))
+            .collect();
+        let all_ready = a.slots.iter().all(|s| s.run.is_some() && s.ready);
         let ts = now();
         Some(
             json!({"status": {"phase": "Running", "podIP": a.ip.to_string(), "podIPs": [{"ip": a.ip.to_string()}],
@@ -997,7 +1154,12 @@ impl<W: Workload> PodLoop<W> {
     }
 
     /// Env and volumes for a start.
-    async fn start_spec(&self, pod: &Pod, ip: Ipv4Addr) -> Result<StartSpec, WorkloadError> {
+    async fn start_spec(
+        &self,
+        pod: &Pod,
+        ip: Ipv4Addr,
+        restarts: HashMap<String, u32>,
+    ) -> Result<StartSpec, WorkloadError> {
         let key = PodKey::of(pod);
         let fetched = self.fetch_sources(pod).await?;
         let env = pod
@@ -1035,7 +1197,7 @@ impl<W: Workload> PodLoop<W> {
             env,
             volumes,
             log_dir: logs::pod_dir(&self.logs, &key.namespace, &key.name, &key.uid),
-            restarts: self.restarts.get(&key.uid).copied().unwrap_or(0),
+            restarts,
             handler,
             pull_secrets: fetched.pull_secrets,
             report: self.reporter(pod),
@@ -1065,19 +1227,17 @@ impl<W: Workload> PodLoop<W> {
         if matches!(phase.as_str(), "Succeeded" | "Failed") {
             return;
         }
-        if !self.restarts.contains_key(&uid) {
-            // A restarted agent carries on counting (and naming log files) where the status left off.
-            let count = pod
-                .status
-                .iter()
-                .flat_map(|s| s.container_statuses.iter().flatten())
-                .map(|c| c.restart_count.max(0) as u32)
-                .max()
-                .unwrap_or(0);
-            if count > 0 {
-                self.restarts.insert(uid.clone(), count);
-            }
-        }
+        // A restarted agent carries on counting (and naming log files) where the status left off.
+        let statuses: HashMap<String, &ContainerStatus> = pod
+            .status
+            .iter()
+            .flat_map(|s| s.container_statuses.iter().flatten())
+            .map(|c| (c.name.clone(), c))
+            .collect();
+        let restarts: HashMap<String, u32> = statuses
+            .iter()
+            .map(|(n, c)| (n.clone(), c.restart_count.max(0) as u32))
+            .collect();
         let want = pod
             .status
             .as_ref()
@@ -1100,7 +1260,7 @@ impl<W: Workload> PodLoop<W> {
             };
             later(&self.msgs, Msg::Deadline(key.clone()), left);
         }
-        let started = match self.start_spec(&pod, ip).await {
+        let started = match self.start_spec(&pod, ip, restarts.clone()).await {
             Ok(s) => self.runtime.start(&pod, &s).await,
             Err(e) => Err(e),
         };
@@ -1111,35 +1271,51 @@ impl<W: Workload> PodLoop<W> {
                     self.pool.release(ip);
                 }
                 let ip = run.ip;
-                let mut probe_tasks = tokio::task::JoinSet::new();
-                let mut ready = HashMap::new();
-                for c in &spec.containers {
-                    let has_gate = c.readiness_probe.is_some() || c.startup_probe.is_some();
-                    ready.insert(c.name.clone(), !has_gate);
-                    probe_tasks.spawn(probes::run(
-                        uid.clone(),
-                        c.clone(),
-                        ip,
-                        run.probes.get(&c.name).cloned().unwrap_or_default(),
-                        self.probe_tx.clone(),
-                    ));
-                }
                 let started_at = start_time(&pod).map(ts).unwrap_or_else(now);
+                let slots = run
+                    .containers
+                    .into_iter()
+                    .zip(&spec.containers)
+                    .map(|(run, c)| {
+                        let restarts = restarts.get(&c.name).copied().unwrap_or(0);
+                        let last = statuses
+                            .get(&c.name)
+                            .and_then(|s| s.last_state.as_ref()?.terminated.as_ref())
+                            .and_then(|t| serde_json::to_value(t).ok());
+                        Slot {
+                            name: c.name.clone(),
+                            _probes: spawn_probes(
+                                &uid,
+                                restarts,
+                                c,
+                                ip,
+                                &run,
+                                self.probe_tx.clone(),
+                            ),
+                            started: Some(run.started.clone()),
+                            run: Some(run),
+                            state: State::Running,
+                            started_at: started_at.clone(),
+                            since: Instant::now(),
+                            restarts,
+                            crashes: restarts,
+                            last,
+                            ready: ready_at_start(c),
+                        }
+                    })
+                    .collect();
                 self.running.insert(
                     uid.clone(),
                     Active {
                         key: key.clone(),
                         ip,
-                        run,
                         pod: pod.clone(),
                         started_at,
-                        ended: HashMap::new(),
-                        ready,
-                        _probes: probe_tasks,
+                        slots,
                     },
                 );
                 self.backoff.remove(&uid);
-                if let Some(status) = self.running_status(&uid) {
+                if let Some(status) = self.pod_status(&uid) {
                     self.patch_status(&key, &status).await;
                 }
             }
@@ -1183,7 +1359,6 @@ impl<W: Workload> PodLoop<W> {
         };
         self.terminating.insert(key.uid.clone());
         let ts = now();
-        active.ready.values_mut().for_each(|r| *r = false);
         self.patch_status(&key, &json!({"status": {"conditions": [cond("ContainersReady", false, &ts), cond("Ready", false, &ts)]}}))
             .await;
         let drain = drain_time(pod);
@@ -1191,9 +1366,8 @@ impl<W: Workload> PodLoop<W> {
         let tx = self.msgs.clone();
         tokio::spawn(async move {
             tokio::time::sleep(drain).await;
-            let ip = active.ip;
-            active.run.stop(grace).await;
-            let _ = tx.send(Msg::Terminated(active.key, ip));
+            stop_all(active.take_runs(), grace).await;
+            let _ = tx.send(Msg::Terminated(active.key, active.ip));
         });
     }
 }

@@ -49,6 +49,9 @@ pub struct Target {
 pub struct Transition {
     pub pod_uid: String,
     pub container: String,
+    /// Which run of the container (its restart count): a stale verdict
+    /// about an earlier run must not touch the current one.
+    pub run: u32,
     pub kind: Kind,
     pub healthy: bool,
     /// Why the last attempt failed.
@@ -165,10 +168,11 @@ async fn over_tcp(
         .map_err(|e| format!("HTTP probe failed: {e}"))
 }
 
-/// Runs one container's probes until dropped, reporting transitions.
-/// Startup gates the others; readiness starts unknown (not ready).
+/// Runs the probes of one run of a container until dropped, reporting
+/// transitions. Startup gates the others; readiness starts unknown (not ready).
 pub async fn run(
     pod_uid: String,
+    run: u32,
     c: Container,
     ip: Ipv4Addr,
     target: Target,
@@ -238,6 +242,7 @@ pub async fn run(
                 let _ = tx.send(Transition {
                     pod_uid: pod_uid.clone(),
                     container: c.name.clone(),
+                    run,
                     kind: *kind,
                     healthy,
                     message: result.err().unwrap_or_default(),
@@ -316,13 +321,14 @@ mod tests {
         let start = tokio::time::Instant::now();
         let task = tokio::spawn(run(
             "u".into(),
+            4,
             c,
             Ipv4Addr::new(127, 0, 0, 1),
             Target::default(),
             tx,
         ));
         let t = rx.recv().await.unwrap();
-        assert_eq!((t.kind, t.healthy), (Kind::Liveness, false));
+        assert_eq!((t.kind, t.healthy, t.run), (Kind::Liveness, false, 4));
         assert!(
             start.elapsed() >= Duration::from_secs(10),
             "{:?}",

@@ -74,46 +74,38 @@ pub struct Started {
     pub id: String,
 }
 
-/// Ends a pod's workload outside the process: given the grace period
-/// between SIGTERM and SIGKILL.
+/// Ends a container outside the process: given the grace period between
+/// SIGTERM and SIGKILL.
 pub type Teardown = Box<dyn FnOnce(Duration) -> BoxFuture<'static, ()> + Send + Sync>;
 
-/// A running pod's workload; `stop` ends it.
-pub struct RunningPod {
-    pub containers: Vec<Started>,
-    /// The pod's IP: the one the agent offered, or the one the runtime's
-    /// network gave it (containers).
-    pub ip: Ipv4Addr,
-    /// How each container is probed (in-process handler, exec).
-    pub probes: HashMap<String, Target>,
+/// One run of one container; `stop` ends it. Each container of a pod runs,
+/// ends and restarts on its own, as under kubelet.
+pub struct RunningContainer {
+    pub started: Started,
+    /// How its probes reach it (in-process handler, exec).
+    pub probe: Target,
     tasks: tokio::task::JoinSet<()>,
     teardown: Option<Teardown>,
     _registered: Option<Registered>,
 }
 
-impl RunningPod {
-    pub fn new(
-        containers: Vec<Started>,
-        ip: Ipv4Addr,
-        probes: HashMap<String, Target>,
-        tasks: tokio::task::JoinSet<()>,
-    ) -> RunningPod {
-        RunningPod {
-            containers,
-            ip,
-            probes,
+impl RunningContainer {
+    pub fn new(started: Started, probe: Target, tasks: tokio::task::JoinSet<()>) -> Self {
+        RunningContainer {
+            started,
+            probe,
             tasks,
             teardown: None,
             _registered: None,
         }
     }
 
-    pub fn with_teardown(mut self, t: Teardown) -> RunningPod {
+    pub fn with_teardown(mut self, t: Teardown) -> Self {
         self.teardown = Some(t);
         self
     }
 
-    /// Stops accepting, ends every task of the pod, then its processes
+    /// Stops accepting, ends the container's tasks, then its process
     /// (SIGTERM, SIGKILL after `grace`).
     pub async fn stop(mut self, grace: Duration) {
         self.tasks.shutdown().await;
@@ -122,11 +114,19 @@ impl RunningPod {
         }
     }
 
-    /// The agent is exiting: in-process work ends with it, while containers
-    /// keep running for the next agent to adopt.
+    /// The agent is exiting: in-process work ends with it, while a
+    /// container keeps running for the next agent to adopt.
     pub async fn detach(mut self) {
         self.tasks.shutdown().await;
     }
+}
+
+/// A started pod: its IP and every container's first run.
+pub struct RunningPod {
+    /// The pod's IP: the one the agent offered, or the one the runtime's
+    /// network gave it (containers).
+    pub ip: Ipv4Addr,
+    pub containers: Vec<RunningContainer>,
 }
 
 /// What a runtime tells the agent while it starts a pod.
@@ -157,8 +157,8 @@ pub struct StartSpec {
     pub volumes: BTreeMap<String, Volume>,
     /// The pod's log directory; each container run gets its own file in it.
     pub log_dir: PathBuf,
-    /// How many times the pod's containers have restarted (names the log file).
-    pub restarts: u32,
+    /// How many times each container has restarted (names its log file).
+    pub restarts: HashMap<String, u32>,
     /// The handler of the pod's RuntimeClass (`wasmtime`, `containerd`), if it names one.
     pub handler: Option<String>,
     /// The pod's `imagePullSecrets`.
@@ -166,13 +166,28 @@ pub struct StartSpec {
     pub report: Report,
 }
 
+impl StartSpec {
+    pub fn restarts_of(&self, container: &str) -> u32 {
+        self.restarts.get(container).copied().unwrap_or(0)
+    }
+}
+
 pub trait Workload: Send + Sync + 'static {
-    /// Starts every container of `pod`.
+    /// Starts every container of `pod`, whole or not at all.
     fn start(
         &self,
         pod: &Pod,
         spec: &StartSpec,
     ) -> impl Future<Output = Result<RunningPod, WorkloadError>> + Send;
+
+    /// Starts container `name` of a pod that `start` started, again, while
+    /// its other containers keep running.
+    fn restart(
+        &self,
+        pod: &Pod,
+        name: &str,
+        spec: &StartSpec,
+    ) -> impl Future<Output = Result<RunningContainer, WorkloadError>> + Send;
 
     /// The pod is gone or finished: release what outlives its containers
     /// (a container pod's network).
@@ -254,6 +269,20 @@ impl Workload for Runtimes {
         }
     }
 
+    async fn restart(
+        &self,
+        pod: &Pod,
+        name: &str,
+        spec: &StartSpec,
+    ) -> Result<RunningContainer, WorkloadError> {
+        let uid = pod.metadata.uid.as_deref().unwrap_or_default();
+        match &self.containerd {
+            // The runtime that started the pod: only container pods have a network.
+            Some(ctr) if ctr.has_pod(uid) => ctr.restart(pod, name, spec).await,
+            _ => self.wasm.restart(pod, name, spec).await,
+        }
+    }
+
     async fn release(&self, uid: &str) {
         if let Some(ctr) = &self.containerd {
             ctr.release(uid).await;
@@ -273,6 +302,8 @@ impl Workload for Runtimes {
 pub struct Exited {
     pub pod_uid: String,
     pub container: String,
+    /// Which run of the container (its restart count).
+    pub run: u32,
     pub exit: Exit,
 }
 
@@ -332,8 +363,9 @@ impl WasmRuntime {
             .map_err(|e| WorkloadError::Create(e.to_string()))?;
         let limits = limits_for(pod, c);
         let create = |e: weft_wasm_host::HostError| WorkloadError::Create(e.to_string());
-        let log_path = logs::run_path(&spec.log_dir, &c.name, spec.restarts);
-        logs::prune(&spec.log_dir, &c.name, spec.restarts);
+        let restarts = spec.restarts_of(&c.name);
+        let log_path = logs::run_path(&spec.log_dir, &c.name, restarts);
+        logs::prune(&spec.log_dir, &c.name, restarts);
         let output = ContainerLog::create(log_path.clone(), self.log_max_size, self.live.clone())
             .map_err(|e| {
             WorkloadError::Create(format!("log file {}: {e}", log_path.display()))
@@ -562,57 +594,84 @@ impl Drop for Registered {
     }
 }
 
-impl Workload for WasmRuntime {
-    async fn start(&self, pod: &Pod, spec: &StartSpec) -> Result<RunningPod, WorkloadError> {
-        let ip = spec.ip;
-        let pod_spec = pod.spec.clone().unwrap_or_default();
+impl WasmRuntime {
+    async fn start_container(
+        &self,
+        pod: &Pod,
+        c: &Container,
+        spec: &StartSpec,
+    ) -> Result<RunningContainer, WorkloadError> {
+        let (prepared, started) = self.prepare(pod, c, spec).await?;
         let mut tasks = tokio::task::JoinSet::new();
-        let mut containers = Vec::new();
-        let mut probes = HashMap::new();
+        let mut probe = Target::default();
         let mut registered = Registered {
             local: self.local.clone(),
             addrs: Vec::new(),
         };
-        let uid = pod.metadata.uid.clone().unwrap_or_default();
-        for c in &pod_spec.containers {
-            let (prepared, started) = self.prepare(pod, c, spec).await?;
-            match prepared {
-                Prepared::Http(handler) => {
-                    probes.insert(
-                        c.name.clone(),
-                        Target {
-                            handler: Some(handler.clone()),
-                            exec: None,
-                        },
-                    );
-                    for p in c.ports.iter().flatten() {
-                        let addr = SocketAddr::from((ip, p.container_port as u16));
-                        let listener = tokio::net::TcpListener::bind(addr)
-                            .await
-                            .map_err(|source| WorkloadError::Listen { addr, source })?;
-                        tasks.spawn(serve(listener, handler.clone()));
-                        self.local.insert(addr, handler.clone());
-                        registered.addrs.push(addr);
-                    }
-                }
-                Prepared::Command(cmd) => {
-                    let exits = self.exits.clone();
-                    let (pod_uid, container) = (uid.clone(), c.name.clone());
-                    tasks.spawn(async move {
-                        let exit = cmd.run().await;
-                        let _ = exits.send(Exited {
-                            pod_uid,
-                            container,
-                            exit,
-                        });
-                    });
+        match prepared {
+            Prepared::Http(handler) => {
+                probe.handler = Some(handler.clone());
+                for p in c.ports.iter().flatten() {
+                    let addr = SocketAddr::from((spec.ip, p.container_port as u16));
+                    let listener = tokio::net::TcpListener::bind(addr)
+                        .await
+                        .map_err(|source| WorkloadError::Listen { addr, source })?;
+                    tasks.spawn(serve(listener, handler.clone()));
+                    self.local.insert(addr, handler.clone());
+                    registered.addrs.push(addr);
                 }
             }
-            containers.push(started);
+            Prepared::Command(cmd) => {
+                let exits = self.exits.clone();
+                let pod_uid = pod.metadata.uid.clone().unwrap_or_default();
+                let container = c.name.clone();
+                let run = spec.restarts_of(&c.name);
+                tasks.spawn(async move {
+                    let exit = cmd.run().await;
+                    let _ = exits.send(Exited {
+                        pod_uid,
+                        container,
+                        run,
+                        exit,
+                    });
+                });
+            }
         }
-        let mut run = RunningPod::new(containers, ip, probes, tasks);
+        let mut run = RunningContainer::new(started, probe, tasks);
         run._registered = Some(registered);
         Ok(run)
+    }
+}
+
+/// Container `name` of `pod`.
+pub(crate) fn container<'a>(pod: &'a Pod, name: &str) -> Result<&'a Container, WorkloadError> {
+    pod.spec
+        .iter()
+        .flat_map(|s| s.containers.iter())
+        .find(|c| c.name == name)
+        .ok_or_else(|| WorkloadError::Create(format!("the pod has no container {name:?}")))
+}
+
+impl Workload for WasmRuntime {
+    async fn start(&self, pod: &Pod, spec: &StartSpec) -> Result<RunningPod, WorkloadError> {
+        let mut containers = Vec::new();
+        for c in pod.spec.iter().flat_map(|s| s.containers.iter()) {
+            // On an error, the containers already started stop as they drop.
+            containers.push(self.start_container(pod, c, spec).await?);
+        }
+        Ok(RunningPod {
+            ip: spec.ip,
+            containers,
+        })
+    }
+
+    async fn restart(
+        &self,
+        pod: &Pod,
+        name: &str,
+        spec: &StartSpec,
+    ) -> Result<RunningContainer, WorkloadError> {
+        self.start_container(pod, container(pod, name)?, spec).await
     }
 }
 

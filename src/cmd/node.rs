@@ -56,11 +56,24 @@ pub struct StatusArgs {
     /// Lets pods run privileged containers.
     #[arg(long)]
     pub allow_privileged: bool,
+    /// The first wait before a crashed container starts again, or a pod
+    /// that failed to start is retried; it doubles per failure, up to 5 min
+    /// (kubelet's 10 s). Tests shorten it.
+    #[arg(long, default_value = "10s", value_parser = super::parse_duration)]
+    pub restart_backoff: std::time::Duration,
 }
 
 impl StatusArgs {
+    /// Sets these on the agent's configuration.
+    pub fn apply(&self, cfg: &mut AgentConfig) {
+        cfg.heartbeat = self.node_status_update_frequency;
+        cfg.containerd = self.containerd();
+        cfg.pod_manifest_path = self.pod_manifest_path.clone();
+        cfg.retry_after = self.restart_backoff;
+    }
+
     /// The agent's containerd settings, unless turned off.
-    pub fn containerd(&self) -> Option<weft_node::containerd::ContainerdConfig> {
+    fn containerd(&self) -> Option<weft_node::containerd::ContainerdConfig> {
         (!self.containerd_socket.as_os_str().is_empty()).then(|| {
             weft_node::containerd::ContainerdConfig {
                 socket: self.containerd_socket.clone(),
@@ -118,9 +131,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     )?;
     let mut cfg = AgentConfig::new(args.name, args.data_dir);
     cfg.pod_cidr = args.pod_cidr;
-    cfg.heartbeat = args.status.node_status_update_frequency;
-    cfg.containerd = args.status.containerd();
-    cfg.pod_manifest_path = args.status.pod_manifest_path;
+    args.status.apply(&mut cfg);
     cfg.token = args.token;
     let node = agent::start(client, cfg)
         .await

@@ -37,9 +37,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let name = args.node_name.unwrap_or_else(super::node::default_name);
     let mut agent_cfg = weft_node::agent::AgentConfig::new(name, data_dir.join("node"));
     agent_cfg.pod_cidr = args.pod_cidr;
-    agent_cfg.heartbeat = args.node.node_status_update_frequency;
-    agent_cfg.pod_manifest_path = args.node.pod_manifest_path.clone();
-    agent_cfg.containerd = args.node.containerd();
+    args.node.apply(&mut agent_cfg);
     agent_cfg.token = cp.token.clone();
     let node = weft_node::agent::start(client, agent_cfg).await?;
     // Tests and scripts wait for this line: the API is ready and the kubeconfig written.

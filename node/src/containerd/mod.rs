@@ -38,7 +38,8 @@ use crate::artifacts::{PullError, PullPolicy};
 use crate::logs::{self, ContainerLog, Live};
 use crate::probes::{Exec, Target};
 use crate::runtime::{
-    Exited, Note, RunningPod, StartSpec, Started, Teardown, Workload, WorkloadError, preopens,
+    Exited, Note, RunningContainer, RunningPod, StartSpec, Started, Teardown, Workload,
+    WorkloadError, container, preopens,
 };
 
 /// Weft's own containerd namespace: its containers, images and leases
@@ -548,7 +549,14 @@ impl ContainerdRuntime {
     }
 
     /// Reports a running container's exit (OOMKilled from its memory cgroup).
-    fn watch_exit(&self, tasks: &mut tokio::task::JoinSet<()>, uid: &str, name: &str, id: &str) {
+    fn watch_exit(
+        &self,
+        tasks: &mut tokio::task::JoinSet<()>,
+        uid: &str,
+        name: &str,
+        run: u32,
+        id: &str,
+    ) {
         let conn = self.conn.clone();
         let exits = self.exits.clone();
         let (pod_uid, container, id) = (uid.to_string(), name.to_string(), id.to_string());
@@ -573,6 +581,7 @@ impl ContainerdRuntime {
             let _ = exits.send(Exited {
                 pod_uid,
                 container,
+                run,
                 exit,
             });
         });
@@ -675,70 +684,70 @@ async fn copy_fifo(
 }
 
 impl ContainerdRuntime {
+    /// Starts container `c` of pod `uid`, or adopts it when it is still
+    /// running (an agent restart).
+    async fn start_container(
+        &self,
+        pod: &Pod,
+        c: &Container,
+        spec: &StartSpec,
+        adopt: bool,
+    ) -> Result<RunningContainer, WorkloadError> {
+        let uid = pod.metadata.uid.clone().unwrap_or_default();
+        let id = container_id(&uid, &c.name);
+        let adopt = adopt && self.conn.running(&id).await;
+        let mut tasks = tokio::task::JoinSet::new();
+        let restarts = spec.restarts_of(&c.name);
+        let log_path = logs::run_path(&spec.log_dir, &c.name, restarts);
+        if !adopt {
+            logs::prune(&spec.log_dir, &c.name, restarts);
+        }
+        let log = ContainerLog::create(log_path.clone(), self.log_max_size, self.live.clone())
+            .map_err(|e| WorkloadError::Create(format!("log {}: {e}", log_path.display())))?;
+        self.copy_output(&mut tasks, &uid, &c.name, log)?;
+        let (unpacked, process) = if adopt {
+            (self.image_record(c).await, self.process_of(&id).await)
+        } else {
+            let u = self.image(c, spec).await?;
+            let process = self.create(pod, c, spec, &id, &u).await?;
+            (spec.report)(Note::Event {
+                warning: false,
+                reason: "Started",
+                message: format!("Started container {}", c.name),
+            });
+            (Some(u), Some(process))
+        };
+        self.watch_exit(&mut tasks, &uid, &c.name, restarts, &id);
+        let probe = Target {
+            handler: None,
+            exec: process.map(|p| self.exec(&id, p)),
+        };
+        let started = Started {
+            name: c.name.clone(),
+            image: c.image.clone().unwrap_or_default(),
+            image_id: unpacked.map(|u| u.digest).unwrap_or_default(),
+            command: false,
+            id: format!("containerd://{id}"),
+        };
+        let conn = self.conn.clone();
+        let teardown: Teardown =
+            Box::new(move |grace| async move { conn.remove(&id, grace).await }.boxed());
+        Ok(RunningContainer::new(started, probe, tasks).with_teardown(teardown))
+    }
+
     async fn start_pod(&self, pod: &Pod, spec: &StartSpec) -> Result<RunningPod, WorkloadError> {
         let uid = pod.metadata.uid.clone().unwrap_or_default();
-        let containers = pod.spec.clone().unwrap_or_default().containers;
-        let ids: Vec<String> = containers
-            .iter()
-            .map(|c| container_id(&uid, &c.name))
-            .collect();
-        // An agent restart: containers still running are adopted, not restarted.
-        let mut adopt = !containers.is_empty();
-        for id in &ids {
-            adopt = adopt && self.conn.running(id).await;
-        }
         let ip = self.network(&uid).await?;
-        let mut tasks = tokio::task::JoinSet::new();
-        let mut started = Vec::new();
-        let mut probes = HashMap::new();
-        let report = spec.report.clone();
-        for (c, id) in containers.iter().zip(&ids) {
-            let image = c.image.clone().unwrap_or_default();
-            let log_path = logs::run_path(&spec.log_dir, &c.name, spec.restarts);
-            if !adopt {
-                logs::prune(&spec.log_dir, &c.name, spec.restarts);
-            }
-            let log = ContainerLog::create(log_path.clone(), self.log_max_size, self.live.clone())
-                .map_err(|e| WorkloadError::Create(format!("log {}: {e}", log_path.display())))?;
-            self.copy_output(&mut tasks, &uid, &c.name, log)?;
-            let (unpacked, process) = if adopt {
-                let u = self.image_record(c).await;
-                let process = self.process_of(id).await;
-                (u, process)
-            } else {
-                let u = self.image(c, spec).await?;
-                let process = self.create(pod, c, spec, id, &u).await?;
-                report(Note::Event {
-                    warning: false,
-                    reason: "Started",
-                    message: format!("Started container {}", c.name),
-                });
-                (Some(u), Some(process))
-            };
-            self.watch_exit(&mut tasks, &uid, &c.name, id);
-            probes.insert(
-                c.name.clone(),
-                Target {
-                    handler: None,
-                    exec: process.map(|p| self.exec(id, p)),
-                },
-            );
-            started.push(Started {
-                name: c.name.clone(),
-                image,
-                image_id: unpacked.map(|u| u.digest).unwrap_or_default(),
-                command: false,
-                id: format!("containerd://{id}"),
-            });
+        let mut containers = Vec::new();
+        for c in pod.spec.iter().flat_map(|s| s.containers.iter()) {
+            containers.push(self.start_container(pod, c, spec, true).await?);
         }
-        let conn = self.conn.clone();
-        let teardown: Teardown = Box::new(move |grace| {
-            async move {
-                futures::future::join_all(ids.iter().map(|id| conn.remove(id, grace))).await;
-            }
-            .boxed()
-        });
-        Ok(RunningPod::new(started, ip, probes, tasks).with_teardown(teardown))
+        Ok(RunningPod { ip, containers })
+    }
+
+    /// Whether pod `uid` runs here as containers (it has a network).
+    pub fn has_pod(&self, uid: &str) -> bool {
+        self.ip_file(uid).exists()
     }
 
     /// Stops and deletes every container of pod `uid`.
@@ -760,10 +769,20 @@ impl Workload for ContainerdRuntime {
         started
     }
 
+    async fn restart(
+        &self,
+        pod: &Pod,
+        name: &str,
+        spec: &StartSpec,
+    ) -> Result<RunningContainer, WorkloadError> {
+        self.start_container(pod, container(pod, name)?, spec, false)
+            .await
+    }
+
     async fn release(&self, uid: &str) {
         self.remove_containers(uid).await;
         // Only container pods have a network (Wasm pods share the pods/ directory for volumes).
-        if self.ip_file(uid).exists() {
+        if self.has_pod(uid) {
             self.cni.del(uid).await;
             let _ = std::fs::remove_file(self.ip_file(uid));
             let _ = std::fs::remove_dir_all(self.pod_dir(uid).join("fifo"));

@@ -5,9 +5,14 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-/// The repository root, whichever crate includes this file.
-fn repo_root() -> PathBuf {
-    let here = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+/// The repository root, whichever crate includes this file. Cargo's
+/// run-time CARGO_MANIFEST_DIR comes first: a target directory shared by
+/// several clones may run a test binary built in another (deleted) clone,
+/// whose compile-time path is stale.
+pub fn repo_root() -> PathBuf {
+    let here = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
     here.ancestors()
         .find(|p| p.join("samples").is_dir())
         .expect("inside the weft repository")
