@@ -12,8 +12,12 @@ use std::time::{Duration, Instant};
 use common::registry::Registry;
 use common::{TestCluster, http_get as get, push};
 
-/// p99 of `n` sequential GETs to the good pod.
-fn p99(addr: &str, n: usize) -> Duration {
+/// GETs per measurement: the 1% tail of 10,000 is 100 requests, not the 20
+/// of 2,000 that one stray stall of the machine could fill.
+const SAMPLES: usize = 10_000;
+
+/// Sorted latencies of `n` sequential GETs to the good pod.
+fn latencies(addr: &str, n: usize) -> Vec<Duration> {
     let mut lat: Vec<Duration> = (0..n)
         .map(|_| {
             let t = Instant::now();
@@ -23,7 +27,21 @@ fn p99(addr: &str, n: usize) -> Duration {
         })
         .collect();
     lat.sort();
-    lat[n * 99 / 100]
+    lat
+}
+
+fn pct(lat: &[Duration], p: usize) -> Duration {
+    lat[lat.len() * p / 100]
+}
+
+fn summary(lat: &[Duration]) -> String {
+    format!(
+        "p50 {:?} p90 {:?} p99 {:?} max {:?}",
+        pct(lat, 50),
+        pct(lat, 90),
+        pct(lat, 99),
+        lat[lat.len() - 1]
+    )
 }
 
 fn pod(name: &str, node: &str, image: &str, extra: &str) -> String {
@@ -102,8 +120,9 @@ fn hostile_pods_get_clear_statuses_and_spare_their_neighbour() {
         |s| s == "Succeeded",
     );
     let good_addr = format!("{}:8080", jsonpath(&c, "good", "{.status.podIP}"));
-    p99(&good_addr, 200); // warm up
-    let baseline = p99(&good_addr, 2_000);
+    latencies(&good_addr, 200); // warm up
+    let quiet = latencies(&good_addr, SAMPLES);
+    let baseline = pct(&quiet, 99);
 
     // The attack: every hostile pod at once.
     let manifests = [
@@ -150,20 +169,31 @@ fn hostile_pods_get_clear_statuses_and_spare_their_neighbour() {
             })
         })
         .collect();
-    let under_attack = p99(&good_addr, 2_000);
+    let attacked = latencies(&good_addr, SAMPLES);
+    let under_attack = pct(&attacked, 99);
+    // The attack lasted the whole measurement.
+    assert!(
+        attackers.iter().all(|a| !a.is_finished()),
+        "the attackers finished before the measurement did"
+    );
     let results: Vec<_> = attackers
         .into_iter()
         .flat_map(|a| a.join().unwrap())
         .collect();
-    println!("good pod p99: baseline {baseline:?}, under attack {under_attack:?}");
-    // The target is 2x; this 2-core machine measures 0.6-3.5x with
-    // every attack at once, against a baseline that itself moves 4x between
-    // runs (docs/benchmarks.md). The bound guards against regressions toward
-    // the 88x seen before guests were throttled and yielded, and the 12x
-    // seen while the epoch ticker could run late.
+    println!("good pod alone: {}", summary(&quiet));
+    println!("under attack:   {}", summary(&attacked));
+    println!(
+        "p99 ratio {:.2}",
+        under_attack.as_secs_f64() / baseline.as_secs_f64()
+    );
+    // The target is 2x. With 10,000 samples a side this 2-core
+    // machine measured 1.10-2.12x (median 1.56x) over ten runs
+    // (docs/benchmarks.md). The bound leaves room for a busier CI machine,
+    // and still catches the 9.9x of tick-counted budgets or the 88x of
+    // guests that were not throttled.
     assert!(
-        under_attack <= baseline * 10,
-        "p99 under attack {under_attack:?} > 10 x baseline {baseline:?}"
+        under_attack <= baseline * 3,
+        "p99 under attack {under_attack:?} > 3 x baseline {baseline:?}"
     );
 
     // Per-request faults are 5xx answers naming the cause; the pod lives on.
