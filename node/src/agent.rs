@@ -456,6 +456,7 @@ enum State {
 /// One container of a running pod: each runs, ends and restarts on its own.
 struct Slot {
     name: String,
+    image: String,
     /// The current run; `None` while waiting or terminated.
     run: Option<RunningContainer>,
     /// What the latest run started as (imageID, containerID), kept for the status.
@@ -617,7 +618,7 @@ async fn post_event(
 }
 
 /// Container `name` of `pod` (its spec).
-fn runtime_container(pod: &Pod, name: &str) -> Container {
+fn spec_container(pod: &Pod, name: &str) -> Container {
     pod.spec
         .iter()
         .flat_map(|s| s.containers.iter())
@@ -648,16 +649,15 @@ fn spawn_probes(
 }
 
 /// A container's entry in `status.containerStatuses`.
-fn container_status(pod: &Pod, s: &Slot) -> Value {
+fn container_status(s: &Slot) -> Value {
     let running = matches!(s.state, State::Running);
     let state = match &s.state {
         State::Running => json!({"running": {"startedAt": s.started_at}}),
         State::Waiting(w) => json!({"waiting": w}),
         State::Terminated(t) => json!({"terminated": t}),
     };
-    let image = runtime_container(pod, &s.name).image.unwrap_or_default();
     let mut v = json!({"name": s.name, "ready": running && s.ready, "started": running,
-        "restartCount": s.restarts, "image": image, "state": state,
+        "restartCount": s.restarts, "image": s.image, "state": state,
         "imageID": s.started.as_ref().map(|st| st.image_id.as_str()).unwrap_or_default()});
     if let Some(st) = &s.started {
         v["containerID"] = json!(st.id);
@@ -982,11 +982,7 @@ impl<W: Workload> PodLoop<W> {
             .slots
             .iter()
             .all(|s| matches!(&s.state, State::Terminated(t) if t["exitCode"] == 0));
-        let statuses: Vec<Value> = a
-            .slots
-            .iter()
-            .map(|s| container_status(&a.pod, s))
-            .collect();
+        let statuses: Vec<Value> = a.slots.iter().map(container_status).collect();
         let ts = now();
         let done = |ty: &str, st: &str| json!({"type": ty, "status": st, "reason": "PodCompleted", "lastTransitionTime": ts});
         let status = json!({"status": {"phase": if all_ok { "Succeeded" } else { "Failed" }, "containerStatuses": statuses,
@@ -1023,7 +1019,7 @@ impl<W: Workload> PodLoop<W> {
         };
         match started {
             Ok(run) => {
-                let c = runtime_container(&pod, name);
+                let c = spec_container(&pod, name);
                 slot._probes = spawn_probes(&key.uid, slot.restarts, &c, ip, &run, probe_tx);
                 slot.ready = ready_at_start(&c);
                 slot.started = Some(run.started.clone());
@@ -1088,11 +1084,7 @@ impl<W: Workload> PodLoop<W> {
     /// The status of a running pod: each container's state, readiness and restarts.
     fn pod_status(&self, uid: &str) -> Option<Value> {
         let a = self.running.get(uid)?;
-        let statuses: Vec<Value> = a
-            .slots
-            .iter()
-            .map(|s| container_status(&a.pod, s))
-            .collect();
+        let statuses: Vec<Value> = a.slots.iter().map(container_status).collect();
         let all_ready = a.slots.iter().all(|s| s.run.is_some() && s.ready);
         let ts = now();
         Some(
@@ -1284,6 +1276,7 @@ impl<W: Workload> PodLoop<W> {
                             .and_then(|t| serde_json::to_value(t).ok());
                         Slot {
                             name: c.name.clone(),
+                            image: c.image.clone().unwrap_or_default(),
                             _probes: spawn_probes(
                                 &uid,
                                 restarts,
