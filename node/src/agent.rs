@@ -510,11 +510,13 @@ async fn stop_all(runs: Vec<RunningContainer>, grace: Duration) {
 /// A container that ran this long has its backoff reset (kubelet: 2 × the cap).
 const BACKOFF_RESET: Duration = Duration::from_secs(600);
 
-fn restart_policy(pod: &Pod) -> &str {
-    pod.spec
-        .as_ref()
-        .and_then(|s| s.restart_policy.as_deref())
-        .unwrap_or("Always")
+/// Whether a container that ended this way starts again, by the pod's restartPolicy.
+fn restarts(pod: &Pod, ending: &Ending) -> bool {
+    match pod.spec.as_ref().and_then(|s| s.restart_policy.as_deref()) {
+        Some("Never") => false,
+        Some("OnFailure") => !ending.succeeded(),
+        _ => true,
+    }
 }
 
 /// Readiness before any probe answers: gated by a readiness or startup probe.
@@ -921,11 +923,7 @@ impl<W: Workload> PodLoop<W> {
             return;
         };
         let (key, grace) = (a.key.clone(), grace_period(&a.pod));
-        let restart = match restart_policy(&a.pod) {
-            "Never" => false,
-            "OnFailure" => !ending.succeeded(),
-            _ => true,
-        };
+        let restart = restarts(&a.pod, &ending);
         let Some(slot) = a.slot(name).filter(|s| s.restarts == run) else {
             return;
         };
@@ -1401,5 +1399,80 @@ mod tests {
         assert_eq!(p.take(None), Some(a));
         assert!(IpPool::parse("10.0.0.0/33").is_none());
         assert!(IpPool::parse("nonsense").is_none());
+    }
+
+    #[test]
+    fn each_policy_restarts_what_kubelet_restarts() {
+        let pod = |policy: &str| -> Pod {
+            serde_json::from_value(json!({"spec": {"restartPolicy": policy, "containers": []}}))
+                .unwrap()
+        };
+        let ok = Ending::Exit(Exit::Code(0));
+        let failed = Ending::Exit(Exit::Code(2));
+        let killed = Ending::Killed("Liveness probe failed".into());
+        for ending in [&ok, &failed, &killed] {
+            assert!(restarts(&pod("Always"), ending));
+            assert!(restarts(&Pod::default(), ending), "Always by default");
+            assert!(!restarts(&pod("Never"), ending));
+        }
+        assert!(!restarts(&pod("OnFailure"), &ok));
+        assert!(restarts(&pod("OnFailure"), &failed));
+        assert!(restarts(&pod("OnFailure"), &killed));
+    }
+
+    fn slot(state: State, ready: bool, last: Option<Value>) -> Slot {
+        Slot {
+            name: "worker".into(),
+            image: "reg/job:1".into(),
+            run: None,
+            started: Some(Started {
+                name: "worker".into(),
+                image: "reg/job:1".into(),
+                image_id: "sha256:ab".into(),
+                command: true,
+                id: "wasm://u/worker".into(),
+            }),
+            state,
+            started_at: "2026-11-30T00:00:00Z".into(),
+            since: Instant::now(),
+            restarts: 2,
+            crashes: 2,
+            last,
+            ready,
+            _probes: tokio::task::JoinSet::new(),
+        }
+    }
+
+    #[test]
+    fn container_statuses_show_each_containers_own_state() {
+        let exited = json!({"exitCode": 1, "reason": "Error"});
+        let waiting = container_status(&slot(
+            State::Waiting(json!({"reason": "CrashLoopBackOff"})),
+            true,
+            Some(exited.clone()),
+        ));
+        assert_eq!(waiting["state"]["waiting"]["reason"], "CrashLoopBackOff");
+        assert_eq!(waiting["lastState"]["terminated"], exited);
+        assert_eq!(waiting["restartCount"], 2);
+        assert_eq!(waiting["ready"], false, "only a running container is ready");
+        assert_eq!(waiting["started"], false);
+        assert_eq!(waiting["containerID"], "wasm://u/worker");
+        assert_eq!(waiting["imageID"], "sha256:ab");
+
+        let running = container_status(&slot(State::Running, true, None));
+        assert_eq!(
+            running["state"]["running"]["startedAt"],
+            "2026-11-30T00:00:00Z"
+        );
+        assert_eq!(
+            (&running["ready"], &running["started"]),
+            (&json!(true), &json!(true))
+        );
+        assert!(running.get("lastState").is_none());
+        let unready = container_status(&slot(State::Running, false, None));
+        assert_eq!(unready["ready"], false, "its readiness probe says no");
+
+        let done = container_status(&slot(State::Terminated(exited.clone()), false, None));
+        assert_eq!(done["state"]["terminated"], exited);
     }
 }
