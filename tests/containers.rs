@@ -251,9 +251,16 @@ fn liveness_failures_restart_and_memory_breaches_show_oomkilled() {
     let containerd = Containerd::start();
     let net = PodNetwork::fresh();
     let image = push_busybox(&registry.addr, "test/box:1", PAGE, &["sleep", "600"]);
-    let c = TestCluster::start_with(&net.flags(&containerd));
+    let mut flags = net.flags(&containerd);
+    flags.extend(["--restart-backoff", "1s"]);
+    let c = TestCluster::start_with(&flags);
     c.apply(&format!(
         "apiVersion: v1
+kind: ConfigMap
+metadata: {{name: conf}}
+data: {{greeting: hi}}
+---
+apiVersion: v1
 kind: Pod
 metadata: {{name: live}}
 spec:
@@ -266,6 +273,8 @@ spec:
   - name: steady
     image: {image}
     command: [sleep, '600']
+    volumeMounts: [{{name: conf, mountPath: /etc/conf}}]
+  volumes: [{{name: conf, configMap: {{name: conf}}}}]
 ---
 apiVersion: v1
 kind: Pod
@@ -277,11 +286,6 @@ spec:
     image: {image}
     command: [sh, -c, 'echo allocating; x=aaaaaaaa; while true; do x=$x$x; done']
     resources: {{limits: {{memory: 32Mi}}}}
----
-apiVersion: v1
-kind: ConfigMap
-metadata: {{name: conf}}
-data: {{greeting: hi}}
 ---
 apiVersion: v1
 kind: Pod
@@ -354,10 +358,14 @@ spec:
             "pod",
             "live",
             "-o",
-            "jsonpath={.status.containerStatuses[0].restartCount}",
+            "jsonpath={.status.containerStatuses[0].restartCount} {.status.containerStatuses[0].state.running.startedAt}",
         ],
         Duration::from_secs(90),
-        |out| out.parse::<u32>().is_ok_and(|n| n >= 1),
+        // Restarted, and running again.
+        |out| {
+            out.split_once(' ')
+                .is_some_and(|(n, at)| n.parse::<u32>().is_ok_and(|n| n >= 1) && !at.is_empty())
+        },
     );
     let events = c.kubectl_ok(&[
         "get",
@@ -376,6 +384,22 @@ spec:
         format!("0 {steady_started}")
     );
     assert_eq!(steady_task(), Some(steady_pid));
+    // Pod volumes outlive a container's restart: its neighbour still reads them.
+    let read = containerd.ctr(&[
+        "tasks",
+        "exec",
+        "--exec-id",
+        "read-conf",
+        &format!("{live_uid}-steady"),
+        "cat",
+        "/etc/conf/greeting",
+    ]);
+    assert_eq!(
+        String::from_utf8_lossy(&read.stdout),
+        "hi",
+        "{}",
+        String::from_utf8_lossy(&read.stderr)
+    );
     // The spec from the pod: env from a ConfigMap, a configMap volume,
     // runAsUser, a read-only root filesystem.
     let logs = c.wait_until(&["logs", "conf"], Duration::from_secs(60), |out| {

@@ -1,7 +1,7 @@
 //! The node agent (kubelet's role): registers its Node, heartbeats with a
 //! Lease, and runs the pods bound to it through the workload runtime.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -25,10 +25,11 @@ use crate::logs::{self, Live};
 use crate::proxy::{LocalHandlers, Proxy};
 use crate::runtime::{
     CONTAINERD_HANDLER, Exited, Note, PodEnv, Report, RunningContainer, Runtimes, StartSpec,
-    Started, WASM_HANDLER, WasmRuntime, Workload, WorkloadError,
+    Started, WASM_HANDLER, WasmRuntime, Workload, WorkloadError, container,
 };
 use crate::server::{self, ServerState};
-use crate::{env, probes, static_pods, volumes};
+use crate::volumes::{self, Volume};
+use crate::{env, probes, static_pods};
 use weft_wasm_host::Exit;
 
 /// The label nodes carry when their agent runs Wasm pods: the scheduler's
@@ -487,6 +488,9 @@ struct Active {
     ip: Ipv4Addr,
     pod: Pod,
     started_at: String,
+    /// The pod's volumes, set up once at its start: a container's restart
+    /// must not rewrite what its running neighbours have mounted.
+    volumes: BTreeMap<String, Volume>,
     /// In the order of `spec.containers`.
     slots: Vec<Slot>,
 }
@@ -617,16 +621,6 @@ async fn post_event(
     if let Err(e) = events.create(&Default::default(), &ev).await {
         tracing::debug!("event {reason}: {e}");
     }
-}
-
-/// Container `name` of `pod` (its spec).
-fn spec_container(pod: &Pod, name: &str) -> Container {
-    pod.spec
-        .iter()
-        .flat_map(|s| s.containers.iter())
-        .find(|c| c.name == name)
-        .cloned()
-        .unwrap_or_default()
 }
 
 /// The probe loop of run `run` of container `c`.
@@ -1001,12 +995,18 @@ impl<W: Workload> PodLoop<W> {
             return;
         }
         let (pod, ip) = (a.pod.clone(), a.ip);
+        let Ok(c) = container(&pod, name).cloned() else {
+            return;
+        };
         let restarts = a
             .slots
             .iter()
             .map(|s| (s.name.clone(), s.restarts))
             .collect();
-        let started = match self.start_spec(&pod, ip, restarts).await {
+        let started = match self
+            .start_spec(&pod, ip, restarts, Some(a.volumes.clone()))
+            .await
+        {
             Ok(spec) => self.runtime.restart(&pod, name, &spec).await,
             Err(e) => Err(e),
         };
@@ -1017,7 +1017,6 @@ impl<W: Workload> PodLoop<W> {
         };
         match started {
             Ok(run) => {
-                let c = spec_container(&pod, name);
                 slot._probes = spawn_probes(&key.uid, slot.restarts, &c, ip, &run, probe_tx);
                 slot.ready = ready_at_start(&c);
                 slot.started = Some(run.started.clone());
@@ -1143,12 +1142,14 @@ impl<W: Workload> PodLoop<W> {
         Ok(fetched)
     }
 
-    /// Env and volumes for a start.
+    /// Env and volumes for a start. A pod's first start sets up its
+    /// volumes (`volumes` is `None`); a container's restart passes the pod's.
     async fn start_spec(
         &self,
         pod: &Pod,
         ip: Ipv4Addr,
         restarts: HashMap<String, u32>,
+        volumes: Option<BTreeMap<String, Volume>>,
     ) -> Result<StartSpec, WorkloadError> {
         let key = PodKey::of(pod);
         let fetched = self.fetch_sources(pod).await?;
@@ -1163,8 +1164,11 @@ impl<W: Workload> PodLoop<W> {
                 ))
             })
             .collect::<Result<PodEnv, WorkloadError>>()?;
-        let volumes = volumes::prepare(pod, &fetched, &self.volume_dir(&key))
-            .map_err(|e| WorkloadError::Config(e.0))?;
+        let volumes = match volumes {
+            Some(v) => v,
+            None => volumes::prepare(pod, &fetched, &self.volume_dir(&key))
+                .map_err(|e| WorkloadError::Config(e.0))?,
+        };
         let handler = match pod
             .spec
             .as_ref()
@@ -1250,12 +1254,16 @@ impl<W: Workload> PodLoop<W> {
             };
             later(&self.msgs, Msg::Deadline(key.clone()), left);
         }
-        let started = match self.start_spec(&pod, ip, restarts.clone()).await {
-            Ok(s) => self.runtime.start(&pod, &s).await,
+        let started = match self.start_spec(&pod, ip, restarts.clone(), None).await {
+            Ok(s) => self
+                .runtime
+                .start(&pod, &s)
+                .await
+                .map(|run| (run, s.volumes)),
             Err(e) => Err(e),
         };
         match started {
-            Ok(run) => {
+            Ok((run, volumes)) => {
                 // A container pod's IP comes from its network, not the agent's range.
                 if run.ip != ip {
                     self.pool.release(ip);
@@ -1302,6 +1310,7 @@ impl<W: Workload> PodLoop<W> {
                         ip,
                         pod: pod.clone(),
                         started_at,
+                        volumes,
                         slots,
                     },
                 );
