@@ -1,8 +1,11 @@
 //! Wasm pod create → Ready with the artifact already cached, through the real
 //! API: POST the pod (bound to the node), then wait on a watch for Ready.
+//! Three waves: one pod at a time; a burst created at once (create → Ready
+//! per pod with that many in flight); a flood created at once (the node's
+//! Ready rate, pods/s from the first POST to the last Ready).
 //!
-//!   cargo bench --profile dev --bench pods            (200 pods)
-//!   cargo bench --profile dev --bench pods -- quick   (50 pods)
+//!   cargo bench --profile dev --bench pods            (200; 1,000; 10,000 pods)
+//!   cargo bench --profile dev --bench pods -- quick   (50; 200; 1,000 pods)
 //!
 //! One process runs the control plane, the node agent and the clients; a
 //! loopback docker-registry serves `samples/hello` once, for the warm-up pull.
@@ -16,8 +19,11 @@ mod stats;
 #[path = "common/watch.rs"]
 mod watch;
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
+
+use futures::StreamExt;
 
 use serde_json::{Value, json};
 use weft_control_plane::apiserver::{ControlPlane, ControlPlaneConfig};
@@ -30,9 +36,80 @@ fn pod(name: &str, image: &str) -> Value {
            "spec": {"nodeName": "bench-node", "containers": [{"name": "app", "image": image, "ports": [{"containerPort": 8080}]}]}})
 }
 
+/// POSTs `n` pods named `{prefix}{i}`, 64 requests in flight, and waits for
+/// each to be Ready: per-pod create → Ready, and the time from the first
+/// POST to the last Ready.
+async fn wave(
+    http: &reqwest::Client,
+    pods_url: &str,
+    token: &str,
+    image: &str,
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<watch::Ready>,
+    prefix: &str,
+    n: usize,
+) -> (Vec<Duration>, Duration) {
+    let begun = Instant::now();
+    let create = |name: String| async move {
+        let sent = Instant::now();
+        let r = http
+            .post(pods_url)
+            .bearer_auth(token)
+            .json(&pod(&name, image))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 201, "{name}");
+        (name, sent)
+    };
+    let mut names = (0..n).map(|i| format!("{prefix}{i}"));
+    let mut inflight = futures::stream::FuturesUnordered::new();
+    for name in names.by_ref().take(64) {
+        inflight.push(create(name));
+    }
+    let mut sent: HashMap<String, Instant> = HashMap::with_capacity(n);
+    let mut lat = Vec::with_capacity(n);
+    let mut early: HashMap<String, Instant> = HashMap::new();
+    let mut done = std::collections::HashSet::with_capacity(n);
+    // Creates and Ready events interleave: the agent starts pods while POSTs go on.
+    loop {
+        tokio::select! {
+            Some((name, at)) = inflight.next() => {
+                if let Some(name) = names.next() {
+                    inflight.push(create(name));
+                }
+                if let Some(ready) = early.remove(&name) {
+                    lat.push(ready - at);
+                    done.insert(name);
+                } else {
+                    sent.insert(name, at);
+                }
+            }
+            r = tokio::time::timeout(Duration::from_secs(60), rx.recv()) => {
+                let watch::Ready { name, at, .. } = r.expect("pods Ready within 60 s").unwrap();
+                if let Some(t) = sent.remove(&name) {
+                    lat.push(at - t);
+                    done.insert(name);
+                } else if name.starts_with(prefix) && !done.contains(&name) {
+                    // Ready before its POST returned.
+                    early.entry(name).or_insert(at);
+                }
+                if lat.len() == n {
+                    return (lat, begun.elapsed());
+                }
+            }
+        }
+    }
+}
+
 fn main() {
     let quick = std::env::args().any(|a| a == "quick");
-    let n = if quick { 50 } else { 200 };
+    let (n, burst, flood) = if quick {
+        (50, 200, 1_000)
+    } else {
+        (200, 1_000, 10_000)
+    };
+    // Every pod port is a listening socket.
+    let _ = rlimit::increase_nofile_limit(u64::MAX);
     let reg = registry::Registry::start();
     let dir = tempfile::tempdir().unwrap();
     let wasm_path = dir.path().join("hello.wasm");
@@ -78,6 +155,11 @@ fn main() {
         }
         println!("weft Wasm pod create -> Ready, artifact cached ({n} pods, one at a time, through the HTTPS API + watch)");
         println!("p50 {}  p99 {}  max {}", ms(pct(&mut lat, 0.5)), ms(pct(&mut lat, 0.99)), ms(pct(&mut lat, 1.0)));
+        let (mut lat, _) = wave(&http, &pods_url, &cp.token, &image, &mut rx, "b", burst).await;
+        println!("{burst} pods created at once (64 POSTs in flight): create -> Ready p50 {}  p99 {}  max {}",
+            ms(pct(&mut lat, 0.5)), ms(pct(&mut lat, 0.99)), ms(pct(&mut lat, 1.0)));
+        let (_, took) = wave(&http, &pods_url, &cp.token, &image, &mut rx, "f", flood).await;
+        println!("{flood} pods created at once: all Ready in {:.2} s: {:.0} pods/s", took.as_secs_f64(), flood as f64 / took.as_secs_f64());
         node.shutdown(Duration::from_secs(10)).await;
         cp.shutdown(Duration::from_secs(10)).await;
     });

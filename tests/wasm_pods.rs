@@ -527,3 +527,96 @@ fn containers_of_a_pod_restart_one_at_a_time_by_its_policy() {
         "Completed Error"
     );
 }
+
+#[test]
+fn a_stalled_pull_holds_up_no_other_pod_and_the_node_stays_ready() {
+    let registry = Registry::start();
+    let slow_wasm = guests::guest("wasm-host/tests/guests/hostile", "hostile");
+    let slow_digest = weft_sha256(&slow_wasm);
+    let hello = guests::sample("hello");
+    let hello_digest = weft_sha256(&hello);
+    common::push(&registry, &slow_wasm, "samples/slow:1");
+    common::push(&registry, &hello, "samples/hello:1");
+    // Pulls go through a proxy of the test's own: it counts blob fetches and
+    // holds the slow artifact's blob for twice the node grace period.
+    let grace = Duration::from_secs(6);
+    let proxy =
+        common::registry::Proxy::start(&registry.addr, Some((slow_digest.clone(), 2 * grace)));
+    let c = TestCluster::start_with(&[
+        "--node-monitor-grace-period",
+        "6s",
+        "--node-status-update-frequency",
+        "1s",
+        // An empty socket turns container pods off: a Wasm-only node.
+        "--containerd-socket",
+        "",
+    ]);
+    let node = c.kubectl_ok(&["get", "nodes", "-o", "jsonpath={.items[0].metadata.name}"]);
+    let labels = c.kubectl_ok(&["get", "node", &node, "-o", "jsonpath={.metadata.labels}"]);
+    assert!(
+        labels.contains("runtime.weft.dev/wasmtime")
+            && !labels.contains("runtime.weft.dev/containerd"),
+        "{labels}"
+    );
+    let stalled_at = Instant::now();
+    c.apply(&pod(
+        "slow",
+        &node,
+        &format!("{}/samples/slow:1", proxy.addr),
+    ));
+    // Ten pods of one uncached artifact at once, while the slow pull hangs.
+    let fast: Vec<String> = (0..10)
+        .map(|i| {
+            pod(
+                &format!("fast-{i}"),
+                &node,
+                &format!("{}/samples/hello:1", proxy.addr),
+            )
+        })
+        .collect();
+    c.apply(&fast.join("---\n"));
+    for i in 0..10 {
+        ready_ip(&c, &format!("fast-{i}"));
+    }
+    assert!(
+        stalled_at.elapsed() < 2 * grace,
+        "the fast pods waited for the stalled pull: {:?}",
+        stalled_at.elapsed()
+    );
+    assert_eq!(
+        proxy.gets(&hello_digest),
+        1,
+        "ten pods, one fetch of their blob"
+    );
+    let waiting = "jsonpath={.status.containerStatuses[0].state.waiting.reason}";
+    c.wait_until(
+        &["get", "pod", "slow", "-o", waiting],
+        Duration::from_secs(10),
+        |r| r == "ContainerCreating",
+    );
+    // Past the grace period, with the pull still stalled: the Lease renewed,
+    // so the node is Ready and untainted.
+    std::thread::sleep((grace + Duration::from_secs(2)).saturating_sub(stalled_at.elapsed()));
+    assert!(stalled_at.elapsed() < 2 * grace, "the stall is still on");
+    let ready = "jsonpath={.status.conditions[?(@.type==\"Ready\")].status} {.spec.taints}";
+    assert_eq!(c.kubectl_ok(&["get", "node", &node, "-o", ready]), "True ");
+    assert_eq!(
+        c.kubectl_ok(&["get", "pod", "slow", "-o", waiting]),
+        "ContainerCreating"
+    );
+    // Then the pull completes and the pod runs.
+    let ip = ready_ip(&c, "slow");
+    assert!(stalled_at.elapsed() >= 2 * grace);
+    assert_eq!(http_get(&format!("{ip}:8080"), "/").unwrap().1, "ok\n");
+    assert_eq!(proxy.gets(&slow_digest), 1);
+}
+
+/// `sha256:<hex>` of an artifact, as the registry names its blob.
+fn weft_sha256(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    let hex: String = sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!("sha256:{hex}")
+}

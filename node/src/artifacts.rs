@@ -17,6 +17,8 @@ use oci_client::{Client, Reference};
 use sha2::{Digest, Sha256};
 use weft_api::k8s_openapi::api::core::v1::Secret;
 
+use crate::keyed_lock::KeyedLock;
+
 pub const WASM_MEDIA_TYPE: &str = "application/wasm";
 pub const WASM_CONFIG_MEDIA_TYPE: &str = "application/vnd.wasm.config.v0+json";
 const WASM_MAGIC: &[u8] = b"\0asm";
@@ -193,6 +195,8 @@ pub fn auth_for(image: &str, secrets: &[Secret]) -> RegistryAuth {
 /// Local, digest-addressed artifact storage plus the reference → digest map.
 pub struct ArtifactStore {
     dir: PathBuf,
+    /// One pull per reference at a time (single flight).
+    pulls: KeyedLock,
 }
 
 impl ArtifactStore {
@@ -201,7 +205,10 @@ impl ArtifactStore {
             let p = dir.join(sub);
             std::fs::create_dir_all(&p).map_err(|source| PullError::Cache { path: p, source })?;
         }
-        Ok(ArtifactStore { dir })
+        Ok(ArtifactStore {
+            dir,
+            pulls: KeyedLock::default(),
+        })
     }
 
     fn blob_path(&self, digest: &str) -> PathBuf {
@@ -227,7 +234,9 @@ impl ArtifactStore {
         })
     }
 
-    /// Makes `image` available locally as its policy says.
+    /// Makes `image` available locally as its policy says. Pulls of one
+    /// reference are single-flight: whoever waited for a pull in flight
+    /// takes its result, whatever the policy.
     pub async fn pull(
         &self,
         image: &str,
@@ -242,6 +251,12 @@ impl ArtifactStore {
         }
         if policy == PullPolicy::Never {
             return Err(PullError::NeverPull(image.to_string()));
+        }
+        let held = self.pulls.lock(image).await;
+        if (held.waited || policy != PullPolicy::Always)
+            && let Some(p) = self.cached(image)
+        {
+            return Ok(p);
         }
         let client = client_for(&reference);
         let accepted = vec![
@@ -297,7 +312,10 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), PullError> {
         path: path.to_path_buf(),
         source,
     };
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    // Unique per write: two pulls of one digest under other names may write at once.
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = path.with_extension(format!("tmp{}-{n}", std::process::id()));
     std::fs::write(&tmp, bytes).map_err(io)?;
     std::fs::rename(&tmp, path).map_err(io)
 }

@@ -173,3 +173,40 @@ async fn single_layer_images_and_non_wasm_images() {
         Err(PullError::NotWasm(_))
     ));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_pulls_at_once_fetch_the_blob_once() {
+    let registry = Registry::start();
+    let wasm = guests::sample("hello");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("hello.wasm");
+    std::fs::write(&file, &wasm).unwrap();
+    let digest = artifacts::push(&file, &format!("{}/samples/hello:1", registry.addr), &ANON)
+        .await
+        .unwrap();
+    // Each fetch of the blob takes 500 ms: every pull below starts while one is in flight.
+    let stall = (digest.clone(), std::time::Duration::from_millis(500));
+    let proxy = registry::Proxy::start(&registry.addr, Some(stall));
+    let image = format!("{}/samples/hello:1", proxy.addr);
+    let store = std::sync::Arc::new(ArtifactStore::new(dir.path().join("artifacts")).unwrap());
+    for policy in [PullPolicy::IfNotPresent, PullPolicy::Always] {
+        let pulls: Vec<_> = (0..10)
+            .map(|_| {
+                let (store, image) = (store.clone(), image.clone());
+                tokio::spawn(async move { store.pull(&image, policy, &ANON).await })
+            })
+            .collect();
+        for p in pulls {
+            assert_eq!(p.await.unwrap().unwrap().digest, digest);
+        }
+    }
+    // IfNotPresent: one fetch for ten pods; Always: one more, shared by ten.
+    assert_eq!(proxy.gets(&digest), 2, "blob GETs of {digest}");
+    assert_eq!(
+        std::fs::read_dir(dir.path().join("artifacts/blobs"))
+            .unwrap()
+            .count(),
+        1,
+        "no temp files left behind"
+    );
+}

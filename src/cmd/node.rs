@@ -41,7 +41,7 @@ pub struct StatusArgs {
     pub node_status_update_frequency: std::time::Duration,
     /// containerd's socket, for container pods. When nothing answers there,
     /// the node runs Wasm pods only; an empty value turns containers off.
-    #[arg(long, default_value = "/run/containerd/containerd.sock")]
+    #[arg(long, default_value = "/run/containerd/containerd.sock", value_parser = any_path)]
     pub containerd_socket: PathBuf,
     /// The range container pods' IPs come from: they live on the CNI bridge
     /// and in the pods' network namespaces.
@@ -61,6 +61,10 @@ pub struct StatusArgs {
     /// (kubelet's 10 s). Tests shorten it.
     #[arg(long, default_value = "10s", value_parser = super::parse_duration)]
     pub restart_backoff: std::time::Duration,
+    /// Pod starts (pulls, compiles, container creates) in flight at once;
+    /// more wait their turn, so one slow pull delays no other pod.
+    #[arg(long, default_value_t = 64)]
+    pub max_parallel_starts: usize,
 }
 
 impl StatusArgs {
@@ -70,6 +74,7 @@ impl StatusArgs {
         cfg.containerd = self.containerd();
         cfg.pod_manifest_path = self.pod_manifest_path.clone();
         cfg.retry_after = self.restart_backoff;
+        cfg.max_parallel_starts = self.max_parallel_starts;
     }
 
     /// The agent's containerd settings, unless turned off.
@@ -84,6 +89,11 @@ impl StatusArgs {
             }
         })
     }
+}
+
+/// A path that may be empty (clap's own path parser refuses "").
+fn any_path(s: &str) -> Result<PathBuf, std::convert::Infallible> {
+    Ok(PathBuf::from(s))
 }
 
 /// A kube client for a server, token and CA file.

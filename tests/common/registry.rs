@@ -55,3 +55,97 @@ impl Drop for Registry {
         let _ = self.child.wait();
     }
 }
+
+/// An HTTP proxy in front of a registry, for pulls: it counts the GETs of
+/// each path and can hold the GETs of one blob for a while (a stalled pull).
+/// It runs on a thread of its own, so sync and async tests can use it.
+#[allow(dead_code)] // the benchmarks include this file and use only the registry
+pub struct Proxy {
+    pub addr: String,
+    gets: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+#[allow(dead_code)]
+impl Proxy {
+    /// Forwards to `upstream`; GETs whose path holds `stall.0` wait `stall.1` first.
+    pub fn start(upstream: &str, stall: Option<(String, Duration)>) -> Proxy {
+        use hyper_util::rt::{TokioExecutor, TokioIo};
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let gets = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+        let (upstream, seen) = (upstream.to_string(), gets.clone());
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+                let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+                    .build_http::<hyper::body::Incoming>();
+                loop {
+                    let stream = tokio::select! {
+                        _ = &mut stopped => return,
+                        s = listener.accept() => match s { Ok((s, _)) => s, Err(_) => continue },
+                    };
+                    let (client, upstream, seen, stall) = (
+                        client.clone(),
+                        upstream.clone(),
+                        seen.clone(),
+                        stall.clone(),
+                    );
+                    let svc = hyper::service::service_fn(
+                        move |mut req: hyper::Request<hyper::body::Incoming>| {
+                            let (client, upstream, seen, stall) = (
+                                client.clone(),
+                                upstream.clone(),
+                                seen.clone(),
+                                stall.clone(),
+                            );
+                            async move {
+                                let path = req
+                                    .uri()
+                                    .path_and_query()
+                                    .map(|p| p.to_string())
+                                    .unwrap_or_default();
+                                if req.method() == hyper::Method::GET {
+                                    seen.lock().unwrap().push(path.clone());
+                                    if let Some((held, wait)) = &stall
+                                        && path.contains(held.as_str())
+                                    {
+                                        tokio::time::sleep(*wait).await;
+                                    }
+                                }
+                                *req.uri_mut() =
+                                    format!("http://{upstream}{path}").parse().unwrap();
+                                client.request(req).await
+                            }
+                        },
+                    );
+                    tokio::spawn(
+                        hyper::server::conn::http1::Builder::new()
+                            .serve_connection(TokioIo::new(stream), svc),
+                    );
+                }
+            });
+        });
+        Proxy {
+            addr,
+            gets,
+            _stop: stop,
+        }
+    }
+
+    /// How many GETs asked for a path holding `part` (a digest, say).
+    pub fn gets(&self, part: &str) -> usize {
+        self.gets
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|p| p.contains(part))
+            .count()
+    }
+}

@@ -348,11 +348,13 @@ pub(crate) fn new_store(
     guest: &Guest,
     limits: &Limits,
 ) -> Result<Store<GuestState>, String> {
+    let mut table = ResourceTable::new();
+    table.set_max_capacity(limits.max_resources);
     let state = GuestState {
         _alive: activity.enter(),
         wasi: guest.wasi()?.build(),
         http: WasiHttpCtx::new(),
-        table: ResourceTable::new(),
+        table,
         limits: store_limits(limits),
         hooks: Hooks(guest.egress.clone()),
     };

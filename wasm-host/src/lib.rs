@@ -91,6 +91,9 @@ pub struct Limits {
     pub request_timeout: Duration,
     /// Instances of this pod alive at once.
     pub max_concurrency: usize,
+    /// Handles (fields, streams, requests...) one instance may hold at once:
+    /// each is host memory, which the memory limit does not count.
+    pub max_resources: usize,
 }
 
 impl Default for Limits {
@@ -101,6 +104,7 @@ impl Default for Limits {
             cpu_cores: None,
             request_timeout: Duration::from_secs(30),
             max_concurrency: 256,
+            max_resources: 10_000,
         }
     }
 }

@@ -37,7 +37,7 @@ use weft_wasm_host::{Exit, LogSink, Stream};
 use crate::artifacts::{PullError, PullPolicy};
 use crate::logs::{self, ContainerLog, Live};
 use crate::probes::{Exec, Target};
-use crate::runtime::{
+use crate::workload::{
     Exited, Note, RunningContainer, RunningPod, StartSpec, Started, Teardown, Workload,
     WorkloadError, container, preopens,
 };
@@ -65,6 +65,9 @@ pub enum ContainerdError {
 #[derive(Clone)]
 pub struct Conn {
     client: Arc<containerd_client::Client>,
+    /// One pull per image at a time: concurrent pulls of one image would
+    /// collide on its content refs and snapshots.
+    pulls: Arc<crate::keyed_lock::KeyedLock>,
 }
 
 impl std::ops::Deref for Conn {
@@ -90,6 +93,7 @@ impl Conn {
             .map_err(|e| err(e.to_string()))?;
         let conn = Conn {
             client: Arc::new(channel.into()),
+            pulls: Default::default(),
         };
         let version = conn
             .version()

@@ -220,6 +220,13 @@ impl Conn {
         if policy == PullPolicy::Never {
             return Err(PullError::NeverPull(image.to_string()));
         }
+        // Single flight: whoever waited for a pull in flight takes its result.
+        let held = self.pulls.lock(&name).await;
+        if (held.waited || policy != PullPolicy::Always)
+            && let Some(u) = self.local(&name).await
+        {
+            return Ok((u, Outcome::AlreadyPresent));
+        }
         let started = Instant::now();
         let reference = crate::artifacts::parse(image)?;
         let client = crate::artifacts::client_for(&reference);

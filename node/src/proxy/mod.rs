@@ -34,7 +34,7 @@ use weft_api::k8s_openapi::api::core::v1::Service;
 use weft_api::k8s_openapi::api::discovery::v1::EndpointSlice;
 use weft_wasm_host::HttpHandler;
 
-use crate::runtime::{Body, text};
+use crate::http::{Body, text};
 use metrics::{EndpointMetrics, ProxyMetrics};
 use table::{Mode, PortRoute, Table};
 
@@ -212,7 +212,7 @@ impl Proxy {
 
     async fn accept(self: Arc<Self>, listener: TcpListener, addr: SocketAddr) {
         loop {
-            let (stream, peer) = crate::runtime::accept(&listener).await;
+            let (stream, peer) = crate::http::accept(&listener).await;
             tokio::spawn(self.clone().connection(stream, peer, addr));
         }
     }
@@ -333,7 +333,7 @@ impl Proxy {
             if let Some(handler) = self.local.get(&ep) {
                 // In process: no connection can fail, so this is the last attempt.
                 let req = hyper::Request::from_parts(parts, body);
-                let resp = crate::runtime::respond(&handler, req).await;
+                let resp = crate::http::respond(&handler, req).await;
                 m.requests.inc();
                 m.latency.observe(started.elapsed().as_secs_f64());
                 return resp;

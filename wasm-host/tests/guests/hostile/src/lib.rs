@@ -37,6 +37,11 @@ impl Guest for Hostile {
                 std::hint::black_box(recurse(0, &mut sink));
             }
             "/trap" => panic!("trapping on purpose"),
+            "/handles" => {
+                // Each Fields is an entry in the host's resource table.
+                let held: Vec<Fields> = (0..100_000).map(|_| Fields::new()).collect();
+                std::hint::black_box(&held);
+            }
             _ => {}
         }
         let response = OutgoingResponse::new(Fields::new());
