@@ -14,6 +14,7 @@ mod ipam;
 mod mirrors;
 mod node;
 mod pods;
+mod starts;
 mod state;
 #[cfg(test)]
 mod tests;

@@ -16,24 +16,18 @@ use futures::{Stream, StreamExt};
 use kube::runtime::watcher;
 use serde_json::{Value, json};
 use tokio::sync::{Semaphore, mpsc, watch as signal};
-use tracing::Instrument;
 use weft_api::k8s_openapi::api::core::v1::{Container, ContainerStatus, Pod};
 
 use super::effects::{AgentApi, StatusQueue};
+use super::starts::{self, PodDirs, Restarted, Start, Starter, restart_counts};
 use super::state::{
     Active, BACKOFF_RESET, Cancel, Ending, Phase, PodKey, Slot, State, backoff_delay, cond,
     container_status, drain_time, grace_period, ready_at_start, restarts, stop_all, waiting,
 };
 use super::{AgentConfig, IpPool, now, start_time, ts};
-use crate::volumes::{self, Volume};
-use crate::workload::{
-    Exited, PodEnv, RunningContainer, RunningPod, StartSpec, Workload, WorkloadError, container,
-};
-use crate::{env, logs, probes};
-
-/// A start still running after this shows the pod as `ContainerCreating`
-/// (a fast start writes its status once, Running).
-const CREATING_AFTER: Duration = Duration::from_secs(1);
+use crate::volumes::Volume;
+use crate::workload::{Exited, RunningContainer, RunningPod, Workload, container};
+use crate::{logs, probes};
 
 /// Status writes in flight at once (one per pod).
 const STATUS_WRITERS: usize = 16;
@@ -58,21 +52,6 @@ pub(super) enum Msg {
     Deadline(PodKey),
 }
 
-/// A start task's result: the pod as it was started, and what came of it.
-pub(super) struct Start {
-    pod: Pod,
-    ip: Ipv4Addr,
-    result: Result<(RunningPod, BTreeMap<String, Volume>), WorkloadError>,
-}
-
-/// A restart task's result for run `run` of container `name`.
-pub(super) struct Restarted {
-    key: PodKey,
-    name: String,
-    run: u32,
-    result: Result<RunningContainer, WorkloadError>,
-}
-
 pub(super) struct PodLoop<W: Workload, A: AgentApi> {
     cfg: AgentConfig,
     runtime: Arc<W>,
@@ -84,8 +63,7 @@ pub(super) struct PodLoop<W: Workload, A: AgentApi> {
     /// Exits of runs the loop has not installed yet (a command can end
     /// before its start or restart reports back), by pod uid.
     early_exits: HashMap<String, Vec<Exited>>,
-    /// Starts and restarts in flight at once.
-    starts: Arc<Semaphore>,
+    starter: Starter<W, A>,
     status: StatusQueue,
     msgs: mpsc::UnboundedSender<Msg>,
     probe_tx: mpsc::UnboundedSender<probes::Transition>,
@@ -107,12 +85,6 @@ pub(super) struct Inbox {
     probes: mpsc::UnboundedReceiver<probes::Transition>,
 }
 
-/// Where a pod's logs and volumes live on the node.
-struct PodDirs {
-    logs: PathBuf,
-    volumes: PathBuf,
-}
-
 impl<W: Workload, A: AgentApi> PodLoop<W, A> {
     /// `exits` hears the runtime's command exits.
     pub(super) fn new(
@@ -125,7 +97,12 @@ impl<W: Workload, A: AgentApi> PodLoop<W, A> {
         let (msgs_tx, msgs) = mpsc::unbounded_channel();
         let (probe_tx, probes) = mpsc::unbounded_channel();
         let logs = cfg.data_dir.join("logs");
-        let starts = Arc::new(Semaphore::new(cfg.max_parallel_starts.max(1)));
+        let starter = Starter {
+            runtime: runtime.clone(),
+            api: api.clone(),
+            tx: msgs_tx.clone(),
+            slots: Arc::new(Semaphore::new(cfg.max_parallel_starts.max(1))),
+        };
         let (status, drain) = StatusQueue::new(api.clone(), STATUS_WRITERS);
         tokio::spawn(drain);
         let pods = PodLoop {
@@ -136,7 +113,7 @@ impl<W: Workload, A: AgentApi> PodLoop<W, A> {
             pool,
             pods: HashMap::new(),
             early_exits: HashMap::new(),
-            starts,
+            starter,
             status,
             msgs: msgs_tx,
             probe_tx,
@@ -150,74 +127,6 @@ impl<W: Workload, A: AgentApi> PodLoop<W, A> {
             },
         )
     }
-}
-
-/// The probe loop of run `run` of container `c`.
-fn spawn_probes(
-    uid: &str,
-    run: u32,
-    c: &Container,
-    ip: Ipv4Addr,
-    container: &RunningContainer,
-    tx: mpsc::UnboundedSender<probes::Transition>,
-) -> tokio::task::JoinSet<()> {
-    let mut set = tokio::task::JoinSet::new();
-    set.spawn(probes::run(
-        uid.to_string(),
-        run,
-        c.clone(),
-        ip,
-        container.probe.clone(),
-        tx,
-    ));
-    set
-}
-
-/// Env and volumes for a start. A pod's first start sets up its volumes
-/// (`volumes` is `None`); a container's restart passes the pod's.
-async fn start_spec<A: AgentApi>(
-    api: &A,
-    pod: &Pod,
-    ip: Ipv4Addr,
-    restarts: HashMap<String, u32>,
-    dirs: &PodDirs,
-    volumes: Option<BTreeMap<String, Volume>>,
-) -> Result<StartSpec, WorkloadError> {
-    let fetched = api.sources(pod).await?;
-    let env = pod
-        .spec
-        .iter()
-        .flat_map(|s| s.containers.iter())
-        .map(|c| {
-            Ok((
-                c.name.clone(),
-                env::resolve(pod, c, &fetched).map_err(|e| WorkloadError::Config(e.0))?,
-            ))
-        })
-        .collect::<Result<PodEnv, WorkloadError>>()?;
-    let volumes = match volumes {
-        Some(v) => v,
-        None => volumes::prepare(pod, &fetched, &dirs.volumes)
-            .map_err(|e| WorkloadError::Config(e.0))?,
-    };
-    let handler = match pod
-        .spec
-        .as_ref()
-        .and_then(|s| s.runtime_class_name.as_deref())
-    {
-        Some(name) => Some(api.runtime_handler(name).await?),
-        None => None,
-    };
-    Ok(StartSpec {
-        ip,
-        env,
-        volumes,
-        log_dir: dirs.logs.clone(),
-        restarts,
-        handler,
-        pull_secrets: fetched.pull_secrets,
-        report: api.reporter(pod),
-    })
 }
 
 impl<W: Workload, A: AgentApi> PodLoop<W, A> {
@@ -518,32 +427,16 @@ impl<W: Workload, A: AgentApi> PodLoop<W, A> {
             .iter()
             .map(|s| (s.name.clone(), s.restarts))
             .collect();
-        let (runtime, api, tx, starts) = (
-            self.runtime.clone(),
-            self.api.clone(),
-            self.msgs.clone(),
-            self.starts.clone(),
-        );
-        let (dirs, key, name) = (self.dirs(key), key.clone(), name.to_string());
-        let span = tracing::info_span!("restart", pod = %key.name, namespace = %key.namespace, container = %name);
-        tokio::spawn(
-            async move {
-                let result = async {
-                    let _permit = starts.acquire_owned().await;
-                    let spec = start_spec(&*api, &pod, ip, restarts, &dirs, Some(volumes)).await?;
-                    runtime.restart(&pod, &name, &spec).await
-                }
-                .await;
-                let r = Restarted {
-                    key,
-                    name,
-                    run,
-                    result,
-                };
-                let _ = tx.send(Msg::Restarted(Box::new(r)));
-            }
-            .instrument(span),
-        );
+        let restart = starts::Restart {
+            key: key.clone(),
+            name: name.to_string(),
+            run,
+            pod,
+            ip,
+            restarts,
+            volumes,
+        };
+        self.starter.restart(restart, self.dirs(key));
     }
 
     /// A container's restart returned.
@@ -676,46 +569,8 @@ impl<W: Workload, A: AgentApi> PodLoop<W, A> {
         let cancel = None;
         self.pods
             .insert(key.uid.clone(), Phase::Starting { failures, cancel });
-        self.spawn_start(pod, ip);
-    }
-
-    /// Starts the pod on a task of its own; it reports back with [`Msg::Started`].
-    fn spawn_start(&self, pod: Pod, ip: Ipv4Addr) {
-        let key = PodKey::of(&pod);
-        let (runtime, api, tx, starts) = (
-            self.runtime.clone(),
-            self.api.clone(),
-            self.msgs.clone(),
-            self.starts.clone(),
-        );
         let dirs = self.dirs(&key);
-        let span = tracing::info_span!("start", pod = %key.name, namespace = %key.namespace);
-        tokio::spawn(
-            async move {
-                let result = {
-                    let start = async {
-                        let _permit = starts.acquire_owned().await;
-                        let counts = restart_counts(&pod);
-                        let spec = start_spec(&*api, &pod, ip, counts, &dirs, None).await?;
-                        let run = runtime.start(&pod, &spec).await?;
-                        Ok::<_, WorkloadError>((run, spec.volumes))
-                    };
-                    let mut start = std::pin::pin!(start);
-                    tokio::select! {
-                        r = &mut start => r,
-                        _ = tokio::time::sleep(CREATING_AFTER) => {
-                            // Written before the result is sent, so it cannot
-                            // land after the loop's status for the result.
-                            let status = waiting(&pod, "ContainerCreating", "");
-                            api.patch_status(&key, &status).await;
-                            start.await
-                        }
-                    }
-                };
-                let _ = tx.send(Msg::Started(Box::new(Start { pod, ip, result })));
-            }
-            .instrument(span),
-        );
+        self.starter.start(pod, ip, dirs);
     }
 
     /// A pod's start returned: it runs, or it waits for its retry.
@@ -880,11 +735,23 @@ impl<W: Workload, A: AgentApi> PodLoop<W, A> {
     }
 }
 
-/// Each container's restart count, as the pod's status has it.
-fn restart_counts(pod: &Pod) -> HashMap<String, u32> {
-    pod.status
-        .iter()
-        .flat_map(|s| s.container_statuses.iter().flatten())
-        .map(|c| (c.name.clone(), c.restart_count.max(0) as u32))
-        .collect()
+/// The probe loop of run `run` of container `c`.
+fn spawn_probes(
+    uid: &str,
+    run: u32,
+    c: &Container,
+    ip: Ipv4Addr,
+    container: &RunningContainer,
+    tx: mpsc::UnboundedSender<probes::Transition>,
+) -> tokio::task::JoinSet<()> {
+    let mut set = tokio::task::JoinSet::new();
+    set.spawn(probes::run(
+        uid.to_string(),
+        run,
+        c.clone(),
+        ip,
+        container.probe.clone(),
+        tx,
+    ));
+    set
 }

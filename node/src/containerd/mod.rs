@@ -8,8 +8,11 @@
 //! the agent copies into the CRI log files.
 
 pub mod cni;
+mod conn;
 pub mod pull;
 pub mod spec;
+
+pub use conn::Conn;
 
 use std::collections::{HashMap, HashSet};
 use std::net::Ipv4Addr;
@@ -18,14 +21,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use containerd_client::services::v1::container::Runtime;
-use containerd_client::services::v1::snapshots::{PrepareSnapshotRequest, RemoveSnapshotRequest};
+use containerd_client::services::v1::snapshots::PrepareSnapshotRequest;
 use containerd_client::services::v1::{
-    Container as CtrContainer, CreateContainerRequest, CreateTaskRequest, DeleteContainerRequest,
-    DeleteProcessRequest, DeleteTaskRequest, ExecProcessRequest, GetRequest, KillRequest,
-    ListContainersRequest, StartRequest, WaitRequest,
+    Container as CtrContainer, CreateContainerRequest, CreateTaskRequest, DeleteProcessRequest,
+    ExecProcessRequest, StartRequest,
 };
-use containerd_client::tonic::{self, Request};
-use containerd_client::types::v1::Status as TaskStatus;
+use containerd_client::tonic;
 use futures::FutureExt;
 use oci_client::secrets::RegistryAuth;
 use prost_types::Any;
@@ -58,175 +59,6 @@ pub const CONTAINER_LABEL: &str = "weft.dev/container";
 pub enum ContainerdError {
     #[error("connecting to containerd at {path}: {message}")]
     Connect { path: PathBuf, message: String },
-}
-
-/// A connection to containerd, scoped to Weft's namespace. It derefs to
-/// containerd-client's `Client` for the service clients.
-#[derive(Clone)]
-pub struct Conn {
-    client: Arc<containerd_client::Client>,
-    /// One pull per image at a time: concurrent pulls of one image would
-    /// collide on its content refs and snapshots.
-    pulls: Arc<crate::keyed_lock::KeyedLock>,
-}
-
-impl std::ops::Deref for Conn {
-    type Target = containerd_client::Client;
-
-    fn deref(&self) -> &containerd_client::Client {
-        &self.client
-    }
-}
-
-impl Conn {
-    /// Connects and checks that containerd answers.
-    pub async fn connect(socket: &Path) -> Result<(Conn, String), ContainerdError> {
-        let err = |message: String| ContainerdError::Connect {
-            path: socket.to_path_buf(),
-            message,
-        };
-        if !socket.exists() {
-            return Err(err("no such socket".into()));
-        }
-        let channel = containerd_client::connect(socket)
-            .await
-            .map_err(|e| err(e.to_string()))?;
-        let conn = Conn {
-            client: Arc::new(channel.into()),
-            pulls: Default::default(),
-        };
-        let version = conn
-            .version()
-            .version(())
-            .await
-            .map_err(|e| err(e.message().to_string()))?
-            .into_inner()
-            .version;
-        Ok((conn, version))
-    }
-
-    /// A request in Weft's namespace.
-    fn req<T>(&self, m: T) -> Request<T> {
-        let mut r = Request::new(m);
-        r.metadata_mut().insert(
-            "containerd-namespace",
-            tonic::metadata::MetadataValue::from_static(NAMESPACE),
-        );
-        r
-    }
-
-    /// A request whose resources belong to `lease` until it is deleted.
-    fn leased<T>(&self, m: T, lease: &str) -> Request<T> {
-        let mut r = self.req(m);
-        if let Ok(v) = lease.parse() {
-            r.metadata_mut().insert("containerd-lease", v);
-        }
-        r
-    }
-
-    /// Waits for a task (or one of its exec processes) to exit; its status.
-    async fn wait(&self, id: &str, exec_id: &str) -> Result<u32, tonic::Status> {
-        Ok(self
-            .tasks()
-            .wait(self.req(WaitRequest {
-                container_id: id.into(),
-                exec_id: exec_id.into(),
-            }))
-            .await?
-            .into_inner()
-            .exit_status)
-    }
-
-    async fn kill(&self, id: &str, signal: u32) {
-        let _ = self
-            .tasks()
-            .kill(self.req(KillRequest {
-                container_id: id.into(),
-                exec_id: String::new(),
-                signal,
-                all: true,
-            }))
-            .await;
-    }
-
-    /// Whether container `id`'s task is running.
-    async fn running(&self, id: &str) -> bool {
-        match self
-            .tasks()
-            .get(self.req(GetRequest {
-                container_id: id.into(),
-                exec_id: String::new(),
-            }))
-            .await
-        {
-            Ok(r) => r
-                .into_inner()
-                .process
-                .is_some_and(|p| p.status == TaskStatus::Running as i32),
-            Err(_) => false,
-        }
-    }
-
-    /// Stops container `id` (SIGTERM, then SIGKILL after `grace`) and deletes
-    /// its task, record and snapshot. Whatever is already gone is skipped.
-    async fn remove(&self, id: &str, grace: Duration) {
-        if self.running(id).await {
-            self.kill(id, libc_signal::SIGTERM).await;
-            if tokio::time::timeout(grace, self.wait(id, ""))
-                .await
-                .is_err()
-            {
-                self.kill(id, libc_signal::SIGKILL).await;
-                let _ = tokio::time::timeout(Duration::from_secs(10), self.wait(id, "")).await;
-            }
-        }
-        let _ = self
-            .tasks()
-            .delete(self.req(DeleteTaskRequest {
-                container_id: id.into(),
-            }))
-            .await;
-        let _ = self
-            .containers()
-            .delete(self.req(DeleteContainerRequest { id: id.into() }))
-            .await;
-        let _ = self
-            .snapshots()
-            .remove(self.req(RemoveSnapshotRequest {
-                snapshotter: SNAPSHOTTER.into(),
-                key: id.into(),
-            }))
-            .await;
-    }
-
-    /// Container records carrying `label=value`: (id, labels).
-    async fn list(&self, label: &str, value: &str) -> Vec<(String, HashMap<String, String>)> {
-        let filter = format!("labels.\"{label}\"=={value}");
-        match self
-            .containers()
-            .list(self.req(ListContainersRequest {
-                filters: vec![filter],
-            }))
-            .await
-        {
-            Ok(r) => r
-                .into_inner()
-                .containers
-                .into_iter()
-                .map(|c| (c.id, c.labels))
-                .collect(),
-            Err(e) => {
-                tracing::warn!("listing containers: {}", e.message());
-                Vec::new()
-            }
-        }
-    }
-}
-
-/// Signal numbers (Linux), without a libc dependency here.
-mod libc_signal {
-    pub const SIGTERM: u32 = 15;
-    pub const SIGKILL: u32 = 9;
 }
 
 /// How the node runs container pods.
