@@ -394,13 +394,28 @@ impl Conn {
         self.unpack(lease, &manifest.layers, chain)
             .await
             .map_err(|e| pull_err(image, format!("unpacking: {e}")))?;
+        self.record_image(image, name, lease, digest, media_type, raw.len())
+            .await?;
+        Ok(done)
+    }
+
+    /// The image record (name → manifest), created or brought up to date.
+    async fn record_image(
+        &self,
+        image: &str,
+        name: &str,
+        lease: &str,
+        digest: &str,
+        media_type: String,
+        size: usize,
+    ) -> Result<(), PullError> {
         let record = Image {
             name: name.into(),
             labels: HashMap::from([("io.cri-containerd.image".into(), "managed".into())]),
             target: Some(Descriptor {
                 media_type,
-                digest: digest.clone(),
-                size: raw.len() as i64,
+                digest: digest.to_string(),
+                size: size as i64,
                 annotations: Default::default(),
             }),
             created_at: None,
@@ -432,7 +447,7 @@ impl Conn {
                 .await
                 .map_err(|e| pull_err(image, format!("image record: {}", e.message())))?;
         }
-        Ok(done)
+        Ok(())
     }
 
     async fn put_blob(

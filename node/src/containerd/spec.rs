@@ -8,7 +8,7 @@ use std::str::FromStr;
 use oci_spec::image::Config as ImageConfig;
 use oci_spec::runtime::{
     Capability, LinuxCapabilities, LinuxCpu, LinuxDeviceCgroup, LinuxMemory, LinuxNamespace,
-    LinuxNamespaceType, Mount, Spec, User,
+    LinuxNamespaceType, LinuxResources, Mount, Process, Spec, User,
 };
 use weft_api::k8s_openapi::api::core::v1::{Container, Pod};
 use weft_wasm_host::Preopen;
@@ -218,39 +218,8 @@ pub fn build(pod: &Pod, c: &Container, inputs: &Inputs) -> Result<Spec, SpecErro
     let mut spec = Spec::default();
     spec.set_hostname(pod.metadata.name.clone());
 
-    let mut process = spec.process().clone().unwrap_or_default();
-    process.set_args(Some(args));
-    process.set_env(Some(environment(image, inputs.env)));
-    let cwd = c
-        .working_dir
-        .clone()
-        .or_else(|| image.and_then(|i| i.working_dir().clone()))
-        .filter(|w| !w.is_empty())
-        .unwrap_or_else(|| "/".into());
-    process.set_cwd(cwd.into());
-    let (uid, gid) = user(pod, c, image)?;
-    let mut u = User::default();
-    u.set_uid(uid);
-    u.set_gid(gid);
-    if let Some(groups) = pod
-        .spec
-        .as_ref()
-        .and_then(|s| s.security_context.as_ref())
-        .and_then(|s| s.supplemental_groups.as_ref())
-    {
-        u.set_additional_gids(Some(groups.iter().map(|g| *g as u32).collect()));
-    }
-    process.set_user(u);
-    let caps = capabilities(c, privileged)?;
-    let mut lc = LinuxCapabilities::default();
-    lc.set_bounding(Some(caps.clone()));
-    lc.set_effective(Some(caps.clone()));
-    lc.set_permitted(Some(caps));
-    lc.set_inheritable(Some(HashSet::new()));
-    lc.set_ambient(Some(HashSet::new()));
-    process.set_capabilities(Some(lc));
-    let no_new_privs = !privileged && sc.and_then(|s| s.allow_privilege_escalation) != Some(true);
-    process.set_no_new_privileges(Some(no_new_privs));
+    let base = spec.process().clone().unwrap_or_default();
+    let process = process(pod, c, inputs, privileged, args, base)?;
     spec.set_process(Some(process));
 
     let mut root = spec.root().clone().unwrap_or_default();
@@ -303,7 +272,59 @@ pub fn build(pod: &Pod, c: &Container, inputs: &Inputs) -> Result<Spec, SpecErro
         linux.set_masked_paths(None);
         linux.set_readonly_paths(None);
     }
-    let mut resources = linux.resources().clone().unwrap_or_default();
+    let resources = resources(c, privileged, linux.resources().clone().unwrap_or_default());
+    linux.set_resources(Some(resources));
+    spec.set_linux(Some(linux));
+    Ok(spec)
+}
+
+/// The container's process: argv, env, cwd, user, capabilities.
+fn process(
+    pod: &Pod,
+    c: &Container,
+    inputs: &Inputs,
+    privileged: bool,
+    args: Vec<String>,
+    mut process: Process,
+) -> Result<Process, SpecError> {
+    let (image, sc) = (inputs.image, c.security_context.as_ref());
+    process.set_args(Some(args));
+    process.set_env(Some(environment(image, inputs.env)));
+    let cwd = c
+        .working_dir
+        .clone()
+        .or_else(|| image.and_then(|i| i.working_dir().clone()))
+        .filter(|w| !w.is_empty())
+        .unwrap_or_else(|| "/".into());
+    process.set_cwd(cwd.into());
+    let (uid, gid) = user(pod, c, image)?;
+    let mut u = User::default();
+    u.set_uid(uid);
+    u.set_gid(gid);
+    if let Some(groups) = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.security_context.as_ref())
+        .and_then(|s| s.supplemental_groups.as_ref())
+    {
+        u.set_additional_gids(Some(groups.iter().map(|g| *g as u32).collect()));
+    }
+    process.set_user(u);
+    let caps = capabilities(c, privileged)?;
+    let mut lc = LinuxCapabilities::default();
+    lc.set_bounding(Some(caps.clone()));
+    lc.set_effective(Some(caps.clone()));
+    lc.set_permitted(Some(caps));
+    lc.set_inheritable(Some(HashSet::new()));
+    lc.set_ambient(Some(HashSet::new()));
+    process.set_capabilities(Some(lc));
+    let no_new_privs = !privileged && sc.and_then(|s| s.allow_privilege_escalation) != Some(true);
+    process.set_no_new_privileges(Some(no_new_privs));
+    Ok(process)
+}
+
+/// Devices, memory and CPU from the container's resources.
+fn resources(c: &Container, privileged: bool, mut resources: LinuxResources) -> LinuxResources {
     // Deny every device, then runc allows its defaults (null, zero, tty, ...).
     let mut deny = LinuxDeviceCgroup::default();
     deny.set_allow(privileged);
@@ -333,9 +354,7 @@ pub fn build(pod: &Pod, c: &Container, inputs: &Inputs) -> Result<Spec, SpecErro
         cpu.set_shares(Some(((milli as u64) * 1024 / 1000).max(2)));
     }
     resources.set_cpu(Some(cpu));
-    linux.set_resources(Some(resources));
-    spec.set_linux(Some(linux));
-    Ok(spec)
+    resources
 }
 
 #[cfg(test)]

@@ -126,9 +126,6 @@ pub fn build(
             .as_deref()
             .and_then(|ip| ip.parse::<Ipv4Addr>().ok());
         let svc_slices = by_service.get(&(ns, name)).cloned().unwrap_or_default();
-        let ready = |e: &weft_api::k8s_openapi::api::discovery::v1::Endpoint| {
-            e.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true)
-        };
         let mut entry = ServiceEntry {
             cluster_ip,
             ..ServiceEntry::default()
@@ -145,25 +142,7 @@ pub fn build(
         if (ns, name) == DNS_SERVICE {
             table.dns = cluster_ip.map(|ip| SocketAddr::from((ip, 53)));
         }
-        let policy = match svc
-            .metadata
-            .annotations
-            .as_ref()
-            .and_then(|a| a.get(LB_POLICY_ANNOTATION))
-            .map(String::as_str)
-        {
-            Some("least-request") => Policy::LeastRequest,
-            _ => Policy::RoundRobin,
-        };
-        let affinity = (spec.session_affinity.as_deref() == Some("ClientIP")).then(|| {
-            let secs = spec
-                .session_affinity_config
-                .as_ref()
-                .and_then(|c| c.client_ip.as_ref())
-                .and_then(|c| c.timeout_seconds)
-                .unwrap_or(10_800);
-            Duration::from_secs(secs.max(1) as u64)
-        });
+        let (policy, affinity) = balancing(svc);
         for p in spec.ports.iter().flatten() {
             let protocol = p.protocol.clone().unwrap_or_else(|| "TCP".into());
             let port_name = p.name.clone().unwrap_or_default();
@@ -174,23 +153,7 @@ pub fn build(
             if protocol != "TCP" {
                 continue;
             }
-            // The slice port of the same name carries the resolved target port.
-            let mut endpoints: Vec<SocketAddr> = svc_slices
-                .iter()
-                .flat_map(|s| {
-                    let target = s
-                        .ports
-                        .iter()
-                        .flatten()
-                        .find(|sp| sp.name.as_deref().unwrap_or("") == port_name)
-                        .and_then(|sp| sp.port);
-                    s.endpoints
-                        .iter()
-                        .filter(|e| ready(e))
-                        .flat_map(|e| e.addresses.iter())
-                        .filter_map(move |a| Some(SocketAddr::new(a.parse().ok()?, target? as u16)))
-                })
-                .collect();
+            let mut endpoints = port_endpoints(&svc_slices, &port_name);
             endpoints.sort();
             endpoints.dedup();
             let key: Arc<str> = format!("{ns}/{name}:{port}").into();
@@ -237,6 +200,59 @@ pub fn build(
     }
     *balancers = used;
     table
+}
+
+/// Whether an endpoint is ready (an absent condition means ready).
+fn ready(e: &weft_api::k8s_openapi::api::discovery::v1::Endpoint) -> bool {
+    e.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true)
+}
+
+/// The Service's balancing policy (annotation) and ClientIP affinity timeout.
+fn balancing(svc: &Service) -> (Policy, Option<Duration>) {
+    let spec = svc.spec.as_ref();
+    let policy = match svc
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(LB_POLICY_ANNOTATION))
+        .map(String::as_str)
+    {
+        Some("least-request") => Policy::LeastRequest,
+        _ => Policy::RoundRobin,
+    };
+    let affinity = spec
+        .filter(|spec| spec.session_affinity.as_deref() == Some("ClientIP"))
+        .map(|spec| {
+            let secs = spec
+                .session_affinity_config
+                .as_ref()
+                .and_then(|c| c.client_ip.as_ref())
+                .and_then(|c| c.timeout_seconds)
+                .unwrap_or(10_800);
+            Duration::from_secs(secs.max(1) as u64)
+        });
+    (policy, affinity)
+}
+
+/// The ready endpoints of the slice port named `port_name`: the slice port
+/// of the same name carries the resolved target port.
+fn port_endpoints(slices: &[&EndpointSlice], port_name: &str) -> Vec<SocketAddr> {
+    slices
+        .iter()
+        .flat_map(|s| {
+            let target = s
+                .ports
+                .iter()
+                .flatten()
+                .find(|sp| sp.name.as_deref().unwrap_or("") == port_name)
+                .and_then(|sp| sp.port);
+            s.endpoints
+                .iter()
+                .filter(|e| ready(e))
+                .flat_map(|e| e.addresses.iter())
+                .filter_map(move |a| Some(SocketAddr::new(a.parse().ok()?, target? as u16)))
+        })
+        .collect()
 }
 
 #[cfg(test)]
