@@ -532,9 +532,9 @@ fn containers_of_a_pod_restart_one_at_a_time_by_its_policy() {
 fn a_stalled_pull_holds_up_no_other_pod_and_the_node_stays_ready() {
     let registry = Registry::start();
     let slow_wasm = guests::guest("wasm-host/tests/guests/hostile", "hostile");
-    let slow_digest = weft_sha256(&slow_wasm);
+    let slow_digest = weft_node::artifacts::sha256(&slow_wasm);
     let hello = guests::sample("hello");
-    let hello_digest = weft_sha256(&hello);
+    let hello_digest = weft_node::artifacts::sha256(&hello);
     common::push(&registry, &slow_wasm, "samples/slow:1");
     common::push(&registry, &hello, "samples/hello:1");
     // Pulls go through a proxy of the test's own: it counts blob fetches and
@@ -609,14 +609,4 @@ fn a_stalled_pull_holds_up_no_other_pod_and_the_node_stays_ready() {
     assert!(stalled_at.elapsed() >= 2 * grace);
     assert_eq!(http_get(&format!("{ip}:8080"), "/").unwrap().1, "ok\n");
     assert_eq!(proxy.gets(&slow_digest), 1);
-}
-
-/// `sha256:<hex>` of an artifact, as the registry names its blob.
-fn weft_sha256(bytes: &[u8]) -> String {
-    use sha2::Digest;
-    let hex: String = sha2::Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    format!("sha256:{hex}")
 }

@@ -73,31 +73,6 @@ impl KubeApi {
     }
 }
 
-async fn post_event(
-    client: &kube::Client,
-    node: &str,
-    key: &PodKey,
-    warning: bool,
-    reason: &str,
-    message: &str,
-) {
-    let ts = now();
-    let ev: Event = match serde_json::from_value(json!({
-        "metadata": {"generateName": format!("{}.", key.name), "namespace": key.namespace},
-        "involvedObject": {"apiVersion": "v1", "kind": "Pod", "name": key.name, "namespace": key.namespace, "uid": key.uid},
-        "reason": reason, "message": message, "type": if warning { "Warning" } else { "Normal" },
-        "source": {"component": "kubelet", "host": node}, "reportingComponent": "kubelet",
-        "reportingInstance": node, "firstTimestamp": ts, "lastTimestamp": ts, "count": 1}))
-    {
-        Ok(ev) => ev,
-        Err(_) => return,
-    };
-    let events: Api<Event> = Api::namespaced(client.clone(), &key.namespace);
-    if let Err(e) = events.create(&Default::default(), &ev).await {
-        tracing::debug!("event {reason}: {e}");
-    }
-}
-
 impl AgentApi for KubeApi {
     async fn patch_status(&self, key: &PodKey, status: &Value) {
         if let Err(e) = self
@@ -110,7 +85,22 @@ impl AgentApi for KubeApi {
     }
 
     async fn event(&self, key: &PodKey, warning: bool, reason: &str, message: &str) {
-        post_event(&self.client, &self.node, key, warning, reason, message).await;
+        let node = &self.node;
+        let ts = now();
+        let ev: Event = match serde_json::from_value(json!({
+            "metadata": {"generateName": format!("{}.", key.name), "namespace": key.namespace},
+            "involvedObject": {"apiVersion": "v1", "kind": "Pod", "name": key.name, "namespace": key.namespace, "uid": key.uid},
+            "reason": reason, "message": message, "type": if warning { "Warning" } else { "Normal" },
+            "source": {"component": "kubelet", "host": node}, "reportingComponent": "kubelet",
+            "reportingInstance": node, "firstTimestamp": ts, "lastTimestamp": ts, "count": 1}))
+        {
+            Ok(ev) => ev,
+            Err(_) => return,
+        };
+        let events: Api<Event> = Api::namespaced(self.client.clone(), &key.namespace);
+        if let Err(e) = events.create(&Default::default(), &ev).await {
+            tracing::debug!("event {reason}: {e}");
+        }
     }
 
     async fn current(&self, key: &PodKey) -> Option<Pod> {

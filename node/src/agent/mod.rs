@@ -117,6 +117,11 @@ pub struct AgentConfig {
 }
 
 impl AgentConfig {
+    /// Where container logs are kept (kubelet's layout).
+    pub fn logs_dir(&self) -> PathBuf {
+        self.data_dir.join("logs")
+    }
+
     pub fn new(name: String, data_dir: PathBuf) -> Self {
         AgentConfig {
             name,
@@ -222,7 +227,7 @@ pub async fn start(client: kube::Client, cfg: AgentConfig) -> Result<AgentHandle
     tokio::spawn(server::serve(
         listener,
         ServerState {
-            logs: cfg.data_dir.join("logs"),
+            logs: cfg.logs_dir(),
             live: live.clone(),
             token: cfg.token.clone(),
             proxy: proxy.clone(),

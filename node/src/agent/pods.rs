@@ -19,10 +19,11 @@ use tokio::sync::{Semaphore, mpsc, watch as signal};
 use weft_api::k8s_openapi::api::core::v1::{Container, ContainerStatus, Pod};
 
 use super::effects::{AgentApi, StatusQueue};
-use super::starts::{self, PodDirs, Restarted, Start, Starter, restart_counts};
+use super::starts::{self, PodDirs, Restarted, Start, Starter};
 use super::state::{
     Active, BACKOFF_RESET, Cancel, Ending, Phase, PodKey, Slot, State, backoff_delay, cond,
-    container_status, drain_time, grace_period, ready_at_start, restarts, stop_all, waiting,
+    container_status, drain_time, grace_period, ready_at_start, restart_counts, restarts, stop_all,
+    waiting,
 };
 use super::{AgentConfig, IpPool, now, start_time, ts};
 use crate::volumes::Volume;
@@ -96,7 +97,7 @@ impl<W: Workload, A: AgentApi> PodLoop<W, A> {
     ) -> (Self, Inbox) {
         let (msgs_tx, msgs) = mpsc::unbounded_channel();
         let (probe_tx, probes) = mpsc::unbounded_channel();
-        let logs = cfg.data_dir.join("logs");
+        let logs = cfg.logs_dir();
         let starter = Starter {
             runtime: runtime.clone(),
             api: api.clone(),
@@ -298,12 +299,10 @@ impl<W: Workload, A: AgentApi> PodLoop<W, A> {
     async fn exited(&mut self, e: Exited) {
         let early = match self.pods.get(&e.pod_uid) {
             Some(Phase::Starting { .. }) => true,
-            Some(Phase::Running(a)) => a.slots.iter().any(|s| {
-                s.name == e.container
-                    && s.restarts == e.run
-                    && s.run.is_none()
-                    && matches!(s.state, State::Waiting(_))
-            }),
+            Some(Phase::Running(a)) => a
+                .slots
+                .iter()
+                .any(|s| s.name == e.container && s.awaits_run(e.run)),
             _ => false,
         };
         if early {
@@ -454,9 +453,7 @@ impl<W: Workload, A: AgentApi> PodLoop<W, A> {
         );
         let target = self.active(&key.uid).and_then(|a| {
             let (ip, c) = (a.ip, container(&a.pod, &name).ok()?.clone());
-            let slot = a
-                .slot(&name)
-                .filter(|s| s.restarts == run && matches!(s.state, State::Waiting(_)))?;
+            let slot = a.slot(&name).filter(|s| s.awaits_run(run))?;
             Some((ip, c, slot))
         });
         let Some((ip, c, slot)) = target else {

@@ -15,7 +15,7 @@ use weft_api::k8s_openapi::api::core::v1::Pod;
 
 use super::effects::AgentApi;
 use super::pods::Msg;
-use super::state::{PodKey, waiting};
+use super::state::{PodKey, restart_counts, waiting};
 use crate::env;
 use crate::volumes::{self, Volume};
 use crate::workload::{PodEnv, RunningContainer, RunningPod, StartSpec, Workload, WorkloadError};
@@ -186,13 +186,4 @@ async fn start_spec<A: AgentApi>(
         pull_secrets: fetched.pull_secrets,
         report: api.reporter(pod),
     })
-}
-
-/// Each container's restart count, as the pod's status has it.
-pub(super) fn restart_counts(pod: &Pod) -> HashMap<String, u32> {
-    pod.status
-        .iter()
-        .flat_map(|s| s.container_statuses.iter().flatten())
-        .map(|c| (c.name.clone(), c.restart_count.max(0) as u32))
-        .collect()
 }

@@ -1,7 +1,7 @@
 //! Each pod's and container's state on the node, and the pure rules over
 //! it: restart policy, backoff, grace periods, and the statuses it reports.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
@@ -90,6 +90,12 @@ pub(super) struct Slot {
 impl Slot {
     pub(super) fn done(&self) -> bool {
         matches!(self.state, State::Terminated(_))
+    }
+
+    /// Whether run `run` is the one this slot waits to have installed (its
+    /// restart is in flight).
+    pub(super) fn awaits_run(&self, run: u32) -> bool {
+        self.restarts == run && matches!(self.state, State::Waiting(_))
     }
 }
 
@@ -252,13 +258,8 @@ impl Phase {
 
 /// A pod that is not running yet: Pending, each container waiting for `reason`.
 pub(super) fn waiting(pod: &Pod, reason: &str, message: &str) -> Value {
-    let restarts = |name: &str| {
-        pod.status
-            .iter()
-            .flat_map(|s| s.container_statuses.iter().flatten())
-            .find(|c| c.name == name)
-            .map_or(0, |c| c.restart_count)
-    };
+    let counts = restart_counts(pod);
+    let restarts = |name: &str| counts.get(name).copied().unwrap_or(0);
     let statuses: Vec<Value> = pod
         .spec
         .iter()
@@ -271,6 +272,15 @@ pub(super) fn waiting(pod: &Pod, reason: &str, message: &str) -> Value {
         })
         .collect();
     json!({"status": {"phase": "Pending", "containerStatuses": statuses}})
+}
+
+/// Each container's restart count, as the pod's status has it.
+pub(super) fn restart_counts(pod: &Pod) -> HashMap<String, u32> {
+    pod.status
+        .iter()
+        .flat_map(|s| s.container_statuses.iter().flatten())
+        .map(|c| (c.name.clone(), c.restart_count.max(0) as u32))
+        .collect()
 }
 
 #[cfg(test)]
