@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
-use weft_control_plane::apiserver::{ControlPlane, ControlPlaneConfig};
+use weft_control_plane::{ControlPlane, ControlPlaneConfig};
 
 fn pct(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 
 use serde_json::{Value, json};
-use weft_control_plane::apiserver::{ControlPlane, ControlPlaneConfig};
+use weft_control_plane::{ControlPlane, ControlPlaneConfig};
 use weft_node::agent::{self, AgentConfig};
 
 use stats::{ms, pct};

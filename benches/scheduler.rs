@@ -14,11 +14,13 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use serde_json::{Value, json};
+use std::sync::Arc;
 use tokio::sync::watch;
-use weft_control_plane::apiserver::{ControlPlane, ControlPlaneConfig};
-use weft_control_plane::cache::Cache;
-use weft_control_plane::controllers::res;
-use weft_control_plane::local::LocalClient;
+use weft_control_plane::cluster::res;
+use weft_control_plane::{ControlPlane, ControlPlaneConfig};
+
+use weft_control_plane::cluster::Writer;
+use weft_control_plane::member::writer::InProcess;
 
 // The same allocator as the weft binary.
 #[global_allocator]
@@ -87,14 +89,14 @@ fn pod(case: Case, i: usize) -> Value {
 }
 
 /// Writes `objects` through the API with bounded concurrency.
-async fn create_all(client: &LocalClient, plural: &str, objects: Vec<Value>) {
+async fn create_all(client: &InProcess, plural: &str, objects: Vec<Value>) {
     let r = res(plural);
     futures::stream::iter(objects)
         .for_each_concurrent(CONCURRENCY, |o| {
             let client = client.clone();
             async move {
-                let ns = (plural == "pods").then_some("default");
-                client.create(r, ns, &o).await.expect("create");
+                let ns = if plural == "pods" { "default" } else { "" };
+                client.create(r, ns, o).await.expect("create");
             }
         })
         .await;
@@ -113,12 +115,12 @@ async fn run_case(case: Case, nodes: usize, pods: usize) -> Result {
     cfg.run_controllers = false;
     cfg.watch_window = 200_000;
     let cp = ControlPlane::start(cfg).await.expect("control plane");
-    let client = LocalClient::new(cp.api.clone());
+    let client = InProcess::new(cp.api.registry.clone());
     client
         .create(
             res("runtimeclasses"),
-            None,
-            &json!({"apiVersion": "node.k8s.io/v1", "kind": "RuntimeClass",
+            "",
+            json!({"apiVersion": "node.k8s.io/v1", "kind": "RuntimeClass",
             "metadata": {"name": "wasm"}, "handler": "wasmtime"}),
         )
         .await
@@ -127,7 +129,7 @@ async fn run_case(case: Case, nodes: usize, pods: usize) -> Result {
     create_all(&client, "pods", (0..pods).map(|i| pod(case, i)).collect()).await;
 
     let (stop_tx, stop) = watch::channel(false);
-    let cache = Cache::start(cp.api.store.clone(), stop.clone());
+    let cache = weft_control_plane::member::mirror::start(cp.api.store.clone(), stop.clone());
     cache.synced().await;
     let mut feed = cache.subscribe();
     let already = cache
@@ -157,7 +159,7 @@ async fn run_case(case: Case, nodes: usize, pods: usize) -> Result {
     } else {
         tokio::spawn(weft_control_plane::scheduler::run(
             cache.clone(),
-            client.clone(),
+            Arc::new(client.clone()),
             stop.clone(),
         ))
     };

@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
-use weft_control_plane::apiserver::{ControlPlane, ControlPlaneConfig};
+use weft_control_plane::{ControlPlane, ControlPlaneConfig};
 
 use crate::load::Kill;
 

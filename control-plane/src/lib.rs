@@ -2,10 +2,10 @@
 //! Raft-replicated rocksdb store, with the scheduler and controllers.
 
 pub mod apiserver;
-pub mod cache;
+pub mod cluster;
 pub mod controllers;
-pub mod leader;
-pub mod local;
+pub mod member;
 pub mod scheduler;
 pub mod store;
-pub mod time;
+
+pub use member::{ControlPlane, ControlPlaneConfig, StartError};

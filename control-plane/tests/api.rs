@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use serde_json::{Value, json};
-use weft_control_plane::apiserver::{ControlPlane, ControlPlaneConfig};
+use weft_control_plane::{ControlPlane, ControlPlaneConfig};
 
 struct Env {
     cp: ControlPlane,

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use weft_control_plane::apiserver::{ControlPlane, ControlPlaneConfig};
+use weft_control_plane::{ControlPlane, ControlPlaneConfig};
 
 #[derive(clap::Args)]
 pub struct Args {

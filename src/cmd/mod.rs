@@ -58,7 +58,7 @@ pub struct ControllerArgs {
 }
 
 impl ControllerArgs {
-    pub fn apply(&self, cfg: &mut weft_control_plane::apiserver::ControlPlaneConfig) {
+    pub fn apply(&self, cfg: &mut weft_control_plane::ControlPlaneConfig) {
         cfg.controllers.node_monitor_grace_period = self.node_monitor_grace_period;
         cfg.lease_duration = self.leader_elect_lease_duration;
     }

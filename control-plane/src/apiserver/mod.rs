@@ -9,16 +9,16 @@ pub mod discovery;
 pub mod handlers;
 pub mod patch;
 pub mod protobuf;
+pub mod registry;
 pub mod security;
 pub mod selectors;
 pub mod services;
+pub mod status;
 pub mod table;
 pub mod validation;
 pub mod watch;
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -29,7 +29,6 @@ use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use base64::Engine;
 use hyper_util::rt::TokioIo;
 use hyper_util::service::TowerToHyperService;
 use openraft::error::{InstallSnapshotError, RaftError};
@@ -43,14 +42,13 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
-use serde_json::{Value, json};
+use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::sync::watch as signal;
 use weft_api::Status;
 
-use crate::leader::{self, ElectionConfig};
 use crate::store::network::{RPC_APPEND, RPC_SNAPSHOT, RPC_VOTE};
-use crate::store::{Network, NodeId, Store, StoreConfig, StoreError, TypeConfig};
+use crate::store::{NodeId, Store, StoreError, TypeConfig};
 use handlers::{json_response, status_response};
 
 /// The Kubernetes version Weft speaks. kubectl's dispatcher picks its
@@ -138,6 +136,8 @@ impl Metrics {
 
 pub struct ApiInner {
     pub store: Store,
+    /// The verbs, over `store`.
+    pub registry: registry::Registry,
     pub metrics: Metrics,
     pub shutdown: signal::Receiver<bool>,
     pub bookmark_interval: Duration,
@@ -146,8 +146,38 @@ pub struct ApiInner {
     max_body: usize,
     /// Reaches node agents' endpoints (`pods/log`).
     pub agents: reqwest::Client,
-    /// Where ClusterIPs and NodePorts come from.
+}
+
+/// What an API server is made of.
+pub struct ApiConfig {
+    pub store: Store,
+    pub shutdown: signal::Receiver<bool>,
+    pub bookmark_interval: Duration,
+    /// Bearer tokens accepted; the first is also presented to node agents.
+    pub tokens: Vec<String>,
+    pub authenticate: bool,
     pub services: services::ServiceNetwork,
+}
+
+impl Api {
+    pub fn new(cfg: ApiConfig) -> Result<Api, reqwest::Error> {
+        Ok(Api(Arc::new(ApiInner {
+            registry: registry::Registry {
+                store: cfg.store.clone(),
+                services: cfg.services,
+            },
+            store: cfg.store,
+            metrics: Metrics::new(),
+            shutdown: cfg.shutdown,
+            bookmark_interval: cfg.bookmark_interval,
+            tokens: cfg.tokens,
+            authenticate: cfg.authenticate,
+            max_body: MAX_BODY_BYTES,
+            agents: reqwest::Client::builder()
+                .connect_timeout(Duration::from_secs(5))
+                .build()?,
+        })))
+    }
 }
 
 impl ApiInner {
@@ -428,6 +458,29 @@ fn router(api: Api) -> Router {
         .with_state(api)
 }
 
+/// Serves `api` on `listener` until `shutdown` fires, then drains open
+/// connections for at most `drain`.
+pub async fn serve_api(
+    api: Api,
+    listener: TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    shutdown: signal::Receiver<bool>,
+    drain: Duration,
+) {
+    serve(router(api), listener, tls, shutdown, drain).await
+}
+
+/// Objects every cluster starts with: the standard namespaces and the
+/// `kubernetes` Service. Bootstrapping is the Raft leader's job; followers
+/// receive the result.
+pub async fn bootstrap(api: &Api, addr: SocketAddr) -> Result<(), StoreError> {
+    api.registry.bootstrap().await?;
+    match services::bootstrap(&api.store, &api.registry.services, addr).await {
+        Ok(()) | Err(StoreError::NotLeader { .. }) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
 /// Accepts connections until `shutdown` fires, then drains open ones for at
 /// most `drain`. Watches end on the same signal.
 async fn serve(
@@ -477,241 +530,5 @@ async fn serve(
     tokio::select! {
         _ = graceful.shutdown() => tracing::info!("api server drained"),
         _ = tokio::time::sleep(drain) => tracing::warn!("drain deadline passed; closing remaining connections"),
-    }
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum StartError {
-    #[error("cannot listen on {addr}: {source}")]
-    Listen {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
-    #[error(transparent)]
-    Pki(#[from] security::PkiError),
-    #[error("store: {0}")]
-    Store(#[from] StoreError),
-    #[error("raft client: {0}")]
-    Client(#[from] reqwest::Error),
-}
-
-pub struct ControlPlaneConfig {
-    pub data_dir: PathBuf,
-    pub listen: SocketAddr,
-    /// Plain HTTP without authentication (kubectl sends no token over http).
-    pub insecure: bool,
-    pub node_id: NodeId,
-    /// Every member's id and URL; empty means a single member at this address.
-    pub peers: BTreeMap<NodeId, String>,
-    pub watch_window: usize,
-    pub bookmark_interval: Duration,
-    pub ready_timeout: Duration,
-    /// Run the scheduler and controllers (while holding the leader Lease).
-    pub run_controllers: bool,
-    pub controllers: crate::controllers::ControllerConfig,
-    pub lease_duration: Duration,
-    pub services: services::ServiceNetwork,
-}
-
-impl ControlPlaneConfig {
-    pub fn new(data_dir: PathBuf, listen: SocketAddr) -> Self {
-        ControlPlaneConfig {
-            data_dir,
-            listen,
-            insecure: false,
-            node_id: 1,
-            peers: BTreeMap::new(),
-            watch_window: 20_000,
-            bookmark_interval: Duration::from_secs(60),
-            ready_timeout: Duration::from_secs(60),
-            run_controllers: true,
-            controllers: Default::default(),
-            lease_duration: Duration::from_secs(15),
-            services: services::ServiceNetwork::default(),
-        }
-    }
-}
-
-/// This member's leader-election identity: the host and Raft member id, so
-/// a restarted member reclaims its own Lease (see `leader`).
-fn identity(node_id: NodeId) -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
-    format!("{}/member-{node_id}", host.trim())
-}
-
-/// A running control plane: store, API server, and its shutdown handle.
-pub struct ControlPlane {
-    pub api: Api,
-    pub addr: SocketAddr,
-    pub url: String,
-    pub token: String,
-    pub ca_pem: Option<String>,
-    /// Whether this process holds the controller Lease (runs the scheduler and controllers).
-    pub leading: signal::Receiver<bool>,
-    shutdown: signal::Sender<bool>,
-    server: tokio::task::JoinHandle<()>,
-}
-
-impl ControlPlane {
-    pub async fn start(cfg: ControlPlaneConfig) -> Result<ControlPlane, StartError> {
-        // Bind first: with port 0 the URL (which Raft membership records) is only known now.
-        let listener =
-            TcpListener::bind(cfg.listen)
-                .await
-                .map_err(|source| StartError::Listen {
-                    addr: cfg.listen,
-                    source,
-                })?;
-        let addr = listener.local_addr().map_err(|source| StartError::Listen {
-            addr: cfg.listen,
-            source,
-        })?;
-        let host = if addr.ip().is_unspecified() {
-            "127.0.0.1".to_string()
-        } else {
-            addr.ip().to_string()
-        };
-        let host = if host.contains(':') {
-            format!("[{host}]")
-        } else {
-            host
-        };
-        let scheme = if cfg.insecure { "http" } else { "https" };
-        let url = format!("{scheme}://{host}:{}", addr.port());
-
-        let token = security::ensure_token(&cfg.data_dir.join("tokens").join("admin"))?;
-        let (tls, ca_pem) = if cfg.insecure {
-            tracing::warn!("--insecure: serving plain HTTP with no authentication on {addr}");
-            (None, None)
-        } else {
-            let mut sans: Vec<String> = [
-                "localhost",
-                "127.0.0.1",
-                "::1",
-                "kubernetes",
-                "kubernetes.default",
-                "kubernetes.default.svc",
-                "kubernetes.default.svc.cluster.local",
-            ]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-            if !addr.ip().is_unspecified() && !sans.contains(&addr.ip().to_string()) {
-                sans.push(addr.ip().to_string());
-            }
-            let pki = security::ensure_pki(&cfg.data_dir.join("pki"), &sans)?;
-            (Some(security::server_config(&pki)?), Some(pki.ca_pem))
-        };
-
-        let mut client = reqwest::Client::builder().timeout(Duration::from_secs(10));
-        if let Some(ca) = &ca_pem {
-            client = client.add_root_certificate(reqwest::Certificate::from_pem(ca.as_bytes())?);
-        }
-        let members = if cfg.peers.is_empty() {
-            BTreeMap::from([(cfg.node_id, url.clone())])
-        } else {
-            cfg.peers.clone()
-        };
-        let store = Store::open(StoreConfig {
-            dir: &cfg.data_dir.join("store"),
-            node_id: cfg.node_id,
-            members,
-            watch_window: cfg.watch_window,
-            network: Network::new(client.build()?, token.clone()),
-        })
-        .await?;
-
-        let (shutdown_tx, shutdown_rx) = signal::channel(false);
-        let api = Api(Arc::new(ApiInner {
-            store,
-            metrics: Metrics::new(),
-            shutdown: shutdown_rx.clone(),
-            bookmark_interval: cfg.bookmark_interval,
-            tokens: vec![token.clone()],
-            authenticate: !cfg.insecure,
-            max_body: MAX_BODY_BYTES,
-            agents: reqwest::Client::builder()
-                .connect_timeout(Duration::from_secs(5))
-                .build()?,
-            services: cfg.services.clone(),
-        }));
-        // Serve before the store is ready: peers reach this member's Raft over it.
-        let server = tokio::spawn(serve(
-            router(api.clone()),
-            listener,
-            tls,
-            shutdown_rx.clone(),
-            Duration::from_secs(5),
-        ));
-        api.store.wait_ready(cfg.ready_timeout).await?;
-        handlers::bootstrap(&api).await?;
-        match services::bootstrap(&api.store, &api.services, addr).await {
-            // Bootstrapping is the leader's job; followers receive the result.
-            Ok(()) | Err(StoreError::NotLeader { .. }) => {}
-            Err(e) => return Err(e.into()),
-        }
-        let (leading_tx, leading) = signal::channel(false);
-        if cfg.run_controllers {
-            let client = crate::local::LocalClient::new(api.clone());
-            let cache = crate::cache::Cache::start(api.store.clone(), shutdown_rx.clone());
-            let election = ElectionConfig::new(
-                "weft-controller-manager",
-                identity(cfg.node_id),
-                cfg.lease_duration,
-            );
-            tokio::spawn(leader::run(
-                client.clone(),
-                election,
-                leading_tx,
-                shutdown_rx.clone(),
-            ));
-            tokio::spawn(leader::run_components(
-                cache,
-                client,
-                cfg.controllers.clone(),
-                leading.clone(),
-                shutdown_rx,
-            ));
-        }
-        Ok(ControlPlane {
-            api,
-            addr,
-            url,
-            token,
-            ca_pem,
-            leading,
-            shutdown: shutdown_tx,
-            server,
-        })
-    }
-
-    /// A kubeconfig for the admin user.
-    pub fn kubeconfig(&self) -> String {
-        let mut cluster = json!({"server": self.url});
-        if let Some(ca) = &self.ca_pem {
-            cluster["certificate-authority-data"] =
-                json!(base64::engine::general_purpose::STANDARD.encode(ca));
-        }
-        let mut user = json!({});
-        if self.ca_pem.is_some() {
-            user["token"] = json!(self.token);
-        }
-        let cfg: Value = json!({
-            "apiVersion": "v1", "kind": "Config",
-            "clusters": [{"name": "weft", "cluster": cluster}],
-            "users": [{"name": "weft-admin", "user": user}],
-            "contexts": [{"name": "weft", "context": {"cluster": "weft", "user": "weft-admin", "namespace": "default"}}],
-            "current-context": "weft",
-        });
-        serde_yaml::to_string(&cfg).unwrap_or_default()
-    }
-
-    /// Stops accepting, ends watches, drains connections (bounded), then stops Raft.
-    pub async fn shutdown(self, deadline: Duration) {
-        let _ = self.shutdown.send(true);
-        if tokio::time::timeout(deadline, self.server).await.is_err() {
-            tracing::warn!("api server did not stop within {deadline:?}");
-        }
-        self.api.store.shutdown().await;
     }
 }

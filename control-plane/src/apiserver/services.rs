@@ -125,7 +125,7 @@ fn uses(svc: &Value, pool: Pool, value: &str) -> bool {
 
 fn store_status(e: StoreError) -> Status {
     let res = weft_api::resources::by_plural("", "v1", "services").expect("services are served");
-    super::handlers::store_error(res, "", e)
+    super::status::store_error(res, "", e)
 }
 
 /// Claims `value` for `owner`: true if it is now theirs.
@@ -384,7 +384,7 @@ pub async fn bootstrap(
     } else {
         api.ip().to_string()
     };
-    let now = crate::time::ts(jiff::Timestamp::now());
+    let now = crate::cluster::time::ts(jiff::Timestamp::now());
     let mut kubernetes_uid = None;
     for (ns, name, ip, labels, ports) in [
         (

@@ -14,45 +14,13 @@ use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use weft_api::Status;
 
-use super::handlers::{ApiResult, Ctx, collect};
-use super::selectors::{FieldSelector, LabelSelector};
+use super::handlers::{ApiResult, Ctx};
+use super::registry::Watch;
 use super::table;
 use crate::store::{Event, EventType, Feed};
 
 /// Default watch length when the client sets none (kube-apiserver picks 30–60 min).
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30 * 60);
-
-struct Filter {
-    prefix: String,
-    labels: LabelSelector,
-    fields: FieldSelector,
-}
-
-impl Filter {
-    fn matches(&self, o: &Value) -> bool {
-        self.labels.matches(o) && self.fields.matches(o)
-    }
-
-    /// The event type this watcher sees, if any: objects that start or stop
-    /// matching the selectors are ADDED or DELETED, as in Kubernetes.
-    fn classify(&self, e: &Event) -> Option<EventType> {
-        if !e.key.starts_with(&self.prefix) {
-            return None;
-        }
-        let now = self.matches(&e.object);
-        let before = e.prev.as_deref().is_some_and(|p| self.matches(p));
-        match e.kind {
-            EventType::Added => now.then_some(EventType::Added),
-            EventType::Deleted => before.then_some(EventType::Deleted),
-            EventType::Modified => match (before, now) {
-                (true, true) => Some(EventType::Modified),
-                (false, true) => Some(EventType::Added),
-                (true, false) => Some(EventType::Deleted),
-                (false, false) => None,
-            },
-        }
-    }
-}
 
 struct Encoder {
     kind: &'static str,
@@ -107,10 +75,9 @@ impl Encoder {
     }
 }
 
-pub async fn serve(ctx: &Ctx<'_>) -> ApiResult {
+/// Streams a watch: chunked newline-delimited JSON (or Table) events.
+pub fn serve(ctx: &Ctx<'_>) -> ApiResult {
     let res = ctx.target.res;
-    let labels = LabelSelector::parse(ctx.query.label_selector.as_deref().unwrap_or(""))?;
-    let fields = FieldSelector::parse(ctx.query.field_selector.as_deref().unwrap_or(""), res.kind)?;
     let accept = ctx
         .headers
         .get(header::ACCEPT)
@@ -127,40 +94,15 @@ pub async fn serve(ctx: &Ctx<'_>) -> ApiResult {
             .unwrap_or_else(|| "Metadata".into()),
     };
     let initial_events = ctx.query.send_initial_events == Some(true);
-    let rv = ctx
-        .query
-        .resource_version
-        .as_deref()
-        .filter(|s| !s.is_empty() && *s != "0");
-
-    // Without a revision (or with sendInitialEvents) the watch starts with the
-    // current state as synthetic ADDED events, then continues from that snapshot.
-    let mut initial = Vec::new();
-    let from = match rv {
-        Some(rv) if !initial_events => rv.parse::<u64>().map_err(|_| {
-            Status::bad_request(format!(
-                "invalid resourceVersion {rv:?}: must be a decimal revision"
-            ))
-        })?,
-        _ => {
-            let (rev, items, _) = collect(ctx, &labels, &fields, None, None)?;
-            initial = items;
-            rev
-        }
-    };
-    let prefix = {
-        let ns = if res.namespaced {
-            ctx.target.namespace.as_deref()
-        } else {
-            None
-        };
-        crate::store::prefix(res.group, res.plural, ns)
-    };
-    let filter = Filter {
-        prefix,
-        labels,
-        fields,
-    };
+    let Watch {
+        initial,
+        from,
+        filter,
+        events: subscription,
+    } = ctx
+        .api
+        .registry
+        .watch(&ctx.target, ctx.list_options()?, initial_events)?;
     let timeout = ctx
         .query
         .timeout_seconds
@@ -170,7 +112,6 @@ pub async fn serve(ctx: &Ctx<'_>) -> ApiResult {
     let bookmark_every = ctx.api.bookmark_interval;
 
     let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(256);
-    let subscription = ctx.api.store.watch(from);
     let mut shutdown = ctx.api.shutdown.clone();
     let watchers = ctx.api.metrics.watchers.clone();
 
@@ -259,53 +200,4 @@ pub async fn serve(ctx: &Ctx<'_>) -> ApiResult {
         body,
     )
         .into_response())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn ev(kind: EventType, labels: Value, prev: Option<Value>) -> Event {
-        Event::new(
-            2,
-            kind,
-            "\0pods\0default\0p".into(),
-            Arc::new(json!({"metadata": {"name": "p", "labels": labels}})),
-            prev.map(|p| Arc::new(json!({"metadata": {"name": "p", "labels": p}}))),
-        )
-    }
-
-    #[test]
-    fn selector_transitions() {
-        let f = Filter {
-            prefix: "\0pods\0default\0".into(),
-            labels: LabelSelector::parse("app=web").unwrap(),
-            fields: FieldSelector::default(),
-        };
-        let web = json!({"app": "web"});
-        let other = json!({"app": "db"});
-        assert_eq!(
-            f.classify(&ev(EventType::Added, web.clone(), None)),
-            Some(EventType::Added)
-        );
-        assert_eq!(f.classify(&ev(EventType::Added, other.clone(), None)), None);
-        assert_eq!(
-            f.classify(&ev(EventType::Modified, web.clone(), Some(other.clone()))),
-            Some(EventType::Added)
-        );
-        assert_eq!(
-            f.classify(&ev(EventType::Modified, other.clone(), Some(web.clone()))),
-            Some(EventType::Deleted)
-        );
-        assert_eq!(
-            f.classify(&ev(EventType::Deleted, web.clone(), Some(web.clone()))),
-            Some(EventType::Deleted)
-        );
-        let elsewhere = Filter {
-            prefix: "\0pods\0other\0".into(),
-            labels: LabelSelector::default(),
-            fields: FieldSelector::default(),
-        };
-        assert_eq!(elsewhere.classify(&ev(EventType::Added, web, None)), None);
-    }
 }

@@ -7,11 +7,12 @@ use std::time::Duration;
 use jiff::{SignedDuration, Timestamp, ToSpan, civil::DateTime, tz::TimeZone};
 use serde_json::{Value, json};
 
+use super::Controller;
 use super::job::finished;
-use super::objects::{self as o, key_of};
 use super::replicaset::owner_keys;
-use super::{Action, Controller, Outcome, res};
-use crate::cache::{Change, Snapshot};
+use crate::cluster::objects::{self as o, key_of};
+use crate::cluster::{Action, Outcome, res};
+use crate::cluster::{Change, Snapshot};
 
 pub struct CronJobController;
 

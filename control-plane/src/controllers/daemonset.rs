@@ -9,14 +9,16 @@ use std::sync::Arc;
 use jiff::Timestamp;
 use serde_json::{Value, json};
 
-use super::objects::{self as o, key_of};
+use super::Controller;
 use super::replicaset::{owned_pods, owner_keys};
-use super::{Action, Controller, Outcome, res};
-use crate::cache::{Change, Snapshot};
-use crate::scheduler::framework::{Cluster, NodeInfo, PodInfo};
-use crate::scheduler::plugins;
+use crate::cluster::objects::{self as o, key_of};
+use crate::cluster::{Action, NodeFit, Outcome, res};
+use crate::cluster::{Change, Snapshot};
 
-pub struct DaemonSetController;
+pub struct DaemonSetController {
+    /// Where the template fits: the scheduler's node-level filters.
+    pub fit: Arc<dyn NodeFit>,
+}
 
 const HASH_LABEL: &str = "controller-revision-hash";
 
@@ -113,13 +115,6 @@ impl Controller for DaemonSetController {
         }
         let template = ds.pointer("/spec/template").cloned().unwrap_or(json!({}));
         let hash = o::template_hash(&template);
-        let mut cluster = Cluster::default();
-        for rc in snap.list("node.k8s.io", "runtimeclasses", None) {
-            cluster
-                .runtime_classes
-                .insert(o::name(rc).into(), rc.clone());
-        }
-        let profile = plugins::daemon_profile();
         let mut by_node: HashMap<&str, Vec<&Arc<Value>>> = HashMap::new();
         let pods = owned_pods(snap, ds);
         for p in pods.iter().filter(|p| o::is_active(p)) {
@@ -138,11 +133,7 @@ impl Controller for DaemonSetController {
         for node in snap.list("", "nodes", None) {
             let node_name = o::name(node);
             let probe = pod_for(ds, &template, &hash, node_name);
-            let fits = profile.node_fits(
-                &PodInfo::new(Arc::new(probe.clone())),
-                &NodeInfo::new(node.clone()),
-                &cluster,
-            );
+            let fits = self.fit.fits(&probe, node, snap);
             let here = by_node.remove(node_name).unwrap_or_default();
             if !fits {
                 misscheduled += usize::from(!here.is_empty());
@@ -235,6 +226,21 @@ impl Controller for DaemonSetController {
 mod tests {
     use super::*;
 
+    /// A stand-in for the scheduler's filters: a node fits unless tainted.
+    struct Untainted;
+
+    impl NodeFit for Untainted {
+        fn fits(&self, _pod: &Value, node: &Arc<Value>, _snap: &Snapshot) -> bool {
+            node.pointer("/spec/taints").is_none()
+        }
+    }
+
+    fn controller() -> DaemonSetController {
+        DaemonSetController {
+            fit: Arc::new(Untainted),
+        }
+    }
+
     fn ds() -> Value {
         json!({"apiVersion": "apps/v1", "kind": "DaemonSet",
             "metadata": {"name": "agent", "namespace": "default", "uid": "uid-ds", "generation": 1},
@@ -270,7 +276,7 @@ mod tests {
         snap.insert("", "nodes", node("n1", false));
         snap.insert("", "nodes", node("n2", false));
         snap.insert("", "nodes", node("n3", true));
-        let out = DaemonSetController.reconcile("default/agent", &snap, Timestamp::now());
+        let out = controller().reconcile("default/agent", &snap, Timestamp::now());
         let pinned: Vec<String> = out
             .actions
             .iter()
@@ -295,7 +301,7 @@ mod tests {
             json!({"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]});
         snap.insert("", "pods", running);
         // Outdated and alone: it is replaced.
-        let out = DaemonSetController.reconcile("default/agent", &snap, Timestamp::now());
+        let out = controller().reconcile("default/agent", &snap, Timestamp::now());
         assert!(
             out.actions
                 .iter()
@@ -304,7 +310,7 @@ mod tests {
             out.actions
         );
         snap.insert("", "nodes", node("n2", false));
-        let out = DaemonSetController.reconcile("default/agent", &snap, Timestamp::now());
+        let out = controller().reconcile("default/agent", &snap, Timestamp::now());
         assert!(out.actions.iter().any(
             |a| matches!(a, Action::Create { object, .. } if pinned_node(object) == Some("n2"))
         ));

@@ -8,10 +8,11 @@ use std::time::Duration;
 use jiff::{SignedDuration, Timestamp};
 use serde_json::{Value, json};
 
-use super::objects::{self as o, key_of};
+use super::Controller;
 use super::replicaset::{owned_pods, owner_keys};
-use super::{Action, Controller, Outcome, res};
-use crate::cache::{Change, Snapshot};
+use crate::cluster::objects::{self as o, key_of};
+use crate::cluster::{Action, Outcome, res};
+use crate::cluster::{Change, Snapshot};
 
 pub struct DeploymentController;
 

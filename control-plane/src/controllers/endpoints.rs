@@ -3,9 +3,10 @@
 
 use serde_json::{Map, Value, json};
 
-use super::objects as o;
-use super::{Action, Controller, Outcome, res};
-use crate::cache::{Change, Snapshot};
+use super::Controller;
+use crate::cluster::objects as o;
+use crate::cluster::{Action, Outcome, res};
+use crate::cluster::{Change, Snapshot};
 
 pub struct EndpointsController;
 

@@ -8,10 +8,11 @@
 use serde_json::{Value, json};
 use weft_api::{Resource, resources};
 
-use super::objects as o;
-use super::{Action, Controller, Outcome};
-use crate::cache::{Change, Snapshot};
-use crate::store;
+use super::Controller;
+use crate::cluster::keys as store;
+use crate::cluster::objects as o;
+use crate::cluster::{Action, Outcome};
+use crate::cluster::{Change, Snapshot};
 
 pub struct GarbageCollector;
 

@@ -1,6 +1,6 @@
 //! The controller manager. Each controller is a pure `reconcile(key,
 //! snapshot, now) -> actions` over the cache; the manager feeds it keys from
-//! cache changes, carries out its actions through the local client, and
+//! cache changes, carries out its actions through the [`Writer`], and
 //! waits until the cache has seen its writes before reconciling that key
 //! again (so a stale cache never causes double creations).
 
@@ -12,7 +12,6 @@ pub mod gc;
 pub mod job;
 pub mod namespace;
 pub mod node_lifecycle;
-pub mod objects;
 pub mod replicaset;
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -20,97 +19,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use jiff::Timestamp;
-use serde_json::{Value, json};
 use tokio::sync::{mpsc, watch as signal};
 use tracing::Instrument;
-use weft_api::{Resource, resources};
 
-use crate::cache::{Cache, Change, Snapshot, object_rev as written_rev};
-use crate::local::LocalClient;
-
-/// The served resource with this plural (plurals are unique in Weft's table).
-pub fn res(plural: &str) -> &'static Resource {
-    resources::RESOURCES
-        .iter()
-        .find(|r| r.plural == plural)
-        .expect("served resource")
-}
-
-/// One write a reconcile asks for.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Action {
-    Create {
-        res: &'static Resource,
-        ns: String,
-        object: Value,
-    },
-    /// A JSON merge patch, of the object or its status.
-    Patch {
-        res: &'static Resource,
-        ns: String,
-        name: String,
-        status: bool,
-        patch: Value,
-    },
-    Delete {
-        res: &'static Resource,
-        ns: String,
-        name: String,
-        /// DeleteOptions (propagation, preconditions, grace period).
-        options: Value,
-    },
-    DeleteCollection {
-        res: &'static Resource,
-        ns: String,
-    },
-    /// `PUT {ns}/finalize` with the namespace's finalizers emptied.
-    FinalizeNamespace {
-        object: Value,
-    },
-    /// A core/v1 Event about `regarding`.
-    Event {
-        regarding: Arc<Value>,
-        warning: bool,
-        reason: String,
-        message: String,
-    },
-}
-
-impl Action {
-    /// A merge patch of an object's status: `{"status": status}`.
-    pub fn patch_status(
-        res: &'static Resource,
-        ns: impl Into<String>,
-        name: impl Into<String>,
-        status: Value,
-    ) -> Action {
-        Action::Patch {
-            res,
-            ns: ns.into(),
-            name: name.into(),
-            status: true,
-            patch: serde_json::json!({ "status": status }),
-        }
-    }
-}
-
-/// What a reconcile decided.
-#[derive(Debug, Default)]
-pub struct Outcome {
-    pub actions: Vec<Action>,
-    /// Look again after this long even if nothing changes (deadlines, schedules).
-    pub requeue_after: Option<Duration>,
-}
-
-impl Outcome {
-    pub fn push(&mut self, a: Action) {
-        self.actions.push(a);
-    }
-
-    pub fn requeue(&mut self, after: Duration) {
-        self.requeue_after = Some(self.requeue_after.map_or(after, |d| d.min(after)));
-    }
-}
+use crate::cluster::{Cache, Change, NodeFit, Outcome, Snapshot, Writer, execute, objects};
 
 /// What every controller provides. Keys are `namespace/name` of its primary resource.
 pub trait Controller: Send + Sync + 'static {
@@ -142,12 +54,13 @@ impl Default for ControllerConfig {
     }
 }
 
-/// Every controller Weft runs.
-pub fn all(cfg: &ControllerConfig) -> Vec<Arc<dyn Controller>> {
+/// Every controller Weft runs. `fit` judges where DaemonSet pods belong
+/// (the scheduler's node-level filters).
+pub fn all(cfg: &ControllerConfig, fit: Arc<dyn NodeFit>) -> Vec<Arc<dyn Controller>> {
     vec![
         Arc::new(replicaset::ReplicaSetController),
         Arc::new(deployment::DeploymentController),
-        Arc::new(daemonset::DaemonSetController),
+        Arc::new(daemonset::DaemonSetController { fit }),
         Arc::new(job::JobController),
         Arc::new(cronjob::CronJobController),
         Arc::new(node_lifecycle::NodeLifecycleController {
@@ -162,7 +75,7 @@ pub fn all(cfg: &ControllerConfig) -> Vec<Arc<dyn Controller>> {
 /// Runs every controller until `stop`, once the cache has synced.
 pub async fn run(
     cache: Cache,
-    client: LocalClient,
+    writer: Arc<dyn Writer>,
     controllers: Vec<Arc<dyn Controller>>,
     stop: signal::Receiver<bool>,
 ) {
@@ -175,7 +88,7 @@ pub async fn run(
         let worker = Worker {
             controller: c,
             cache: cache.clone(),
-            client: client.clone(),
+            writer: writer.clone(),
         };
         tasks.push(tokio::spawn(
             worker.run(feed, stop.clone()).instrument(span),
@@ -189,7 +102,7 @@ pub async fn run(
 struct Worker {
     controller: Arc<dyn Controller>,
     cache: Cache,
-    client: LocalClient,
+    writer: Arc<dyn Writer>,
 }
 
 /// A key waiting to be reconciled, deduplicated.
@@ -268,7 +181,7 @@ impl Worker {
         let mut newest = 0;
         let mut failed = false;
         for action in outcome.actions {
-            match execute(&self.client, action).await {
+            match execute(self.writer.as_ref(), action).await {
                 Ok(rev) => newest = newest.max(rev),
                 // Gone already, or someone else changed it: look again with fresh state.
                 Err(s) if s.code == 404 => {}
@@ -300,67 +213,194 @@ impl Worker {
     }
 }
 
-/// Carries out one action; the resourceVersion it produced (0 if none).
-pub async fn execute(client: &LocalClient, action: Action) -> Result<u64, weft_api::Status> {
-    let ns_opt = |ns: &String| (!ns.is_empty()).then(|| ns.clone());
-    match action {
-        Action::Create { res, ns, object } => client
-            .create(res, ns_opt(&ns).as_deref(), &object)
-            .await
-            .map(|v| written_rev(&v)),
-        Action::Patch {
-            res,
-            ns,
-            name,
-            status,
-            patch,
-        } => client
-            .patch(
-                res,
-                ns_opt(&ns).as_deref(),
-                &name,
-                status.then_some("status"),
-                &patch,
-            )
-            .await
-            .map(|v| written_rev(&v)),
-        Action::Delete {
-            res,
-            ns,
-            name,
-            options,
-        } => client
-            .delete(res, ns_opt(&ns).as_deref(), &name, &options)
-            .await
-            .map(|v| written_rev(&v)),
-        Action::DeleteCollection { res, ns } => client
-            .delete_collection(res, Some(&ns))
-            .await
-            .map(|_| client.api().store.revision()),
-        Action::FinalizeNamespace { object } => {
-            let res = resources::by_plural("", "v1", "namespaces").expect("namespaces");
-            let name = objects::name(&object).to_string();
-            let mut next = object;
-            next["spec"]["finalizers"] = json!([]);
-            client
-                .update(res, None, &name, Some("finalize"), &next)
-                .await
-                .map(|v| written_rev(&v))
+#[cfg(test)]
+mod tests {
+    //! The controller manager against a recording fake writer: no store, no
+    //! server. The fake stands in for the API server far enough to close
+    //! the loop: what it is asked to write appears in the cache.
+
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    use serde_json::{Value, json};
+    use weft_api::{Resource, Status};
+
+    use super::*;
+    use crate::cluster::keys;
+
+    struct Recording {
+        cache: Cache,
+        calls: Mutex<Vec<(String, Value)>>,
+        revision: AtomicU64,
+    }
+
+    impl Recording {
+        fn new(cache: Cache, revision: u64) -> Self {
+            Recording {
+                cache,
+                calls: Mutex::new(Vec::new()),
+                revision: AtomicU64::new(revision),
+            }
         }
-        Action::Event {
-            regarding,
-            warning,
-            reason,
-            message,
-        } => {
-            let res = resources::by_plural("", "v1", "events").expect("events");
-            let ev = objects::event(&regarding, warning, &reason, &message);
-            let ns = ev["metadata"]["namespace"]
-                .as_str()
-                .unwrap_or("default")
-                .to_string();
-            // Events are best effort and never waited for.
-            client.create(res, Some(&ns), &ev).await.map(|_| 0)
+
+        fn calls(&self) -> Vec<(String, Value)> {
+            self.calls.lock().unwrap().clone()
         }
+
+        /// Stores `object` at the next revision, as the API server would.
+        fn store(&self, res: &Resource, ns: &str, name: &str, mut object: Value) -> Value {
+            let rev = self.revision.fetch_add(1, Ordering::SeqCst) + 1;
+            object["metadata"]["name"] = json!(name);
+            object["metadata"]["namespace"] = json!(ns);
+            object["metadata"]["resourceVersion"] = json!(rev.to_string());
+            let key = keys::key(res.group, res.plural, ns, name);
+            self.cache.apply(&key, rev, Some(Arc::new(object.clone())));
+            self.cache.caught_up(rev);
+            object
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl Writer for Recording {
+        async fn create(
+            &self,
+            res: &'static Resource,
+            ns: &str,
+            mut object: Value,
+        ) -> Result<Value, Status> {
+            let n = self.revision.load(Ordering::SeqCst);
+            let name = match object["metadata"]["name"].as_str() {
+                Some(name) => name.to_string(),
+                None => format!(
+                    "{}{n}",
+                    object["metadata"]["generateName"].as_str().unwrap_or("")
+                ),
+            };
+            object["metadata"]["uid"] = json!(format!("uid-{name}"));
+            self.calls
+                .lock()
+                .unwrap()
+                .push((format!("create {} {ns}/{name}", res.plural), object.clone()));
+            Ok(self.store(res, ns, &name, object))
+        }
+
+        async fn patch(
+            &self,
+            res: &'static Resource,
+            ns: &str,
+            name: &str,
+            status: bool,
+            patch: Value,
+        ) -> Result<Value, Status> {
+            let sub = if status { "/status" } else { "" };
+            self.calls.lock().unwrap().push((
+                format!("patch {}{sub} {ns}/{name}", res.plural),
+                patch.clone(),
+            ));
+            let mut object = self
+                .cache
+                .read()
+                .get(res.group, res.plural, ns, name)
+                .map(|o| (**o).clone())
+                .ok_or_else(|| Status::not_found(res.group, res.plural, name))?;
+            json_patch::merge(&mut object, &patch);
+            Ok(self.store(res, ns, name, object))
+        }
+
+        async fn delete(
+            &self,
+            res: &'static Resource,
+            ns: &str,
+            name: &str,
+            options: Value,
+        ) -> Result<Value, Status> {
+            self.calls
+                .lock()
+                .unwrap()
+                .push((format!("delete {} {ns}/{name}", res.plural), options));
+            Ok(json!({}))
+        }
+
+        async fn delete_collection(&self, res: &'static Resource, ns: &str) -> Result<u64, Status> {
+            self.calls
+                .lock()
+                .unwrap()
+                .push((format!("deletecollection {} {ns}", res.plural), json!({})));
+            Ok(0)
+        }
+
+        async fn finalize(&self, namespace: Value) -> Result<Value, Status> {
+            self.calls
+                .lock()
+                .unwrap()
+                .push(("finalize".into(), namespace.clone()));
+            Ok(namespace)
+        }
+
+        async fn bind(&self, ns: &str, name: &str, node: &str) -> Result<(), Status> {
+            self.calls
+                .lock()
+                .unwrap()
+                .push((format!("bind {ns}/{name}"), json!(node)));
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_replicaset_gets_its_pods_and_status_through_the_writer() {
+        let cache = Cache::default();
+        let rs = replicaset::tests::rs("web", 3);
+        cache.apply(
+            &keys::key("apps", "replicasets", "default", "web"),
+            5,
+            Some(Arc::new(rs)),
+        );
+        cache.caught_up(5);
+        let writer = Arc::new(Recording::new(cache.clone(), 5));
+        let (stop_tx, stop) = signal::channel(false);
+        let manager = tokio::spawn(run(
+            cache.clone(),
+            writer.clone(),
+            vec![Arc::new(replicaset::ReplicaSetController)],
+            stop,
+        ));
+        // Three pods, then a status that counts them: bounded, not timed.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let done = |calls: &[(String, Value)]| {
+            calls.iter().any(|(c, p)| {
+                c == "patch replicasets/status default/web" && p["status"]["replicas"] == 3
+            })
+        };
+        while !done(&writer.calls()) && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let _ = stop_tx.send(true);
+        manager.await.unwrap();
+        let calls = writer.calls();
+        assert!(done(&calls), "{calls:#?}");
+        let pods: Vec<&Value> = calls
+            .iter()
+            .filter(|(c, _)| c.starts_with("create pods default/web-"))
+            .map(|(_, o)| o)
+            .collect();
+        assert_eq!(pods.len(), 3, "exactly the missing pods: {calls:#?}");
+        for p in pods {
+            assert_eq!(p["metadata"]["ownerReferences"][0]["uid"], "uid-web");
+            assert_eq!(p["metadata"]["labels"]["app"], "a");
+        }
+        // The creates are reported as Kubernetes does; nothing is deleted.
+        let events: Vec<&Value> = calls
+            .iter()
+            .filter(|(c, _)| c.starts_with("create events"))
+            .map(|(_, e)| e)
+            .collect();
+        assert!(
+            !events.is_empty() && events.iter().all(|e| e["reason"] == "SuccessfulCreate"),
+            "{events:#?}"
+        );
+        assert!(
+            calls.iter().all(|(c, _)| c.starts_with("create ") || c.starts_with("patch replicasets/status")),
+            "{calls:#?}"
+        );
     }
 }

@@ -6,9 +6,10 @@ use std::time::Duration;
 use serde_json::Value;
 use weft_api::resources;
 
-use super::objects as o;
-use super::{Action, Controller, Outcome};
-use crate::cache::{Change, Snapshot};
+use super::Controller;
+use crate::cluster::objects as o;
+use crate::cluster::{Action, Outcome};
+use crate::cluster::{Change, Snapshot};
 
 pub struct NamespaceController;
 
@@ -59,7 +60,7 @@ impl Controller for NamespaceController {
         if remaining == 0 {
             // Events are not mirrored: clear them last, then release the namespace.
             out.push(Action::DeleteCollection {
-                res: super::res("events"),
+                res: crate::cluster::res("events"),
                 ns: key.to_string(),
             });
             let has_finalizer = ns

@@ -8,9 +8,10 @@ use std::time::Duration;
 use jiff::{SignedDuration, Timestamp};
 use serde_json::{Value, json};
 
-use super::objects as o;
-use super::{Action, Controller, Outcome, res};
-use crate::cache::{Change, Snapshot};
+use super::Controller;
+use crate::cluster::objects as o;
+use crate::cluster::{Action, Outcome, res};
+use crate::cluster::{Change, Snapshot};
 
 pub struct NodeLifecycleController {
     pub grace: Duration,

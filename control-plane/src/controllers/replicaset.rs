@@ -5,9 +5,10 @@ use std::sync::Arc;
 use jiff::Timestamp;
 use serde_json::{Value, json};
 
-use super::objects::{self as o, key_of};
-use super::{Action, Controller, Outcome, res};
-use crate::cache::{Change, Snapshot};
+use super::Controller;
+use crate::cluster::objects::{self as o, key_of};
+use crate::cluster::{Action, Outcome, res};
+use crate::cluster::{Change, Snapshot};
 
 pub struct ReplicaSetController;
 
@@ -159,7 +160,7 @@ impl Controller for ReplicaSetController {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     pub(crate) fn rs(name: &str, replicas: i64) -> Value {

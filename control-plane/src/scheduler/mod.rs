@@ -14,10 +14,10 @@ use serde_json::{Value, json};
 use tokio::sync::{Semaphore, mpsc, watch as signal};
 use weft_api::Status;
 
-use crate::cache::{Cache, Change};
-use crate::controllers::{self, Action, objects as o};
-use crate::local::LocalClient;
-use framework::{Cluster, PodInfo, Profile};
+use crate::cluster::{
+    Action, Cache, Change, NodeFit, Snapshot, Writer, execute, objects as o, res,
+};
+use framework::{Cluster, NodeInfo, PodInfo, Profile};
 use queue::SchedulingQueue;
 
 pub const SCHEDULER_NAME: &str = "default-scheduler";
@@ -39,7 +39,7 @@ pub struct Scheduler {
     assumed: HashSet<String>,
     queue: SchedulingQueue,
     next_start: usize,
-    client: LocalClient,
+    writer: Arc<dyn Writer>,
     binds: Arc<Semaphore>,
     bound_tx: mpsc::UnboundedSender<Bound>,
 }
@@ -72,7 +72,7 @@ fn node_changed_for_scheduling(old: Option<&Value>, new: &Value) -> bool {
 }
 
 impl Scheduler {
-    fn new(client: LocalClient, bound_tx: mpsc::UnboundedSender<Bound>) -> Self {
+    fn new(writer: Arc<dyn Writer>, bound_tx: mpsc::UnboundedSender<Bound>) -> Self {
         Scheduler {
             profile: plugins::default_profile(),
             cluster: Cluster::default(),
@@ -80,7 +80,7 @@ impl Scheduler {
             assumed: HashSet::new(),
             queue: SchedulingQueue::default(),
             next_start: 0,
-            client,
+            writer,
             binds: Arc::new(Semaphore::new(MAX_BINDS)),
             bound_tx,
         }
@@ -194,13 +194,13 @@ impl Scheduler {
     }
 
     fn bind(&self, pod: Arc<PodInfo>, node: String) {
-        let client = self.client.clone();
+        let writer = self.writer.clone();
         let tx = self.bound_tx.clone();
         let permits = self.binds.clone();
         tokio::spawn(async move {
             let _permit = permits.acquire_owned().await;
             let (ns, name) = (o::namespace(&pod.obj), o::name(&pod.obj));
-            let result = client.bind(ns, name, &node).await.map(|_| ());
+            let result = writer.bind(ns, name, &node).await;
             if result.is_ok() {
                 let ev = Action::Event {
                     regarding: pod.obj.clone(),
@@ -208,7 +208,7 @@ impl Scheduler {
                     reason: "Scheduled".into(),
                     message: format!("Successfully assigned {ns}/{name} to {node}"),
                 };
-                let _ = controllers::execute(&client, ev).await;
+                let _ = execute(writer.as_ref(), ev).await;
             }
             let _ = tx.send(Bound {
                 key: pod.key.clone(),
@@ -224,26 +224,26 @@ impl Scheduler {
         {
             return;
         }
-        let client = self.client.clone();
+        let writer = self.writer.clone();
         let obj = pod.obj.clone();
         tokio::spawn(async move {
             let now = o::ts(jiff::Timestamp::now());
             let patch = Action::Patch {
-                res: controllers::res("pods"),
+                res: res("pods"),
                 ns: o::namespace(&obj).into(),
                 name: o::name(&obj).into(),
                 status: true,
                 patch: json!({"status": {"conditions": [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
                     "message": message, "lastProbeTime": null, "lastTransitionTime": now}]}}),
             };
-            let _ = controllers::execute(&client, patch).await;
+            let _ = execute(writer.as_ref(), patch).await;
             let ev = Action::Event {
                 regarding: obj,
                 warning: true,
                 reason: "FailedScheduling".into(),
                 message,
             };
-            let _ = controllers::execute(&client, ev).await;
+            let _ = execute(writer.as_ref(), ev).await;
         });
     }
 
@@ -283,11 +283,11 @@ impl Scheduler {
 }
 
 /// Schedules until `stop`.
-pub async fn run(cache: Cache, client: LocalClient, mut stop: signal::Receiver<bool>) {
+pub async fn run(cache: Cache, writer: Arc<dyn Writer>, mut stop: signal::Receiver<bool>) {
     let mut feed = cache.subscribe();
     cache.synced().await;
     let (bound_tx, mut bound_rx) = mpsc::unbounded_channel();
-    let mut s = Scheduler::new(client, bound_tx);
+    let mut s = Scheduler::new(writer, bound_tx);
     s.load(&cache);
     loop {
         // Take in every change and bind result already waiting, then schedule one pod.
@@ -319,10 +319,65 @@ pub async fn run(cache: Cache, client: LocalClient, mut stop: signal::Receiver<b
     }
 }
 
+/// The DaemonSet controller's question: does a pod fit a node by its
+/// node-level filters alone (taints, node selector, affinity, runtime)?
+pub struct DaemonFit {
+    profile: Profile,
+}
+
+impl Default for DaemonFit {
+    fn default() -> Self {
+        DaemonFit {
+            profile: plugins::daemon_profile(),
+        }
+    }
+}
+
+impl NodeFit for DaemonFit {
+    fn fits(&self, pod: &Value, node: &Arc<Value>, snap: &Snapshot) -> bool {
+        let mut cluster = Cluster::default();
+        for rc in snap.list("node.k8s.io", "runtimeclasses", None) {
+            cluster
+                .runtime_classes
+                .insert(o::name(rc).into(), rc.clone());
+        }
+        self.profile.node_fits(
+            &PodInfo::new(Arc::new(pod.clone())),
+            &NodeInfo::new(node.clone()),
+            &cluster,
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use plugins::testing::*;
+
+    #[test]
+    fn daemon_pods_fit_by_runtime_and_taints_not_by_resources() {
+        let mut snap = Snapshot::default();
+        snap.insert(
+            "node.k8s.io",
+            "runtimeclasses",
+            json!({"metadata": {"name": "wasm"}, "handler": "wasmtime"}),
+        );
+        let wasm = json!({"runtime.weft.dev/wasmtime": "true"});
+        let full = Arc::new(json!({"metadata": {"name": "full", "labels": wasm},
+            "status": {"allocatable": {"cpu": "0", "pods": "0"}}}));
+        let tainted = Arc::new(json!({"metadata": {"name": "t", "labels": wasm},
+            "spec": {"taints": [{"key": "dedicated", "value": "db", "effect": "NoSchedule"}]}}));
+        let plain = Arc::new(json!({"metadata": {"name": "plain"}}));
+        let pod = json!({"metadata": {"name": "p", "namespace": "default"},
+            "spec": {"runtimeClassName": "wasm", "containers": [{"name": "c"}]}});
+        let fit = DaemonFit::default();
+        assert!(
+            fit.fits(&pod, &full, &snap),
+            "resources are not a daemon's filter"
+        );
+        assert!(!fit.fits(&pod, &tainted, &snap));
+        assert!(!fit.fits(&pod, &plain, &snap), "no wasmtime on that node");
+    }
 
     #[test]
     fn whole_profile_places_and_explains() {

@@ -15,7 +15,10 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
+use openraft::error::{
+    ChangeMembershipError, CheckIsLeaderError, ClientWriteError, Fatal, InitializeError,
+    QuorumNotEnough, RaftError,
+};
 use openraft::{BasicNode, Config, Raft, SnapshotPolicy};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -108,12 +111,86 @@ pub enum StoreError {
     /// Retryable: this member is not the leader (the caller may forward).
     #[error("not the leader; leader is {leader:?}")]
     NotLeader { leader: Option<String> },
+    /// Retryable: no quorum confirmed this member's leadership in time.
     #[error("raft: {0}")]
-    Raft(String),
+    NoQuorum(#[source] Box<QuorumNotEnough<NodeId>>),
+    /// Fatal: Raft on this member has stopped (a storage failure, a panic,
+    /// or shutdown); nothing here will succeed again.
+    #[error("raft stopped: {0}")]
+    Fatal(#[source] Box<Fatal<NodeId>>),
+    /// A membership change was refused (object writes never see this).
+    #[error("raft membership: {0}")]
+    Membership(#[source] Box<ChangeMembershipError<NodeId>>),
+    #[error("raft configuration: {0}")]
+    Config(#[source] Box<openraft::ConfigError>),
+    #[error("raft initialize: {0}")]
+    Initialize(#[source] Box<InitializeError<NodeId, BasicNode>>),
+    #[error("waiting for raft: {0}")]
+    Wait(#[from] openraft::metrics::WaitError),
+    /// The write loop has ended: the member is shutting down.
+    #[error("the store is shut down")]
+    ShutDown,
     #[error("rocksdb: {0}")]
     Rocks(#[from] rocksdb::Error),
     #[error("store I/O: {0}")]
     Io(#[from] std::io::Error),
+}
+
+impl StoreError {
+    /// A failure another attempt (here, or at the leader) may not repeat.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, StoreError::NotLeader { .. } | StoreError::NoQuorum(_))
+    }
+}
+
+// openraft's errors are large; boxed, a `Result<_, StoreError>` stays small.
+impl From<Fatal<NodeId>> for StoreError {
+    fn from(e: Fatal<NodeId>) -> Self {
+        StoreError::Fatal(Box::new(e))
+    }
+}
+
+impl From<openraft::ConfigError> for StoreError {
+    fn from(e: openraft::ConfigError) -> Self {
+        StoreError::Config(Box::new(e))
+    }
+}
+
+impl From<RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>> for StoreError {
+    fn from(e: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>) -> Self {
+        match e {
+            RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => StoreError::NotLeader {
+                leader: f.leader_node.map(|n| n.addr),
+            },
+            RaftError::APIError(ClientWriteError::ChangeMembershipError(m)) => {
+                StoreError::Membership(Box::new(m))
+            }
+            RaftError::Fatal(f) => f.into(),
+        }
+    }
+}
+
+impl From<RaftError<NodeId, CheckIsLeaderError<NodeId, BasicNode>>> for StoreError {
+    fn from(e: RaftError<NodeId, CheckIsLeaderError<NodeId, BasicNode>>) -> Self {
+        match e {
+            RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)) => StoreError::NotLeader {
+                leader: f.leader_node.map(|n| n.addr),
+            },
+            RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(q)) => {
+                StoreError::NoQuorum(Box::new(q))
+            }
+            RaftError::Fatal(f) => f.into(),
+        }
+    }
+}
+
+impl From<RaftError<NodeId, InitializeError<NodeId, BasicNode>>> for StoreError {
+    fn from(e: RaftError<NodeId, InitializeError<NodeId, BasicNode>>) -> Self {
+        match e {
+            RaftError::APIError(i) => StoreError::Initialize(Box::new(i)),
+            RaftError::Fatal(f) => f.into(),
+        }
+    }
 }
 
 pub struct StoreConfig<'a> {
@@ -171,35 +248,14 @@ async fn commit_batch(raft: &WeftRaft, ops: Vec<Op>, waiters: Vec<Waiter>) {
             }
         }
         Err(e) => {
-            let leader = match &e {
-                RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
-                    Some(f.leader_node.as_ref().map(|n| n.addr.clone()))
-                }
-                _ => None,
-            };
-            let msg = e.to_string();
             for w in waiters {
-                let _ = w.send(Err(match &leader {
-                    Some(l) => StoreError::NotLeader { leader: l.clone() },
-                    None => StoreError::Raft(msg.clone()),
-                }));
+                let _ = w.send(Err(e.clone().into()));
             }
         }
     }
 }
 
-/// Storage key for one object.
-pub fn key(group: &str, resource: &str, namespace: &str, name: &str) -> String {
-    format!("{group}\0{resource}\0{namespace}\0{name}")
-}
-
-/// Prefix of every object of a resource, optionally in one namespace.
-pub fn prefix(group: &str, resource: &str, namespace: Option<&str>) -> String {
-    match namespace {
-        Some(ns) => format!("{group}\0{resource}\0{ns}\0"),
-        None => format!("{group}\0{resource}\0"),
-    }
-}
+pub use crate::cluster::keys::{key, prefix};
 
 fn open_db(dir: &Path) -> Result<rocksdb::DB, rocksdb::Error> {
     let mut opts = rocksdb::Options::default();
@@ -238,11 +294,8 @@ impl Store {
             max_payload_entries: 1_000,
             ..Default::default()
         }
-        .validate()
-        .map_err(|e| StoreError::Raft(e.to_string()))?;
-        let raft = Raft::new(cfg.node_id, Arc::new(config), cfg.network, log, sm)
-            .await
-            .map_err(|e| StoreError::Raft(e.to_string()))?;
+        .validate()?;
+        let raft = Raft::new(cfg.node_id, Arc::new(config), cfg.network, log, sm).await?;
 
         let (writes, rx) = tokio::sync::mpsc::unbounded_channel();
         tokio::spawn(batch_writes(raft.clone(), rx));
@@ -252,11 +305,7 @@ impl Store {
             node_id: cfg.node_id,
             writes,
         };
-        let initialized = store
-            .raft
-            .is_initialized()
-            .await
-            .map_err(|e| StoreError::Raft(e.to_string()))?;
+        let initialized = store.raft.is_initialized().await?;
         // The lowest id bootstraps the cluster; the others wait to be contacted.
         if !initialized && cfg.members.keys().next() == Some(&cfg.node_id) {
             let nodes: BTreeMap<NodeId, BasicNode> = cfg
@@ -264,11 +313,7 @@ impl Store {
                 .iter()
                 .map(|(id, addr)| (*id, BasicNode { addr: addr.clone() }))
                 .collect();
-            store
-                .raft
-                .initialize(nodes)
-                .await
-                .map_err(|e| StoreError::Raft(e.to_string()))?;
+            store.raft.initialize(nodes).await?;
         }
         Ok(store)
     }
@@ -287,8 +332,7 @@ impl Store {
         self.raft
             .wait(Some(timeout))
             .metrics(|m| m.current_leader.is_some(), "a leader is known")
-            .await
-            .map_err(|e| StoreError::Raft(e.to_string()))?;
+            .await?;
         match self.linearize().await {
             // A follower is ready once it knows the leader; it catches up by replication.
             Ok(()) | Err(StoreError::NotLeader { .. }) => Ok(()),
@@ -307,23 +351,15 @@ impl Store {
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.writes
             .send((op, tx))
-            .map_err(|_| StoreError::Raft("the store is shut down".into()))?;
-        rx.await
-            .map_err(|_| StoreError::Raft("the store is shut down".into()))?
+            .map_err(|_| StoreError::ShutDown)?;
+        rx.await.map_err(|_| StoreError::ShutDown)?
     }
 
     /// Makes the following local reads linearizable (a quorum read, as
     /// kube-apiserver does for reads without a resourceVersion).
     pub async fn linearize(&self) -> Result<(), StoreError> {
-        match self.raft.ensure_linearizable().await {
-            Ok(_) => Ok(()),
-            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
-                Err(StoreError::NotLeader {
-                    leader: f.leader_node.map(|n| n.addr),
-                })
-            }
-            Err(e) => Err(StoreError::Raft(e.to_string())),
-        }
+        self.raft.ensure_linearizable().await?;
+        Ok(())
     }
 
     pub fn get(&self, key: &str) -> Result<Option<(u64, Value)>, StoreError> {

@@ -6,7 +6,7 @@ use serde_json::Value;
 use super::super::framework::{
     Cluster, CycleState, NodeInfo, Plugin, PodInfo, Reasons, normalize_max,
 };
-use crate::controllers::objects as o;
+use crate::cluster::objects as o;
 
 pub struct TaintToleration;
 

@@ -7,15 +7,18 @@
 //! member (which took over its data directory's lock, so its predecessor is
 //! gone) reclaims its own Lease at once instead of waiting out the duration.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::http::Method;
 use jiff::{SignedDuration, Timestamp};
 use serde_json::{Value, json};
 use tokio::sync::watch as signal;
+use weft_api::Status;
 
-use crate::local::LocalClient;
-use crate::time::micro;
+use crate::apiserver::registry::{Registry, Target, WriteOptions};
+use crate::cluster::time::micro;
+use crate::cluster::{Cache, Writer};
 
 #[derive(Debug, Clone)]
 pub struct ElectionConfig {
@@ -93,36 +96,86 @@ pub fn claim(
     Some((Method::PUT, next))
 }
 
-/// Campaigns until `stop`; `leading` says whether this process holds the Lease now.
+/// The Lease with this member's claim given up (client-go's
+/// `ReleaseOnCancel`): no holder, so anyone may take it at once. `None` if
+/// someone else holds it by now.
+pub fn released(current: &Value, cfg: &ElectionConfig, now: Timestamp) -> Option<Value> {
+    if current
+        .pointer("/spec/holderIdentity")
+        .and_then(Value::as_str)
+        != Some(&cfg.identity)
+    {
+        return None;
+    }
+    let mut next = current.clone();
+    let spec = &mut next["spec"];
+    spec["holderIdentity"] = Value::Null;
+    spec["leaseDurationSeconds"] = json!(1);
+    spec["renewTime"] = json!(micro(now));
+    Some(next)
+}
+
+fn leases() -> &'static weft_api::Resource {
+    crate::cluster::res("leases")
+}
+
+/// The Lease as stored now, `None` if there is none.
+async fn current(registry: &Registry, cfg: &ElectionConfig) -> Result<Option<Value>, Status> {
+    let t = Target::object(leases(), &cfg.namespace, &cfg.name);
+    match registry.get(&t, None).await {
+        Ok(v) => Ok(Some(v)),
+        Err(s) if s.code == 404 => Ok(None),
+        Err(s) => Err(s),
+    }
+}
+
+/// Writes the Lease: a create, or a replace (compare-and-swap on the
+/// resourceVersion it was read at).
+async fn write(
+    registry: &Registry,
+    cfg: &ElectionConfig,
+    method: Method,
+    lease: Value,
+) -> Result<(), Status> {
+    let t = match method {
+        Method::POST => Target::collection(leases(), &cfg.namespace),
+        _ => Target::object(leases(), &cfg.namespace, &cfg.name),
+    };
+    let opts = WriteOptions::default();
+    match method {
+        Method::POST => registry.create(&t, lease, opts).await.map(|_| ()),
+        _ => registry.update(&t, lease, opts).await.map(|_| ()),
+    }
+}
+
+/// Gives up the Lease, compare-and-swap on its resourceVersion. Call only
+/// once this member's scheduler and controllers have stopped.
+pub async fn release(registry: &Registry, cfg: &ElectionConfig) {
+    let Ok(Some(cur)) = current(registry, cfg).await else {
+        return;
+    };
+    let Some(next) = released(&cur, cfg, Timestamp::now()) else {
+        return;
+    };
+    match write(registry, cfg, Method::PUT, next).await {
+        Ok(()) => tracing::info!(lease = %cfg.name, "released the lease"),
+        Err(s) => tracing::warn!(lease = %cfg.name, "could not release the lease: {}", s.message),
+    }
+}
+
+/// Campaigns until `stop`; `leading` says whether this process holds the
+/// Lease now. Returns whether it held the Lease when it stopped.
 pub async fn run(
-    client: LocalClient,
+    registry: Registry,
     cfg: ElectionConfig,
     leading: signal::Sender<bool>,
     mut stop: signal::Receiver<bool>,
-) {
-    let leases = weft_api::resources::by_plural("coordination.k8s.io", "v1", "leases")
-        .expect("leases are served");
+) -> bool {
     let mut last_renewal: Option<tokio::time::Instant> = None;
     loop {
-        let path = leases.object_path(Some(&cfg.namespace), &cfg.name);
-        let current = match client
-            .call(Method::GET, &path, "", "application/json", None)
-            .await
-        {
-            Ok(v) => Ok(Some(v)),
-            Err(s) if s.code == 404 => Ok(None),
-            Err(s) => Err(s),
-        };
-        let renewed = match current {
+        let renewed = match current(&registry, &cfg).await {
             Ok(cur) => match claim(cur.as_ref(), &cfg, Timestamp::now()) {
-                Some((Method::POST, lease)) => client
-                    .create(leases, Some(&cfg.namespace), &lease)
-                    .await
-                    .is_ok(),
-                Some((_, lease)) => client
-                    .update(leases, Some(&cfg.namespace), &cfg.name, None, &lease)
-                    .await
-                    .is_ok(),
+                Some((method, lease)) => write(&registry, &cfg, method, lease).await.is_ok(),
                 None => false,
             },
             Err(_) => false,
@@ -144,15 +197,17 @@ pub async fn run(
             _ = tokio::time::sleep(cfg.retry_period) => {}
         }
     }
+    let held = last_renewal.is_some();
     leading.send_replace(false);
+    held
 }
 
 /// Runs the scheduler and controllers whenever `leading` is true, and stops
 /// them (before anyone else can take over: renew_deadline < lease_duration)
 /// when it turns false or on `stop`.
 pub async fn run_components(
-    cache: crate::cache::Cache,
-    client: LocalClient,
+    cache: Cache,
+    writer: Arc<dyn Writer>,
     controllers: crate::controllers::ControllerConfig,
     mut leading: signal::Receiver<bool>,
     mut stop: signal::Receiver<bool>,
@@ -167,13 +222,16 @@ pub async fn run_components(
         let tasks = [
             tokio::spawn(crate::scheduler::run(
                 cache.clone(),
-                client.clone(),
+                writer.clone(),
                 halted.clone(),
             )),
             tokio::spawn(crate::controllers::run(
                 cache.clone(),
-                client.clone(),
-                crate::controllers::all(&controllers),
+                writer.clone(),
+                crate::controllers::all(
+                    &controllers,
+                    Arc::new(crate::scheduler::DaemonFit::default()),
+                ),
                 halted,
             )),
         ];
@@ -219,6 +277,20 @@ mod tests {
             now + SignedDuration::from_secs(30),
         )
         .unwrap();
+        assert_eq!(taken["spec"]["holderIdentity"], "b");
+        assert_eq!(taken["spec"]["leaseTransitions"], 1);
+    }
+
+    #[test]
+    fn a_released_lease_is_taken_at_once() {
+        let now = Timestamp::now();
+        let (_, lease) = claim(None, &cfg("a"), now).unwrap();
+        // Only the holder can release it.
+        assert!(released(&lease, &cfg("b"), now).is_none());
+        let free = released(&lease, &cfg("a"), now).unwrap();
+        // b need not wait out a's 15 s.
+        let (m, taken) = claim(Some(&free), &cfg("b"), now).unwrap();
+        assert_eq!(m, Method::PUT);
         assert_eq!(taken["spec"]["holderIdentity"], "b");
         assert_eq!(taken["spec"]["leaseTransitions"], 1);
     }

@@ -1,16 +1,17 @@
 //! The controllers' and scheduler's view of the cluster: an in-memory mirror
-//! of the store, fed by its watch (what client-go's shared informers are to
-//! kube-controller-manager). Reconcile functions read a [`Snapshot`]; tests
-//! build one by hand.
+//! of the store (what client-go's shared informers are to
+//! kube-controller-manager). Whoever owns the store feeds it (`member`
+//! does, from the store's watch); reconcile functions read a
+//! [`Snapshot`]; tests build one by hand.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use serde_json::Value;
-use tokio::sync::{broadcast, mpsc, watch as signal};
+use tokio::sync::{mpsc, watch as signal};
 
-use crate::store::{self, Feed, Store};
+use super::keys;
 
 /// Objects by store key (`group\0resource\0namespace\0name`), sorted, so one
 /// resource in one namespace is a contiguous range.
@@ -30,11 +31,11 @@ impl Snapshot {
             .and_then(Value::as_str)
             .unwrap_or("");
         self.objects
-            .insert(store::key(group, resource, ns, name), Arc::new(obj));
+            .insert(keys::key(group, resource, ns, name), Arc::new(obj));
     }
 
     pub fn get(&self, group: &str, resource: &str, ns: &str, name: &str) -> Option<&Arc<Value>> {
-        self.objects.get(&store::key(group, resource, ns, name))
+        self.objects.get(&keys::key(group, resource, ns, name))
     }
 
     /// Every object of a resource, in one namespace or (None) all of them.
@@ -44,7 +45,7 @@ impl Snapshot {
         resource: &str,
         ns: Option<&str>,
     ) -> impl Iterator<Item = &'a Arc<Value>> + 'a {
-        let prefix = store::prefix(group, resource, ns);
+        let prefix = keys::prefix(group, resource, ns);
         self.objects
             .range(prefix.clone()..)
             .take_while(move |(k, _)| k.starts_with(&prefix))
@@ -106,13 +107,6 @@ impl Default for Cache {
 }
 
 impl Cache {
-    /// Starts mirroring `store` until `stop` fires.
-    pub fn start(store: Store, stop: signal::Receiver<bool>) -> Cache {
-        let cache = Cache::default();
-        tokio::spawn(cache.clone().run(store, stop));
-        cache
-    }
-
     /// Reads the current state. Do not hold it across an await.
     pub fn read(&self) -> std::sync::RwLockReadGuard<'_, Snapshot> {
         self.0.snapshot.read().expect("cache poisoned")
@@ -145,7 +139,10 @@ impl Cache {
         *self.0.revision.borrow()
     }
 
-    fn apply(&self, key: &str, rev: u64, new: Option<Arc<Value>>) {
+    /// One change at revision `rev`: the object (`None`: deleted). Changes
+    /// at or below the revision the mirror holds for the key are skipped,
+    /// so a watch that raced a list can be replayed over it.
+    pub fn apply(&self, key: &str, rev: u64, new: Option<Arc<Value>>) {
         if !mirrored(key) {
             return;
         }
@@ -177,7 +174,7 @@ impl Cache {
     }
 
     /// Replaces the whole state with a fresh list, reporting the differences.
-    fn relist(&self, items: Vec<(String, Value)>) {
+    pub fn relist(&self, items: Vec<(String, Value)>) {
         let fresh: BTreeMap<String, Arc<Value>> = items
             .into_iter()
             .filter(|(k, _)| mirrored(k))
@@ -214,49 +211,12 @@ impl Cache {
         }
     }
 
-    async fn run(self, store: Store, mut stop: signal::Receiver<bool>) {
-        loop {
-            // Subscribe first, then list: events that race the list are
-            // skipped by their revision in `apply`.
-            let from = store.revision();
-            let Ok((backlog, mut live)) = store.watch(from) else {
-                continue;
-            };
-            let items = match store.list("", None, None) {
-                Ok((_, items, _)) => items,
-                Err(e) => {
-                    tracing::warn!("cache list: {e}");
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                    continue;
-                }
-            };
-            self.relist(items);
-            let mut rev = from;
-            for e in backlog {
-                self.apply_event(&e);
-                rev = e.revision;
-            }
-            self.0.revision.send_replace(rev);
-            self.0.synced.send_replace(true);
-            loop {
-                tokio::select! {
-                    _ = stop.changed() => return,
-                    msg = live.recv() => match msg {
-                        Ok(Feed::Event(e)) => {
-                            self.apply_event(&e);
-                            self.0.revision.send_replace(e.revision);
-                        }
-                        Ok(Feed::Reset) | Err(broadcast::error::RecvError::Lagged(_)) => break,
-                        Err(broadcast::error::RecvError::Closed) => return,
-                    }
-                }
-            }
-        }
-    }
-
-    fn apply_event(&self, e: &store::Event) {
-        let new = (e.kind != store::EventType::Deleted).then(|| e.object.clone());
-        self.apply(&e.key, e.revision, new);
+    /// The mirror has caught up with revision `rev`.
+    pub fn caught_up(&self, rev: u64) {
+        self.0.revision.send_replace(rev);
+        self.0
+            .synced
+            .send_if_modified(|s| !std::mem::replace(s, true));
     }
 }
 

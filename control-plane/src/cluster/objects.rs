@@ -158,7 +158,7 @@ pub fn taints(node: &Value) -> &[Value] {
         .map_or(&[], Vec::as_slice)
 }
 
-pub use crate::time::ts;
+pub use super::time::ts;
 
 /// How long until `at` (at least a second: requeues are not busy loops).
 pub fn until(at: Timestamp, now: Timestamp) -> std::time::Duration {

@@ -1,0 +1,31 @@
+//! Store failures as API errors.
+
+use weft_api::{Resource, Status};
+
+use crate::store::{Failed, StoreError};
+
+/// Maps store failures to API errors. Internal details are logged, not sent.
+pub fn store_error(res: &Resource, name: &str, e: StoreError) -> Status {
+    match e {
+        StoreError::Precondition(Failed::NotFound) => {
+            Status::not_found(res.group, res.plural, name)
+        }
+        StoreError::Precondition(Failed::AlreadyExists) => {
+            Status::already_exists(res.group, res.plural, name)
+        }
+        StoreError::Precondition(Failed::Conflict { .. }) => {
+            Status::conflict(res.group, res.plural, name)
+        }
+        StoreError::NotLeader { leader } => Status::unavailable(format!(
+            "this member is not the Raft leader; retry (leader: {})",
+            leader.as_deref().unwrap_or("unknown")
+        )),
+        StoreError::NoQuorum(q) => Status::unavailable(format!(
+            "no quorum confirmed this member's leadership; retry ({q})"
+        )),
+        other => {
+            tracing::error!(error = %other, "store failure");
+            Status::internal()
+        }
+    }
+}

@@ -1,0 +1,290 @@
+//! One control-plane member, assembled: the Raft store, the API server over
+//! it, and (while this member holds the controller Lease) the scheduler and
+//! controllers. `ControlPlane::start` wires them; `shutdown` takes them
+//! down in the reverse order, within a deadline.
+
+pub mod leader;
+pub mod mirror;
+pub mod writer;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine;
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio::sync::watch as signal;
+use tokio::task::JoinHandle;
+
+use crate::apiserver::registry::Registry;
+use crate::apiserver::{self, Api, ApiConfig, security, services};
+use crate::store::{Network, NodeId, Store, StoreConfig, StoreError};
+use leader::ElectionConfig;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Pki(#[from] security::PkiError),
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    #[error("raft client: {0}")]
+    Client(#[from] reqwest::Error),
+}
+
+pub struct ControlPlaneConfig {
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    /// Plain HTTP without authentication (kubectl sends no token over http).
+    pub insecure: bool,
+    pub node_id: NodeId,
+    /// Every member's id and URL; empty means a single member at this address.
+    pub peers: BTreeMap<NodeId, String>,
+    pub watch_window: usize,
+    pub bookmark_interval: Duration,
+    pub ready_timeout: Duration,
+    /// Run the scheduler and controllers (while holding the leader Lease).
+    pub run_controllers: bool,
+    pub controllers: crate::controllers::ControllerConfig,
+    pub lease_duration: Duration,
+    pub services: services::ServiceNetwork,
+}
+
+impl ControlPlaneConfig {
+    pub fn new(data_dir: PathBuf, listen: SocketAddr) -> Self {
+        ControlPlaneConfig {
+            data_dir,
+            listen,
+            insecure: false,
+            node_id: 1,
+            peers: BTreeMap::new(),
+            watch_window: 20_000,
+            bookmark_interval: Duration::from_secs(60),
+            ready_timeout: Duration::from_secs(60),
+            run_controllers: true,
+            controllers: Default::default(),
+            lease_duration: Duration::from_secs(15),
+            services: services::ServiceNetwork::default(),
+        }
+    }
+}
+
+/// This member's leader-election identity: the host and Raft member id, so
+/// a restarted member reclaims its own Lease (see `leader`).
+fn identity(node_id: NodeId) -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    format!("{}/member-{node_id}", host.trim())
+}
+
+/// The campaign and the components it runs, as tasks to join on shutdown.
+struct Leadership {
+    registry: Registry,
+    election: ElectionConfig,
+    campaign: JoinHandle<bool>,
+    components: JoinHandle<()>,
+}
+
+/// A running control plane: store, API server, and its shutdown handle.
+pub struct ControlPlane {
+    pub api: Api,
+    pub addr: SocketAddr,
+    pub url: String,
+    pub token: String,
+    pub ca_pem: Option<String>,
+    /// Whether this process holds the controller Lease (runs the scheduler and controllers).
+    pub leading: signal::Receiver<bool>,
+    shutdown: signal::Sender<bool>,
+    server: JoinHandle<()>,
+    leadership: Option<Leadership>,
+}
+
+/// The URL a listener at `addr` is reached by (Raft membership records it).
+fn url_of(addr: SocketAddr, insecure: bool) -> String {
+    let host = if addr.ip().is_unspecified() {
+        "127.0.0.1".to_string()
+    } else {
+        addr.ip().to_string()
+    };
+    let host = if host.contains(':') {
+        format!("[{host}]")
+    } else {
+        host
+    };
+    let scheme = if insecure { "http" } else { "https" };
+    format!("{scheme}://{host}:{}", addr.port())
+}
+
+/// The serving certificate (issued by the cluster CA) and the CA itself,
+/// unless the member serves plain HTTP.
+fn tls(
+    cfg: &ControlPlaneConfig,
+    addr: SocketAddr,
+) -> Result<(Option<Arc<rustls::ServerConfig>>, Option<String>), StartError> {
+    if cfg.insecure {
+        tracing::warn!("--insecure: serving plain HTTP with no authentication on {addr}");
+        return Ok((None, None));
+    }
+    let mut sans: Vec<String> = [
+        "localhost",
+        "127.0.0.1",
+        "::1",
+        "kubernetes",
+        "kubernetes.default",
+        "kubernetes.default.svc",
+        "kubernetes.default.svc.cluster.local",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    if !addr.ip().is_unspecified() && !sans.contains(&addr.ip().to_string()) {
+        sans.push(addr.ip().to_string());
+    }
+    let pki = security::ensure_pki(&cfg.data_dir.join("pki"), &sans)?;
+    Ok((Some(security::server_config(&pki)?), Some(pki.ca_pem)))
+}
+
+impl ControlPlane {
+    pub async fn start(cfg: ControlPlaneConfig) -> Result<ControlPlane, StartError> {
+        // Bind first: with port 0 the URL (which Raft membership records) is only known now.
+        let listen_err = |source| StartError::Listen {
+            addr: cfg.listen,
+            source,
+        };
+        let listener = TcpListener::bind(cfg.listen).await.map_err(listen_err)?;
+        let addr = listener.local_addr().map_err(listen_err)?;
+        let url = url_of(addr, cfg.insecure);
+        let token = security::ensure_token(&cfg.data_dir.join("tokens").join("admin"))?;
+        let (tls, ca_pem) = tls(&cfg, addr)?;
+
+        let mut client = reqwest::Client::builder().timeout(Duration::from_secs(10));
+        if let Some(ca) = &ca_pem {
+            client = client.add_root_certificate(reqwest::Certificate::from_pem(ca.as_bytes())?);
+        }
+        let members = if cfg.peers.is_empty() {
+            BTreeMap::from([(cfg.node_id, url.clone())])
+        } else {
+            cfg.peers.clone()
+        };
+        let store = Store::open(StoreConfig {
+            dir: &cfg.data_dir.join("store"),
+            node_id: cfg.node_id,
+            members,
+            watch_window: cfg.watch_window,
+            network: Network::new(client.build()?, token.clone()),
+        })
+        .await?;
+
+        let (shutdown_tx, shutdown_rx) = signal::channel(false);
+        let api = Api::new(ApiConfig {
+            store,
+            shutdown: shutdown_rx.clone(),
+            bookmark_interval: cfg.bookmark_interval,
+            tokens: vec![token.clone()],
+            authenticate: !cfg.insecure,
+            services: cfg.services.clone(),
+        })?;
+        // Serve before the store is ready: peers reach this member's Raft over it.
+        let server = tokio::spawn(apiserver::serve_api(
+            api.clone(),
+            listener,
+            tls,
+            shutdown_rx.clone(),
+            Duration::from_secs(5),
+        ));
+        api.store.wait_ready(cfg.ready_timeout).await?;
+        apiserver::bootstrap(&api, addr).await?;
+        let (leading_tx, leading) = signal::channel(false);
+        let leadership = cfg.run_controllers.then(|| {
+            let registry = api.registry.clone();
+            let cache = mirror::start(api.store.clone(), shutdown_rx.clone());
+            let election = ElectionConfig::new(
+                "weft-controller-manager",
+                identity(cfg.node_id),
+                cfg.lease_duration,
+            );
+            Leadership {
+                campaign: tokio::spawn(leader::run(
+                    registry.clone(),
+                    election.clone(),
+                    leading_tx,
+                    shutdown_rx.clone(),
+                )),
+                components: tokio::spawn(leader::run_components(
+                    cache,
+                    Arc::new(writer::InProcess::new(registry.clone())),
+                    cfg.controllers.clone(),
+                    leading.clone(),
+                    shutdown_rx,
+                )),
+                registry,
+                election,
+            }
+        });
+        Ok(ControlPlane {
+            api,
+            addr,
+            url,
+            token,
+            ca_pem,
+            leading,
+            shutdown: shutdown_tx,
+            server,
+            leadership,
+        })
+    }
+
+    /// A kubeconfig for the admin user.
+    pub fn kubeconfig(&self) -> String {
+        let mut cluster = json!({"server": self.url});
+        if let Some(ca) = &self.ca_pem {
+            cluster["certificate-authority-data"] =
+                json!(base64::engine::general_purpose::STANDARD.encode(ca));
+        }
+        let mut user = json!({});
+        if self.ca_pem.is_some() {
+            user["token"] = json!(self.token);
+        }
+        let cfg: Value = json!({
+            "apiVersion": "v1", "kind": "Config",
+            "clusters": [{"name": "weft", "cluster": cluster}],
+            "users": [{"name": "weft-admin", "user": user}],
+            "contexts": [{"name": "weft", "context": {"cluster": "weft", "user": "weft-admin", "namespace": "default"}}],
+            "current-context": "weft",
+        });
+        serde_yaml::to_string(&cfg).unwrap_or_default()
+    }
+
+    /// Stops the scheduler and controllers and joins them, then releases the
+    /// controller Lease (so another member takes over at once, not after the
+    /// lease duration), stops accepting, ends watches, drains connections,
+    /// then stops Raft. All within `deadline`.
+    pub async fn shutdown(self, deadline: Duration) {
+        let _ = self.shutdown.send(true);
+        let end = tokio::time::Instant::now() + deadline;
+        if let Some(l) = self.leadership {
+            let joined = async {
+                let held = l.campaign.await.unwrap_or(false);
+                let _ = l.components.await;
+                // Only now: released earlier, another member's controllers
+                // could run beside ours.
+                if held {
+                    leader::release(&l.registry, &l.election).await;
+                }
+            };
+            if tokio::time::timeout_at(end, joined).await.is_err() {
+                tracing::warn!("the scheduler and controllers did not stop within {deadline:?}");
+            }
+        }
+        if tokio::time::timeout_at(end, self.server).await.is_err() {
+            tracing::warn!("api server did not stop within {deadline:?}");
+        }
+        self.api.store.shutdown().await;
+    }
+}
