@@ -129,7 +129,8 @@ async fn run_case(case: Case, nodes: usize, pods: usize) -> Result {
     create_all(&client, "pods", (0..pods).map(|i| pod(case, i)).collect()).await;
 
     let (stop_tx, stop) = watch::channel(false);
-    let cache = weft_control_plane::member::mirror::start(cp.api.store.clone(), stop.clone());
+    let (cache, _feed) =
+        weft_control_plane::member::mirror::start(cp.api.store.clone(), stop.clone());
     cache.synced().await;
     let mut feed = cache.subscribe();
     let already = cache

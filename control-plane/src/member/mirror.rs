@@ -5,15 +5,16 @@
 use std::time::Duration;
 
 use tokio::sync::{broadcast, watch as signal};
+use tokio::task::JoinHandle;
 
 use crate::cluster::Cache;
 use crate::store::{Event, EventType, Feed, Store};
 
-/// A cache that mirrors `store` until `stop` fires.
-pub fn start(store: Store, stop: signal::Receiver<bool>) -> Cache {
+/// A cache that mirrors `store` until `stop` fires, and the task feeding it.
+pub fn start(store: Store, stop: signal::Receiver<bool>) -> (Cache, JoinHandle<()>) {
     let cache = Cache::default();
-    tokio::spawn(run(cache.clone(), store, stop));
-    cache
+    let feed = tokio::spawn(run(cache.clone(), store, stop));
+    (cache, feed)
 }
 
 fn apply(cache: &Cache, e: &Event) {
@@ -23,6 +24,9 @@ fn apply(cache: &Cache, e: &Event) {
 
 async fn run(cache: Cache, store: Store, mut stop: signal::Receiver<bool>) {
     loop {
+        if *stop.borrow() {
+            return;
+        }
         // Subscribe first, then list: events that race the list are
         // skipped by their revision in `Cache::apply`.
         let from = store.revision();

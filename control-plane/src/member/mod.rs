@@ -89,6 +89,7 @@ struct Leadership {
     election: ElectionConfig,
     campaign: JoinHandle<bool>,
     components: JoinHandle<()>,
+    mirror: JoinHandle<()>,
 }
 
 /// A running control plane: store, API server, and its shutdown handle.
@@ -203,7 +204,7 @@ impl ControlPlane {
         let (leading_tx, leading) = signal::channel(false);
         let leadership = cfg.run_controllers.then(|| {
             let registry = api.registry.clone();
-            let cache = mirror::start(api.store.clone(), shutdown_rx.clone());
+            let (cache, feed) = mirror::start(api.store.clone(), shutdown_rx.clone());
             let election = ElectionConfig::new(
                 "weft-controller-manager",
                 identity(cfg.node_id),
@@ -223,6 +224,7 @@ impl ControlPlane {
                     leading.clone(),
                     shutdown_rx,
                 )),
+                mirror: feed,
                 registry,
                 election,
             }
@@ -272,6 +274,7 @@ impl ControlPlane {
             let joined = async {
                 let held = l.campaign.await.unwrap_or(false);
                 let _ = l.components.await;
+                let _ = l.mirror.await;
                 // Only now: released earlier, another member's controllers
                 // could run beside ours.
                 if held {
