@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use serde_json::{Value, json};
 use tokio::sync::Semaphore;
+use weft_control_plane::cluster::time::ts;
 use weft_control_plane::{ControlPlane, ControlPlaneConfig};
 
 // The same allocator as the weft binary.
@@ -38,7 +39,7 @@ fn node(i: usize) -> Value {
         "status": {"allocatable": {"cpu": "32", "memory": "128Gi", "pods": "110"},
                    "capacity": {"cpu": "32", "memory": "128Gi", "pods": "110"},
                    "conditions": [{"type": "Ready", "status": "True",
-                                   "lastHeartbeatTime": jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string()}]}})
+                                   "lastHeartbeatTime": ts(jiff::Timestamp::now())}]}})
 }
 
 fn deployment(replicas: usize) -> Value {
@@ -60,9 +61,7 @@ async fn post(http: &reqwest::Client, url: String, body: &Value) {
 
 /// What a node agent writes once a pod runs: Running, with every condition true.
 fn ready_status(i: usize) -> Value {
-    let now = jiff::Timestamp::now()
-        .strftime("%Y-%m-%dT%H:%M:%SZ")
-        .to_string();
+    let now = ts(jiff::Timestamp::now());
     let cond = |t: &str| json!({"type": t, "status": "True", "lastTransitionTime": now});
     json!({"status": {"phase": "Running", "podIP": format!("10.{}.{}.{}", i >> 16 & 255, i >> 8 & 255, i & 255),
         "startTime": now, "conditions": [cond("PodScheduled"), cond("Initialized"), cond("ContainersReady"), cond("Ready")]}})

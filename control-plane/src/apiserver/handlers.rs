@@ -176,9 +176,13 @@ impl Ctx<'_> {
         table::wants_table(header_str(self.headers, header::ACCEPT))
     }
 
+    fn dry_run(&self) -> bool {
+        self.query.dry_run.as_deref() == Some("All")
+    }
+
     fn write_options(&self) -> Result<WriteOptions, Status> {
         Ok(WriteOptions {
-            dry_run: self.query.dry_run.as_deref() == Some("All"),
+            dry_run: self.dry_run(),
             field_validation: FieldValidation::parse(self.query.field_validation.as_deref())?,
         })
     }
@@ -340,7 +344,7 @@ async fn patch(ctx: &Ctx<'_>, body: &Bytes) -> ApiResult {
 
 async fn delete(ctx: &Ctx<'_>, body: &Bytes) -> ApiResult {
     let opts = ctx.delete_options(body)?;
-    let dry_run = ctx.write_options()?.dry_run;
+    let dry_run = ctx.dry_run();
     Ok(
         match ctx.api.registry.delete(&ctx.target, &opts, dry_run).await? {
             Deleted::Object(o) => ctx.respond(StatusCode::OK, &o, &[]),
@@ -351,7 +355,7 @@ async fn delete(ctx: &Ctx<'_>, body: &Bytes) -> ApiResult {
 
 async fn delete_collection(ctx: &Ctx<'_>, body: &Bytes) -> ApiResult {
     let opts = ctx.delete_options(body)?;
-    let dry_run = ctx.write_options()?.dry_run;
+    let dry_run = ctx.dry_run();
     let list = ctx
         .api
         .registry
