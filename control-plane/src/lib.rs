@@ -2,7 +2,7 @@
 //! Raft-replicated rocksdb store, with the scheduler and controllers.
 
 pub mod apiserver;
-pub mod cluster;
+pub use weft_cluster as cluster;
 pub mod controllers;
 pub mod member;
 pub mod scheduler;

@@ -1,110 +1,110 @@
-//! The control plane's top-level modules depend on each other one way
-//! (docs/architecture.md). Until they are crates, where Cargo forbids
-//! cycles, this reads the `crate::…` paths of every source file and checks
-//! the arrows.
+//! The control plane is a set of crates whose arrows point one way
+//! (docs/architecture.md). Cargo already forbids cycles between crates; this
+//! pins the shape: which crate may name which, and that the vocabulary, the
+//! scheduler and the controllers never link the store's or the API server's
+//! heavy parts.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
-fn sources(dir: &Path, out: &mut Vec<(String, String)>) {
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            sources(&path, out);
-        } else if path.extension().is_some_and(|e| e == "rs") {
-            out.push((
-                path.display().to_string(),
-                std::fs::read_to_string(&path).unwrap(),
-            ));
-        }
-    }
+/// Crate directory (relative to control-plane/) → the Weft crates it may
+/// depend on. weft-api (the object types) is open to all.
+const ARROWS: &[(&str, &[&str])] = &[
+    ("cluster", &[]),
+];
+
+/// The crates that must build without rocksdb, openraft or axum.
+const LIGHT: &[&str] = &["cluster"];
+const HEAVY: &[&str] = &["rocksdb", "librocksdb-sys", "openraft", "axum"];
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// Top-level module → the top-level modules it names through `crate::`.
-fn arrows() -> BTreeMap<String, BTreeSet<String>> {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
-    let mut files = Vec::new();
-    sources(&src, &mut files);
-    let mut out: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-    for (path, text) in files {
-        let rel = path.strip_prefix(&format!("{}/", src.display())).unwrap();
-        let top = rel
-            .split('/')
-            .next()
+/// `[package] name` and the `[dependencies]` names of one manifest.
+fn manifest(dir: &str) -> (String, BTreeSet<String>) {
+    let text = std::fs::read_to_string(root().join(dir).join("Cargo.toml")).unwrap();
+    let (mut name, mut deps, mut section) = (String::new(), BTreeSet::new(), String::new());
+    for line in text.lines().map(str::trim) {
+        if line.starts_with('[') {
+            section = line.to_string();
+        } else if section == "[package]" && line.starts_with("name") {
+            name = line.split('"').nth(1).unwrap().to_string();
+        } else if section == "[dependencies]" && !line.is_empty() && !line.starts_with('#') {
+            let dep = line.split(['.', '=', ' ']).next().unwrap();
+            deps.insert(dep.to_string());
+        }
+    }
+    (name, deps)
+}
+
+/// Package name → its dependencies' names, from the workspace's Cargo.lock.
+fn lock() -> BTreeMap<String, Vec<String>> {
+    let text = std::fs::read_to_string(root().join("../Cargo.lock")).unwrap();
+    let mut out = BTreeMap::new();
+    for package in text.split("[[package]]").skip(1) {
+        let name = package
+            .lines()
+            .find_map(|l| l.strip_prefix("name = "))
             .unwrap()
-            .trim_end_matches(".rs")
+            .trim_matches('"')
             .to_string();
-        if top == "lib" {
-            continue;
-        }
-        let mut named = BTreeSet::new();
-        for (i, _) in text.match_indices("crate::") {
-            let rest = &text[i + "crate::".len()..];
-            let idents: Vec<&str> = if let Some(group) = rest.strip_prefix('{') {
-                let group = &group[..group.find('}').unwrap_or(0)];
-                group
+        let deps = package
+            .split("dependencies = [")
+            .nth(1)
+            .map(|d| {
+                d[..d.find(']').unwrap()]
                     .split(',')
-                    .map(|s| s.trim().split("::").next().unwrap_or(""))
+                    .filter_map(|e| e.trim().trim_matches('"').split(' ').next())
+                    .filter(|e| !e.is_empty())
+                    .map(String::from)
                     .collect()
-            } else {
-                vec![
-                    rest.split(|c: char| !(c.is_alphanumeric() || c == '_'))
-                        .next()
-                        .unwrap_or(""),
-                ]
-            };
-            named.extend(
-                idents
-                    .into_iter()
-                    .filter(|m| !m.is_empty() && *m != top)
-                    .map(String::from),
-            );
-        }
-        out.entry(top).or_default().extend(named);
+            })
+            .unwrap_or_default();
+        out.insert(name, deps);
     }
     out
 }
 
 #[test]
-fn the_modules_arrows_point_one_way() {
-    let arrows = arrows();
-    // Depth-first: a module seen again on the current path is a cycle.
-    fn visit<'a>(
-        m: &'a str,
-        arrows: &'a BTreeMap<String, BTreeSet<String>>,
-        path: &mut Vec<&'a str>,
-        done: &mut BTreeSet<&'a str>,
-    ) {
-        if done.contains(m) {
-            return;
-        }
-        assert!(
-            !path.contains(&m),
-            "import cycle: {} -> {m}",
-            path.join(" -> ")
-        );
-        path.push(m);
-        for next in arrows.get(m).into_iter().flatten() {
-            visit(next, arrows, path, done);
-        }
-        path.pop();
-        done.insert(m);
+fn the_crates_arrows_point_one_way() {
+    let dirs: BTreeSet<&str> = ARROWS.iter().map(|(d, _)| *d).collect();
+    let names: BTreeMap<String, &str> = dirs.iter().map(|d| (manifest(d).0, *d)).collect();
+    for (dir, allowed) in ARROWS {
+        let weft: BTreeSet<&str> = manifest(dir)
+            .1
+            .iter()
+            .filter_map(|dep| names.get(dep).copied())
+            .collect();
+        let allowed: BTreeSet<&str> = allowed.iter().copied().collect();
+        assert_eq!(weft, allowed, "{dir} names {weft:?}, may name {allowed:?}");
     }
-    let mut done = BTreeSet::new();
-    for m in arrows.keys() {
-        visit(m, &arrows, &mut Vec::new(), &mut done);
+    // Every crate under control-plane/ is in the table.
+    for entry in std::fs::read_dir(root()).unwrap() {
+        let path = entry.unwrap().path();
+        if path.join("Cargo.toml").exists() {
+            let dir = path.file_name().unwrap().to_str().unwrap();
+            assert!(dirs.contains(dir), "{dir} is missing from ARROWS");
+        }
     }
-    // The scheduler and the controllers know only the vocabulary.
-    for m in ["scheduler", "controllers", "cluster"] {
-        let allowed: BTreeSet<String> = if m == "cluster" {
-            BTreeSet::new()
-        } else {
-            ["cluster".to_string()].into()
-        };
-        assert_eq!(
-            arrows.get(m).cloned().unwrap_or_default(),
-            allowed,
-            "{m}'s arrows: {arrows:#?}"
-        );
+}
+
+#[test]
+fn the_vocabulary_scheduler_and_controllers_link_no_store_raft_or_http_server() {
+    let lock = lock();
+    for dir in LIGHT {
+        let name = manifest(dir).0;
+        // Transitively, over Cargo.lock (which also lists the crate's own
+        // dev-dependencies, so this is stricter than the build needs).
+        let (mut seen, mut todo) = (BTreeSet::new(), vec![name.clone()]);
+        while let Some(next) = todo.pop() {
+            if seen.insert(next.clone()) {
+                todo.extend(lock.get(&next).cloned().unwrap_or_default());
+            }
+        }
+        for heavy in HEAVY {
+            assert!(!seen.contains(*heavy), "{name} links {heavy}");
+        }
+        assert!(seen.len() > 5, "{name}'s closure is implausibly small: {seen:?}");
     }
 }

@@ -491,7 +491,7 @@ fn scalar_message(msg: &str, b: &[u8]) -> Result<Value, Status> {
         "Time" => match fields[1] {
             Some(secs) if secs != 0 => {
                 let ts = jiff::Timestamp::from_second(secs as i64).map_err(err)?;
-                json!(crate::cluster::time::ts(ts))
+                json!(weft_cluster::time::ts(ts))
             }
             _ => Value::Null,
         },

@@ -384,7 +384,7 @@ pub async fn bootstrap(
     } else {
         api.ip().to_string()
     };
-    let now = crate::cluster::time::ts(jiff::Timestamp::now());
+    let now = weft_cluster::time::ts(jiff::Timestamp::now());
     let mut kubernetes_uid = None;
     for (ns, name, ip, labels, ports) in [
         (

@@ -11,9 +11,9 @@ use serde_json::{Value, json};
 
 use super::Controller;
 use super::replicaset::{owned_pods, owner_keys};
-use crate::cluster::objects::{self as o, key_of};
-use crate::cluster::{Action, NodeFit, Outcome, res};
-use crate::cluster::{Change, Snapshot};
+use weft_cluster::objects::{self as o, key_of};
+use weft_cluster::{Action, NodeFit, Outcome, res};
+use weft_cluster::{Change, Snapshot};
 
 pub struct DaemonSetController {
     /// Where the template fits: the scheduler's node-level filters.

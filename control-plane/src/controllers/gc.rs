@@ -9,10 +9,10 @@ use serde_json::{Value, json};
 use weft_api::{Resource, resources};
 
 use super::Controller;
-use crate::cluster::keys as store;
-use crate::cluster::objects as o;
-use crate::cluster::{Action, Outcome};
-use crate::cluster::{Change, Snapshot};
+use weft_cluster::keys as store;
+use weft_cluster::objects as o;
+use weft_cluster::{Action, Outcome};
+use weft_cluster::{Change, Snapshot};
 
 pub struct GarbageCollector;
 

@@ -22,7 +22,7 @@ use jiff::Timestamp;
 use tokio::sync::{mpsc, watch as signal};
 use tracing::Instrument;
 
-use crate::cluster::{Cache, Change, NodeFit, Outcome, Snapshot, Writer, execute, objects};
+use weft_cluster::{Cache, Change, NodeFit, Outcome, Snapshot, Writer, execute, objects};
 
 /// What every controller provides. Keys are `namespace/name` of its primary resource.
 pub trait Controller: Send + Sync + 'static {
@@ -226,7 +226,7 @@ mod tests {
     use weft_api::{Resource, Status};
 
     use super::*;
-    use crate::cluster::keys;
+    use weft_cluster::keys;
 
     struct Recording {
         cache: Cache,

@@ -7,9 +7,9 @@ use serde_json::Value;
 use weft_api::resources;
 
 use super::Controller;
-use crate::cluster::objects as o;
-use crate::cluster::{Action, Outcome};
-use crate::cluster::{Change, Snapshot};
+use weft_cluster::objects as o;
+use weft_cluster::{Action, Outcome};
+use weft_cluster::{Change, Snapshot};
 
 pub struct NamespaceController;
 
@@ -60,7 +60,7 @@ impl Controller for NamespaceController {
         if remaining == 0 {
             // Events are not mirrored: clear them last, then release the namespace.
             out.push(Action::DeleteCollection {
-                res: crate::cluster::res("events"),
+                res: weft_cluster::res("events"),
                 ns: key.to_string(),
             });
             let has_finalizer = ns

@@ -9,9 +9,9 @@ use jiff::{SignedDuration, Timestamp};
 use serde_json::{Value, json};
 
 use super::Controller;
-use crate::cluster::objects as o;
-use crate::cluster::{Action, Outcome, res};
-use crate::cluster::{Change, Snapshot};
+use weft_cluster::objects as o;
+use weft_cluster::{Action, Outcome, res};
+use weft_cluster::{Change, Snapshot};
 
 pub struct NodeLifecycleController {
     pub grace: Duration,

@@ -6,9 +6,9 @@ use jiff::Timestamp;
 use serde_json::{Value, json};
 
 use super::Controller;
-use crate::cluster::objects::{self as o, key_of};
-use crate::cluster::{Action, Outcome, res};
-use crate::cluster::{Change, Snapshot};
+use weft_cluster::objects::{self as o, key_of};
+use weft_cluster::{Action, Outcome, res};
+use weft_cluster::{Change, Snapshot};
 
 pub struct ReplicaSetController;
 

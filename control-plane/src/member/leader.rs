@@ -17,8 +17,8 @@ use tokio::sync::watch as signal;
 use weft_api::Status;
 
 use crate::apiserver::registry::{Registry, Target, WriteOptions};
-use crate::cluster::time::micro;
-use crate::cluster::{Cache, Writer};
+use weft_cluster::time::micro;
+use weft_cluster::{Cache, Writer};
 
 #[derive(Debug, Clone)]
 pub struct ElectionConfig {
@@ -116,7 +116,7 @@ pub fn released(current: &Value, cfg: &ElectionConfig, now: Timestamp) -> Option
 }
 
 fn leases() -> &'static weft_api::Resource {
-    crate::cluster::res("leases")
+    weft_cluster::res("leases")
 }
 
 /// The Lease as stored now, `None` if there is none.

@@ -7,7 +7,7 @@ use std::time::Duration;
 use tokio::sync::{broadcast, watch as signal};
 use tokio::task::JoinHandle;
 
-use crate::cluster::Cache;
+use weft_cluster::Cache;
 use crate::store::{Event, EventType, Feed, Store};
 
 /// A cache that mirrors `store` until `stop` fires, and the task feeding it.

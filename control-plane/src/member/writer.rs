@@ -8,7 +8,7 @@ use weft_api::{Resource, Status};
 
 use crate::apiserver::patch::PatchType;
 use crate::apiserver::registry::{DeleteOptions, ListOptions, Registry, Target, WriteOptions};
-use crate::cluster::{Writer, objects, res};
+use weft_cluster::{Writer, objects, res};
 
 #[derive(Clone)]
 pub struct InProcess {

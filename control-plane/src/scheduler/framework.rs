@@ -9,7 +9,7 @@ use std::sync::Arc;
 use serde_json::{Map, Value};
 use weft_api::quantity;
 
-use crate::cluster::objects as o;
+use weft_cluster::objects as o;
 
 /// Requests or capacity. CPU in millicores, memory and storage in bytes.
 #[derive(Debug, Clone, Default, PartialEq)]

@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use tokio::sync::{Semaphore, mpsc, watch as signal};
 use weft_api::Status;
 
-use crate::cluster::{
+use weft_cluster::{
     Action, Cache, Change, NodeFit, Snapshot, Writer, execute, objects as o, res,
 };
 use framework::{Cluster, NodeInfo, PodInfo, Profile};

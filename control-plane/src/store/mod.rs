@@ -255,7 +255,7 @@ async fn commit_batch(raft: &WeftRaft, ops: Vec<Op>, waiters: Vec<Waiter>) {
     }
 }
 
-pub use crate::cluster::keys::{key, prefix};
+pub use weft_cluster::keys::{key, prefix};
 
 fn open_db(dir: &Path) -> Result<rocksdb::DB, rocksdb::Error> {
     let mut opts = rocksdb::Options::default();

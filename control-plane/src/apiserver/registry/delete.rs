@@ -171,7 +171,7 @@ pub(super) async fn delete_one(
             let deadline = Timestamp::now() + jiff::SignedDuration::from_secs(pod_grace);
             meta.insert(
                 "deletionTimestamp".into(),
-                json!(crate::cluster::time::ts(deadline)),
+                json!(weft_cluster::time::ts(deadline)),
             );
             meta.insert("deletionGracePeriodSeconds".into(), json!(pod_grace));
             if !finalizers.is_empty() {

@@ -129,7 +129,7 @@ impl List {
 }
 
 pub fn now() -> String {
-    crate::cluster::time::ts(Timestamp::now())
+    weft_cluster::time::ts(Timestamp::now())
 }
 
 /// One request as the verbs see it.

@@ -6,7 +6,7 @@ use serde_json::Value;
 use super::super::framework::{
     Cluster, CycleState, NodeInfo, Plugin, PodInfo, Reasons, normalize_max,
 };
-use crate::cluster::objects as o;
+use weft_cluster::objects as o;
 
 /// The label a node carries for each runtime handler its agent runs
 /// (`runtime.weft.dev/wasmtime`, `runtime.weft.dev/containerd`).

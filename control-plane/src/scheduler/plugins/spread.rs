@@ -7,7 +7,7 @@ use super::super::framework::{
     Cluster, CycleState, NodeInfo, Plugin, PodInfo, Reasons, Spread, normalize_min_max,
 };
 use super::basic::{NodeAffinity, NodeSelector};
-use crate::cluster::objects as o;
+use weft_cluster::objects as o;
 
 /// Matching pods per domain, for each constraint (same order as the pod's).
 #[derive(Debug, Default)]

@@ -6,7 +6,7 @@ use serde_json::Value;
 use super::super::framework::{
     Cluster, CycleState, NodeInfo, Plugin, PodInfo, Reasons, normalize_max,
 };
-use crate::cluster::objects as o;
+use weft_cluster::objects as o;
 
 pub struct TaintToleration;
 
