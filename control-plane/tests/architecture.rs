@@ -11,6 +11,8 @@ use std::path::Path;
 /// depend on. weft-api (the object types) is open to all.
 const ARROWS: &[(&str, &[&str])] = &[
     ("cluster", &[]),
+    // The assembly: weft-control-plane itself.
+    (".", &["cluster"]),
 ];
 
 /// The crates that must build without rocksdb, openraft or axum.
