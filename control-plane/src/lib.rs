@@ -5,7 +5,7 @@ pub mod apiserver;
 pub use weft_cluster as cluster;
 pub mod controllers;
 pub mod member;
-pub mod scheduler;
+pub use weft_scheduler as scheduler;
 pub mod store;
 
 pub use member::{ControlPlane, ControlPlaneConfig, StartError};

@@ -11,12 +11,13 @@ use std::path::Path;
 /// depend on. weft-api (the object types) is open to all.
 const ARROWS: &[(&str, &[&str])] = &[
     ("cluster", &[]),
+    ("scheduler", &["cluster"]),
     // The assembly: weft-control-plane itself.
-    (".", &["cluster"]),
+    (".", &["cluster", "scheduler"]),
 ];
 
 /// The crates that must build without rocksdb, openraft or axum.
-const LIGHT: &[&str] = &["cluster"];
+const LIGHT: &[&str] = &["cluster", "scheduler"];
 const HEAVY: &[&str] = &["rocksdb", "librocksdb-sys", "openraft", "axum"];
 
 fn root() -> &'static Path {

@@ -220,7 +220,7 @@ pub async fn run_components(
         tracing::info!("leading: starting the scheduler and controllers");
         let (halt, halted) = signal::channel(false);
         let tasks = [
-            tokio::spawn(crate::scheduler::run(
+            tokio::spawn(weft_scheduler::run(
                 cache.clone(),
                 writer.clone(),
                 halted.clone(),
@@ -230,7 +230,7 @@ pub async fn run_components(
                 writer.clone(),
                 crate::controllers::all(
                     &controllers,
-                    Arc::new(crate::scheduler::DaemonFit::default()),
+                    Arc::new(weft_scheduler::DaemonFit::default()),
                 ),
                 halted,
             )),
