@@ -3,7 +3,7 @@
 
 pub mod apiserver;
 pub use weft_cluster as cluster;
-pub mod controllers;
+pub use weft_controllers as controllers;
 pub mod member;
 pub use weft_scheduler as scheduler;
 pub mod store;

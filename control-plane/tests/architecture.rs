@@ -12,12 +12,13 @@ use std::path::Path;
 const ARROWS: &[(&str, &[&str])] = &[
     ("cluster", &[]),
     ("scheduler", &["cluster"]),
+    ("controllers", &["cluster"]),
     // The assembly: weft-control-plane itself.
-    (".", &["cluster", "scheduler"]),
+    (".", &["cluster", "controllers", "scheduler"]),
 ];
 
 /// The crates that must build without rocksdb, openraft or axum.
-const LIGHT: &[&str] = &["cluster", "scheduler"];
+const LIGHT: &[&str] = &["cluster", "scheduler", "controllers"];
 const HEAVY: &[&str] = &["rocksdb", "librocksdb-sys", "openraft", "axum"];
 
 fn root() -> &'static Path {

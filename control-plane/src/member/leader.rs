@@ -208,7 +208,7 @@ pub async fn run(
 pub async fn run_components(
     cache: Cache,
     writer: Arc<dyn Writer>,
-    controllers: crate::controllers::ControllerConfig,
+    controllers: weft_controllers::ControllerConfig,
     mut leading: signal::Receiver<bool>,
     mut stop: signal::Receiver<bool>,
 ) {
@@ -225,10 +225,10 @@ pub async fn run_components(
                 writer.clone(),
                 halted.clone(),
             )),
-            tokio::spawn(crate::controllers::run(
+            tokio::spawn(weft_controllers::run(
                 cache.clone(),
                 writer.clone(),
-                crate::controllers::all(
+                weft_controllers::all(
                     &controllers,
                     Arc::new(weft_scheduler::DaemonFit::default()),
                 ),

@@ -52,7 +52,7 @@ pub struct ControlPlaneConfig {
     pub ready_timeout: Duration,
     /// Run the scheduler and controllers (while holding the leader Lease).
     pub run_controllers: bool,
-    pub controllers: crate::controllers::ControllerConfig,
+    pub controllers: weft_controllers::ControllerConfig,
     pub lease_duration: Duration,
     pub services: services::ServiceNetwork,
 }
