@@ -6,6 +6,6 @@ pub use weft_cluster as cluster;
 pub use weft_controllers as controllers;
 pub mod member;
 pub use weft_scheduler as scheduler;
-pub mod store;
+pub use weft_store as store;
 
 pub use member::{ControlPlane, ControlPlaneConfig, StartError};

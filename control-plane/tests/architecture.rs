@@ -13,8 +13,9 @@ const ARROWS: &[(&str, &[&str])] = &[
     ("cluster", &[]),
     ("scheduler", &["cluster"]),
     ("controllers", &["cluster"]),
+    ("store", &["cluster"]),
     // The assembly: weft-control-plane itself.
-    (".", &["cluster", "controllers", "scheduler"]),
+    (".", &["cluster", "controllers", "scheduler", "store"]),
 ];
 
 /// The crates that must build without rocksdb, openraft or axum.

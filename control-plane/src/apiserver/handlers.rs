@@ -14,7 +14,6 @@ use super::registry::{DeleteOptions, Deleted, ListOptions, Target, WriteOptions,
 use super::selectors::{FieldSelector, LabelSelector};
 use super::validation::FieldValidation;
 use super::{Api, discovery, protobuf, table, watch};
-use crate::store;
 
 /// Query parameters the resource endpoints understand.
 #[derive(Debug, Default, serde::Deserialize)]
@@ -506,7 +505,7 @@ async fn pod_log(ctx: &Ctx<'_>, raw_query: &str) -> ApiResult {
     let node_obj = ctx
         .api
         .store
-        .get(&store::key("", "nodes", "", node))
+        .get(&weft_store::key("", "nodes", "", node))
         .map_err(|_| unavailable())?
         .map(|(_, n)| n)
         .ok_or_else(unavailable)?;

@@ -24,18 +24,13 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{DefaultBodyLimit, Json, Request, State};
+use axum::extract::{Request, State};
 use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::get;
 use hyper_util::rt::TokioIo;
 use hyper_util::service::TowerToHyperService;
-use openraft::error::{InstallSnapshotError, RaftError};
-use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
-    VoteRequest, VoteResponse,
-};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -47,8 +42,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch as signal;
 use weft_api::Status;
 
-use crate::store::network::{RPC_APPEND, RPC_SNAPSHOT, RPC_VOTE};
-use crate::store::{NodeId, Store, StoreError, TypeConfig};
+use weft_store::{Store, StoreError};
 use handlers::{json_response, status_response};
 
 /// The Kubernetes version Weft speaks. kubectl's dispatcher picks its
@@ -409,36 +403,10 @@ async fn resources(
     .await
 }
 
-async fn rpc_append(
-    State(api): State<Api>,
-    Json(req): Json<AppendEntriesRequest<TypeConfig>>,
-) -> Json<Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>> {
-    Json(api.store.raft().append_entries(req).await)
-}
-
-async fn rpc_vote(
-    State(api): State<Api>,
-    Json(req): Json<VoteRequest<NodeId>>,
-) -> Json<Result<VoteResponse<NodeId>, RaftError<NodeId>>> {
-    Json(api.store.raft().vote(req).await)
-}
-
-async fn rpc_snapshot(
-    State(api): State<Api>,
-    Json(req): Json<InstallSnapshotRequest<TypeConfig>>,
-) -> Json<Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>> {
-    Json(api.store.raft().install_snapshot(req).await)
-}
-
 /// kube-apiserver's default request body limit.
 pub const MAX_BODY_BYTES: usize = 3 * 1024 * 1024;
 
 fn router(api: Api) -> Router {
-    let raft = Router::new()
-        .route(RPC_APPEND, post(rpc_append))
-        .route(RPC_VOTE, post(rpc_vote))
-        .route(RPC_SNAPSHOT, post(rpc_snapshot))
-        .layer(DefaultBodyLimit::max(256 * 1024 * 1024));
     Router::new()
         .route("/version", get(version))
         .route("/healthz", get(healthz))
@@ -449,7 +417,7 @@ fn router(api: Api) -> Router {
         .route("/apis", get(apis_root))
         .route("/openapi/v3", get(openapi_index))
         .route("/openapi/v3/{*gv}", get(openapi_doc))
-        .merge(raft)
+        .merge(weft_store::network::routes(api.store.clone()))
         .fallback(resources)
         .layer(middleware::from_fn_with_state(
             api.clone(),

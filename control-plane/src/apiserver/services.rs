@@ -14,7 +14,7 @@ use std::ops::RangeInclusive;
 use serde_json::{Value, json};
 use weft_api::{Cause, Status};
 
-use crate::store::{self, Failed, Op, Precondition, Store, StoreError};
+use weft_store::{Failed, Op, Precondition, Store, StoreError};
 
 /// Where ClusterIPs and NodePorts come from (`--service-cidr`,
 /// `--service-node-port-range`).
@@ -130,7 +130,7 @@ fn store_status(e: StoreError) -> Status {
 
 /// Claims `value` for `owner`: true if it is now theirs.
 async fn claim(store: &Store, pool: Pool, value: &str, owner: &Owner<'_>) -> Result<bool, Status> {
-    let key = store::key("weft.dev", pool.resource(), "", value);
+    let key = weft_store::key("weft.dev", pool.resource(), "", value);
     let now = jiff::Timestamp::now().as_second();
     let precondition = match store.get(&key).map_err(store_status)? {
         None => Precondition::Absent,
@@ -144,7 +144,7 @@ async fn claim(store: &Store, pool: Pool, value: &str, owner: &Owner<'_>) -> Res
                 .and_then(|s| s.split_once('/'))
                 .unwrap_or(("", ""));
             let held = store
-                .get(&store::key("", "services", ns, name))
+                .get(&weft_store::key("", "services", ns, name))
                 .map_err(store_status)?
                 .is_some_and(|(_, svc)| {
                     svc.pointer("/metadata/uid") == Some(&r["uid"]) && uses(&svc, pool, value)
@@ -403,7 +403,7 @@ pub async fn bootstrap(
                 {"name": "dns-tcp", "port": 53, "protocol": "TCP", "targetPort": 53}]),
         ),
     ] {
-        let key = store::key("", "services", ns, name);
+        let key = weft_store::key("", "services", ns, name);
         if let Some((_, cur)) = store.get(&key)? {
             if name == "kubernetes" {
                 kubernetes_uid = cur.pointer("/metadata/uid").cloned();
@@ -460,7 +460,7 @@ pub async fn bootstrap(
         ("discovery.k8s.io", "endpointslices", slice),
         ("", "endpoints", endpoints),
     ] {
-        let key = store::key(group, plural, "default", "kubernetes");
+        let key = weft_store::key(group, plural, "default", "kubernetes");
         if let Some((_, cur)) = store.get(&key)? {
             let same = |f: &str| cur.get(f) == obj.get(f);
             if same("endpoints") && same("ports") && same("subsets") {

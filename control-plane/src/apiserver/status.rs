@@ -2,7 +2,7 @@
 
 use weft_api::{Resource, Status};
 
-use crate::store::{Failed, StoreError};
+use weft_store::{Failed, StoreError};
 
 /// Maps store failures to API errors. Internal details are logged, not sent.
 pub fn store_error(res: &Resource, name: &str, e: StoreError) -> Status {

@@ -17,7 +17,7 @@ use weft_api::Status;
 use super::handlers::{ApiResult, Ctx};
 use super::registry::Watch;
 use super::table;
-use crate::store::{Event, EventType, Feed};
+use weft_store::{Event, EventType, Feed};
 
 /// Default watch length when the client sets none (kube-apiserver picks 30–60 min).
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30 * 60);

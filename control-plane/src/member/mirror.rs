@@ -8,7 +8,7 @@ use tokio::sync::{broadcast, watch as signal};
 use tokio::task::JoinHandle;
 
 use weft_cluster::Cache;
-use crate::store::{Event, EventType, Feed, Store};
+use weft_store::{Event, EventType, Feed, Store};
 
 /// A cache that mirrors `store` until `stop` fires, and the task feeding it.
 pub fn start(store: Store, stop: signal::Receiver<bool>) -> (Cache, JoinHandle<()>) {

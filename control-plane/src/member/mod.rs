@@ -21,7 +21,7 @@ use tokio::task::JoinHandle;
 
 use crate::apiserver::registry::Registry;
 use crate::apiserver::{self, Api, ApiConfig, security, services};
-use crate::store::{Network, NodeId, Store, StoreConfig, StoreError};
+use weft_store::{Network, NodeId, Store, StoreConfig, StoreError};
 use leader::ElectionConfig;
 
 #[derive(Debug, thiserror::Error)]

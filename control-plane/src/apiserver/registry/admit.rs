@@ -7,7 +7,6 @@ use weft_api::{Status, resources};
 use super::{Req, now};
 use crate::apiserver::status::store_error;
 use crate::apiserver::{defaults, services, validation};
-use crate::store;
 
 /// Checks (or fills in) apiVersion and kind against what the URL serves.
 pub(super) fn check_type(obj: &mut Value, kind: (&str, &str, &str)) -> Result<(), Status> {
@@ -216,7 +215,7 @@ pub(super) async fn ensure_namespace(ctx: &Req<'_>) -> Result<(), Status> {
     match ctx
         .reg
         .store
-        .get(&store::key("", "namespaces", "", ns))
+        .get(&weft_store::key("", "namespaces", "", ns))
         .map_err(|e| store_error(ns_res, ns, e))?
     {
         None => Err(Status::not_found("", "namespaces", ns)),

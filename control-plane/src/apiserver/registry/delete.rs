@@ -10,7 +10,7 @@ use super::admit::meta_mut;
 use super::write::update_with;
 use super::{ListOptions, Req};
 use crate::apiserver::status::store_error;
-use crate::store::{Failed, Op, Precondition, StoreError};
+use weft_store::{Failed, Op, Precondition, StoreError};
 
 fn success_status(res: &Resource, name: &str, uid: &str) -> Value {
     json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",

@@ -24,7 +24,7 @@ use super::selectors::{FieldSelector, LabelSelector};
 use super::services::ServiceNetwork;
 use super::status::store_error;
 use super::validation::FieldValidation;
-use crate::store::{self, Failed, Op, Precondition, Store, StoreError};
+use weft_store::{Failed, Op, Precondition, Store, StoreError};
 
 /// The store and the allocators the verbs write through. Cloning shares them.
 #[derive(Clone)]
@@ -150,7 +150,7 @@ impl Req<'_> {
 
     fn key(&self, name: &str) -> String {
         let r = self.target.res;
-        store::key(r.group, r.plural, self.ns(), name)
+        weft_store::key(r.group, r.plural, self.ns(), name)
     }
 
     fn name(&self) -> &str {
@@ -259,7 +259,7 @@ impl Registry {
                 None,
             ));
         }
-        let prefix = store::prefix(res.group, res.plural, ns);
+        let prefix = weft_store::prefix(res.group, res.plural, ns);
         let mut start = start_after;
         let mut items = Vec::new();
         let mut revision = None;
@@ -417,7 +417,7 @@ impl Registry {
             match self
                 .store
                 .write(Op::Put {
-                    key: store::key("", "namespaces", "", ns),
+                    key: weft_store::key("", "namespaces", "", ns),
                     object: obj,
                     precondition: Precondition::Absent,
                 })

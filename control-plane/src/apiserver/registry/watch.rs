@@ -9,7 +9,7 @@ use weft_api::Status;
 
 use super::{ListOptions, Registry, Target};
 use crate::apiserver::selectors::{FieldSelector, LabelSelector};
-use crate::store::{self, Event, EventType, Expired, Feed};
+use weft_store::{Event, EventType, Expired, Feed};
 
 /// Which events of the store a watcher sees.
 pub struct Filter {
@@ -93,7 +93,7 @@ impl Registry {
             initial,
             from,
             filter: Filter {
-                prefix: store::prefix(res.group, res.plural, ns),
+                prefix: weft_store::prefix(res.group, res.plural, ns),
                 labels: o.labels,
                 fields: o.fields,
             },

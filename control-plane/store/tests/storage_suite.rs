@@ -3,7 +3,7 @@
 use openraft::StorageError;
 use openraft::testing::{StoreBuilder, Suite};
 use tempfile::TempDir;
-use weft_control_plane::store::{LogStore, NodeId, StateMachine, TypeConfig, open_storage};
+use weft_store::{LogStore, NodeId, StateMachine, TypeConfig, open_storage};
 
 struct RocksBuilder;
 

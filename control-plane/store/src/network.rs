@@ -1,6 +1,9 @@
 //! Raft RPC between control-plane members: JSON over the members' HTTPS API
 //! port (`/internal/raft/*`), authenticated with the cluster token.
 
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Json, State};
+use axum::routing::post;
 use openraft::BasicNode;
 use openraft::error::{
     InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
@@ -13,9 +16,9 @@ use openraft::raft::{
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::{NodeId, TypeConfig};
+use super::{NodeId, Store, TypeConfig};
 
-/// Paths the API server routes to the local Raft instance.
+/// Paths the API server routes to the local Raft instance ([`routes`]).
 pub const RPC_APPEND: &str = "/internal/raft/append";
 pub const RPC_VOTE: &str = "/internal/raft/vote";
 pub const RPC_SNAPSHOT: &str = "/internal/raft/snapshot";
@@ -111,4 +114,37 @@ impl RaftNetwork<TypeConfig> for PeerClient {
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
         self.call(RPC_VOTE, &rpc, &option).await
     }
+}
+
+/// The receiving side of [`Network`]: the Raft RPC routes, which the API
+/// server merges into its router (behind its authentication layer).
+pub fn routes<S: Clone + Send + Sync + 'static>(store: Store) -> Router<S> {
+    Router::new()
+        .route(RPC_APPEND, post(rpc_append))
+        .route(RPC_VOTE, post(rpc_vote))
+        .route(RPC_SNAPSHOT, post(rpc_snapshot))
+        // Snapshots and entry batches are far larger than API bodies.
+        .layer(DefaultBodyLimit::max(256 * 1024 * 1024))
+        .with_state(store)
+}
+
+async fn rpc_append(
+    State(store): State<Store>,
+    Json(req): Json<AppendEntriesRequest<TypeConfig>>,
+) -> Json<Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>> {
+    Json(store.raft().append_entries(req).await)
+}
+
+async fn rpc_vote(
+    State(store): State<Store>,
+    Json(req): Json<VoteRequest<NodeId>>,
+) -> Json<Result<VoteResponse<NodeId>, RaftError<NodeId>>> {
+    Json(store.raft().vote(req).await)
+}
+
+async fn rpc_snapshot(
+    State(store): State<Store>,
+    Json(req): Json<InstallSnapshotRequest<TypeConfig>>,
+) -> Json<Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>> {
+    Json(store.raft().install_snapshot(req).await)
 }
