@@ -1,10 +1,14 @@
-//! Weft's control plane: the Kubernetes-compatible API server over a
-//! Raft-replicated rocksdb store, with the scheduler and controllers.
+//! Weft's control plane, assembled: one member ([`member`]) binds, opens the
+//! Raft-replicated store, serves the Kubernetes-compatible API and runs the
+//! scheduler and the controllers while it leads. Each component is a crate
+//! of its own (docs/architecture.md); they are re-exported here under their
+//! component names.
 
-pub mod apiserver;
+pub mod member;
+
+pub use weft_apiserver as apiserver;
 pub use weft_cluster as cluster;
 pub use weft_controllers as controllers;
-pub mod member;
 pub use weft_scheduler as scheduler;
 pub use weft_store as store;
 

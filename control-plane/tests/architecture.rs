@@ -14,8 +14,9 @@ const ARROWS: &[(&str, &[&str])] = &[
     ("scheduler", &["cluster"]),
     ("controllers", &["cluster"]),
     ("store", &["cluster"]),
+    ("apiserver", &["cluster", "store"]),
     // The assembly: weft-control-plane itself.
-    (".", &["cluster", "controllers", "scheduler", "store"]),
+    (".", &["apiserver", "cluster", "controllers", "scheduler", "store"]),
 ];
 
 /// The crates that must build without rocksdb, openraft or axum.

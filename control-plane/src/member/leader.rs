@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 use tokio::sync::watch as signal;
 use weft_api::Status;
 
-use crate::apiserver::registry::{Registry, Target, WriteOptions};
+use weft_apiserver::registry::{Registry, Target, WriteOptions};
 use weft_cluster::time::micro;
 use weft_cluster::{Cache, Writer};
 

@@ -19,8 +19,8 @@ use tokio::net::TcpListener;
 use tokio::sync::watch as signal;
 use tokio::task::JoinHandle;
 
-use crate::apiserver::registry::Registry;
-use crate::apiserver::{self, Api, ApiConfig, security, services};
+use weft_apiserver::registry::Registry;
+use weft_apiserver::{Api, ApiConfig, security, services};
 use weft_store::{Network, NodeId, Store, StoreConfig, StoreError};
 use leader::ElectionConfig;
 
@@ -192,7 +192,7 @@ impl ControlPlane {
             services: cfg.services.clone(),
         })?;
         // Serve before the store is ready: peers reach this member's Raft over it.
-        let server = tokio::spawn(apiserver::serve_api(
+        let server = tokio::spawn(weft_apiserver::serve_api(
             api.clone(),
             listener,
             tls,
@@ -200,7 +200,7 @@ impl ControlPlane {
             Duration::from_secs(5),
         ));
         api.store.wait_ready(cfg.ready_timeout).await?;
-        apiserver::bootstrap(&api, addr).await?;
+        weft_apiserver::bootstrap(&api, addr).await?;
         let (leading_tx, leading) = signal::channel(false);
         let leadership = cfg.run_controllers.then(|| {
             let registry = api.registry.clone();

@@ -6,8 +6,8 @@ use async_trait::async_trait;
 use serde_json::Value;
 use weft_api::{Resource, Status};
 
-use crate::apiserver::patch::PatchType;
-use crate::apiserver::registry::{DeleteOptions, ListOptions, Registry, Target, WriteOptions};
+use weft_apiserver::patch::PatchType;
+use weft_apiserver::registry::{DeleteOptions, ListOptions, Registry, Target, WriteOptions};
 use weft_cluster::{Writer, objects, res};
 
 #[derive(Clone)]

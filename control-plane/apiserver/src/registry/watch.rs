@@ -8,7 +8,7 @@ use tokio::sync::broadcast;
 use weft_api::Status;
 
 use super::{ListOptions, Registry, Target};
-use crate::apiserver::selectors::{FieldSelector, LabelSelector};
+use crate::selectors::{FieldSelector, LabelSelector};
 use weft_store::{Event, EventType, Expired, Feed};
 
 /// Which events of the store a watcher sees.

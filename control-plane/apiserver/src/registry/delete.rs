@@ -9,7 +9,7 @@ use weft_api::{Resource, Status};
 use super::admit::meta_mut;
 use super::write::update_with;
 use super::{ListOptions, Req};
-use crate::apiserver::status::store_error;
+use crate::status::store_error;
 use weft_store::{Failed, Op, Precondition, StoreError};
 
 fn success_status(res: &Resource, name: &str, uid: &str) -> Value {

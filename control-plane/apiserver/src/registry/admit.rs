@@ -5,8 +5,8 @@ use serde_json::{Value, json};
 use weft_api::{Status, resources};
 
 use super::{Req, now};
-use crate::apiserver::status::store_error;
-use crate::apiserver::{defaults, services, validation};
+use crate::status::store_error;
+use crate::{defaults, services, validation};
 
 /// Checks (or fills in) apiVersion and kind against what the URL serves.
 pub(super) fn check_type(obj: &mut Value, kind: (&str, &str, &str)) -> Result<(), Status> {

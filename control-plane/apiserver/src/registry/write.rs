@@ -6,8 +6,8 @@ use weft_api::Status;
 
 use super::admit::{admit, allocate, ensure_namespace, meta_mut, parse_rv, rv_of};
 use super::{Req, Written};
-use crate::apiserver::patch::{self, PatchType};
-use crate::apiserver::status::store_error;
+use crate::patch::{self, PatchType};
+use crate::status::store_error;
 use weft_store::{Failed, Op, Precondition, StoreError};
 
 pub(super) async fn create(ctx: &Req<'_>, obj: Value) -> Result<Written, Status> {
