@@ -162,14 +162,50 @@ impl Controller for DeploymentController {
         if o::is_terminating(d) {
             return out;
         }
+        let r = Rollout::observe(d, ns, name, snap);
+        let Some(new_rs) = r.new_rs else {
+            if !r.paused {
+                create_new_replica_set(&r, snap, now, &mut out);
+            }
+            return out;
+        };
+        mark_newest(&r, new_rs, &mut out);
+        let scaled = !r.paused && plan_scaling(&r, new_rs, snap, &mut out);
+        prune_history(&r, &mut out);
+        update_status(&r, new_rs, scaled, now, &mut out);
+        out
+    }
+}
+
+/// What one reconcile sees of a Deployment and its ReplicaSets.
+struct Rollout<'a> {
+    d: &'a Arc<Value>,
+    ns: &'a str,
+    name: &'a str,
+    /// The live ReplicaSets it controls, oldest revision first.
+    rses: Vec<&'a Arc<Value>>,
+    /// The one whose template is the Deployment's, if any.
+    new_rs: Option<&'a Arc<Value>>,
+    olds: Vec<&'a Arc<Value>>,
+    max_rev: i64,
+    replicas: i64,
+    recreate: bool,
+    surge: i64,
+    max_unavailable: i64,
+    paused: bool,
+    /// The old ReplicaSets' spec.replicas, summed.
+    old_total: i64,
+}
+
+impl<'a> Rollout<'a> {
+    fn observe(d: &'a Arc<Value>, ns: &'a str, name: &'a str, snap: &'a Snapshot) -> Self {
         let uid = o::uid(d);
         let mut rses: Vec<&Arc<Value>> = snap
             .list("apps", "replicasets", Some(ns))
             .filter(|rs| o::controlled_by(rs, uid) && !o::is_terminating(rs))
             .collect();
         rses.sort_by_key(|rs| (revision(rs), o::name(rs).to_string()));
-        let template = d.pointer("/spec/template").cloned().unwrap_or(json!({}));
-        let want_t = o::template_without_hash(&template);
+        let want_t = o::template_without_hash(d.pointer("/spec/template").unwrap_or(&json!({})));
         let new_rs = rses.iter().copied().find(|rs| {
             o::template_without_hash(rs.pointer("/spec/template").unwrap_or(&Value::Null)) == want_t
         });
@@ -178,7 +214,6 @@ impl Controller for DeploymentController {
             .copied()
             .filter(|rs| new_rs.is_none_or(|n| o::uid(n) != o::uid(rs)))
             .collect();
-        let max_rev = rses.iter().map(|rs| revision(rs)).max().unwrap_or(0);
         let replicas = d
             .pointer("/spec/replicas")
             .and_then(Value::as_i64)
@@ -189,308 +224,337 @@ impl Controller for DeploymentController {
         } else {
             rolling_params(d, replicas)
         };
-        let paused = d.pointer("/spec/paused").and_then(Value::as_bool) == Some(true);
-        let old_total: i64 = olds.iter().map(|rs| int(rs, "/spec/replicas")).sum();
-        let ts = o::ts(now);
-
-        let Some(new_rs) = new_rs else {
-            if paused {
-                return out;
-            }
-            let initial = if recreate {
-                if old_total == 0
-                    && olds
-                        .iter()
-                        .all(|rs| owned_pods(snap, rs).iter().all(|p| !o::is_active(p)))
-                {
-                    replicas
-                } else {
-                    0
-                }
-            } else if old_total == 0 {
-                replicas
-            } else {
-                (replicas + surge - old_total).clamp(0, replicas)
-            };
-            let rs = new_replica_set(d, &template, max_rev + 1, initial);
-            let rs_name = o::name(&rs).to_string();
-            out.push(Action::Create {
-                res: res("replicasets"),
-                ns: ns.to_string(),
-                object: rs,
-            });
-            out.push(Action::Event {
-                regarding: d.clone(),
-                warning: false,
-                reason: "ScalingReplicaSet".into(),
-                message: format!("Scaled up replica set {rs_name} from 0 to {initial}"),
-            });
-            out.push(Action::Patch {
-                res: res("deployments"),
-                ns: ns.to_string(),
-                name: name.to_string(),
-                status: false,
-                patch: json!({"metadata": {"annotations": {REVISION: (max_rev + 1).to_string()}}}),
-            });
-            let mut progressing = condition(
-                "Progressing",
-                "True",
-                "NewReplicaSetCreated",
-                &format!("Created new replica set \"{rs_name}\""),
-                &ts,
-                None,
-            );
-            progressing["lastTransitionTime"] = json!(ts);
-            out.push(Action::patch_status(
-                res("deployments"),
-                ns,
-                name,
-                json!({"observedGeneration": o::generation(d),
-                    "conditions": merge_conditions(d, vec![progressing])}),
-            ));
-            return out;
-        };
-
-        // A rollback re-uses an old ReplicaSet: it becomes the newest revision.
-        let mut new_rev = revision(new_rs);
-        if new_rev < max_rev || new_rev == 0 {
-            new_rev = max_rev + 1;
-            out.push(Action::Patch {
-                res: res("replicasets"),
-                ns: ns.to_string(),
-                name: o::name(new_rs).to_string(),
-                status: false,
-                patch: json!({"metadata": {"annotations": {REVISION: new_rev.to_string()}}}),
-            });
+        Rollout {
+            d,
+            ns,
+            name,
+            max_rev: rses.iter().map(|rs| revision(rs)).max().unwrap_or(0),
+            old_total: olds.iter().map(|rs| int(rs, "/spec/replicas")).sum(),
+            rses,
+            new_rs,
+            olds,
+            replicas,
+            recreate,
+            surge,
+            max_unavailable,
+            paused: d.pointer("/spec/paused").and_then(Value::as_bool) == Some(true),
         }
-        if o::annotation(d, REVISION) != Some(new_rev.to_string().as_str()) {
-            out.push(Action::Patch {
-                res: res("deployments"),
-                ns: ns.to_string(),
-                name: name.to_string(),
-                status: false,
-                patch: json!({"metadata": {"annotations": {REVISION: new_rev.to_string()}}}),
-            });
-        }
-
-        let new_spec = int(new_rs, "/spec/replicas");
-        let mut scaled = false;
-        if !paused {
-            if recreate {
-                if old_total > 0 {
-                    for rs in &olds {
-                        let r = int(rs, "/spec/replicas");
-                        if r > 0 {
-                            scale(&mut out, d, rs, r, 0);
-                        }
-                    }
-                    scaled = true;
-                } else if olds
-                    .iter()
-                    .all(|rs| owned_pods(snap, rs).iter().all(|p| !o::is_active(p)))
-                    && new_spec != replicas
-                {
-                    scale(&mut out, d, new_rs, new_spec, replicas);
-                    scaled = true;
-                }
-            } else if old_total == 0 {
-                if new_spec != replicas {
-                    scale(&mut out, d, new_rs, new_spec, replicas);
-                    scaled = true;
-                }
-            } else {
-                // Scale up the new ReplicaSet within maxSurge.
-                let total = new_spec + old_total;
-                let max_total = replicas + surge;
-                let mut new_target = new_spec;
-                if total < max_total && new_spec < replicas {
-                    new_target = (new_spec + max_total - total).min(replicas);
-                } else if new_spec > replicas {
-                    new_target = replicas;
-                }
-                if new_target != new_spec {
-                    scale(&mut out, d, new_rs, new_spec, new_target);
-                    scaled = true;
-                }
-                // Scale down old ones within maxUnavailable: unhealthy replicas first, then oldest first.
-                let min_available = replicas - max_unavailable;
-                let new_unavailable = (new_spec - int(new_rs, "/status/availableReplicas")).max(0);
-                let mut budget = (new_spec + old_total - min_available - new_unavailable).max(0);
-                let mut targets: Vec<(&Arc<Value>, i64)> = olds
-                    .iter()
-                    .map(|rs| (*rs, int(rs, "/spec/replicas")))
-                    .collect();
-                for (rs, t) in targets.iter_mut() {
-                    let unhealthy = (*t - int(rs, "/status/availableReplicas")).max(0);
-                    let cut = unhealthy.min(budget);
-                    *t -= cut;
-                    budget -= cut;
-                }
-                let available: i64 = rses
-                    .iter()
-                    .map(|rs| int(rs, "/status/availableReplicas"))
-                    .sum();
-                let mut healthy_budget = (available - min_available).max(0).min(budget);
-                for (_, t) in targets.iter_mut() {
-                    let cut = (*t).min(healthy_budget);
-                    *t -= cut;
-                    healthy_budget -= cut;
-                }
-                for (rs, t) in targets {
-                    let cur = int(rs, "/spec/replicas");
-                    if t != cur {
-                        scale(&mut out, d, rs, cur, t);
-                        scaled = true;
-                    }
-                }
-            }
-        }
-
-        // Keep at most revisionHistoryLimit old, empty ReplicaSets.
-        let limit = d
-            .pointer("/spec/revisionHistoryLimit")
-            .and_then(Value::as_i64)
-            .unwrap_or(10)
-            .max(0) as usize;
-        let empty: Vec<&&Arc<Value>> = olds
-            .iter()
-            .filter(|rs| int(rs, "/spec/replicas") == 0 && int(rs, "/status/replicas") == 0)
-            .collect();
-        if empty.len() > limit {
-            for rs in empty.iter().take(empty.len() - limit) {
-                out.push(Action::Delete {
-                    res: res("replicasets"),
-                    ns: ns.to_string(),
-                    name: o::name(rs).to_string(),
-                    options: json!({"propagationPolicy": "Background"}),
-                });
-            }
-        }
-
-        // Status.
-        let sum = |ptr: &str| rses.iter().map(|rs| int(rs, ptr)).sum::<i64>();
-        let total_pods = sum("/status/replicas");
-        let updated = int(new_rs, "/status/replicas");
-        let ready = sum("/status/readyReplicas");
-        let available = sum("/status/availableReplicas");
-        let spec_total = sum("/spec/replicas");
-        let current = d.get("status").cloned().unwrap_or(json!({}));
-        let prev_av = o::condition(d, "Available").cloned();
-        let prev_pr = o::condition(d, "Progressing").cloned();
-        let available_cond = if available >= replicas - max_unavailable {
-            condition(
-                "Available",
-                "True",
-                "MinimumReplicasAvailable",
-                "Deployment has minimum availability.",
-                &ts,
-                prev_av.as_ref(),
-            )
-        } else {
-            condition(
-                "Available",
-                "False",
-                "MinimumReplicasUnavailable",
-                "Deployment does not have minimum availability.",
-                &ts,
-                prev_av.as_ref(),
-            )
-        };
-        let rs_name = o::name(new_rs);
-        let complete = updated == replicas
-            && total_pods == replicas
-            && available >= replicas
-            && old_total == 0
-            && int(new_rs, "/status/observedGeneration") >= o::generation(new_rs);
-        let progressed = scaled
-            || [
-                "replicas",
-                "updatedReplicas",
-                "readyReplicas",
-                "availableReplicas",
-            ]
-            .iter()
-            .zip([total_pods, updated, ready, available])
-            .any(|(f, v)| current.get(*f).and_then(Value::as_i64).unwrap_or(0) != v)
-            || o::generation(d) != int(d, "/status/observedGeneration");
-        let deadline = d
-            .pointer("/spec/progressDeadlineSeconds")
-            .and_then(Value::as_i64)
-            .unwrap_or(600);
-        let prev_reason = prev_pr
-            .as_ref()
-            .and_then(|p| p.get("reason"))
-            .and_then(Value::as_str)
-            .unwrap_or("");
-        let progressing_cond = if complete {
-            let mut c = condition(
-                "Progressing",
-                "True",
-                "NewReplicaSetAvailable",
-                &format!("ReplicaSet \"{rs_name}\" has successfully progressed."),
-                &ts,
-                prev_pr.as_ref(),
-            );
-            if prev_reason == "NewReplicaSetAvailable" {
-                c["lastUpdateTime"] = prev_pr
-                    .as_ref()
-                    .and_then(|p| p.get("lastUpdateTime"))
-                    .cloned()
-                    .unwrap_or(json!(ts));
-            }
-            c
-        } else if progressed || prev_pr.is_none() || prev_reason == "NewReplicaSetAvailable" {
-            out.requeue(Duration::from_secs(deadline.max(1) as u64));
-            condition(
-                "Progressing",
-                "True",
-                "ReplicaSetUpdated",
-                &format!("ReplicaSet \"{rs_name}\" is progressing."),
-                &ts,
-                prev_pr.as_ref(),
-            )
-        } else {
-            let last = prev_pr
-                .as_ref()
-                .and_then(|p| o::parse_ts(p.get("lastUpdateTime")))
-                .unwrap_or(now);
-            let due = last + SignedDuration::from_secs(deadline);
-            if due <= now && deadline > 0 {
-                if prev_reason != "ProgressDeadlineExceeded" {
-                    out.push(Action::Event {
-                        regarding: d.clone(),
-                        warning: true,
-                        reason: "ProgressDeadlineExceeded".into(),
-                        message: format!("ReplicaSet \"{rs_name}\" has timed out progressing."),
-                    });
-                }
-                let mut c = condition(
-                    "Progressing",
-                    "False",
-                    "ProgressDeadlineExceeded",
-                    &format!("ReplicaSet \"{rs_name}\" has timed out progressing."),
-                    &ts,
-                    prev_pr.as_ref(),
-                );
-                if prev_reason == "ProgressDeadlineExceeded" {
-                    c = prev_pr.clone().unwrap_or(c);
-                }
-                c
-            } else {
-                out.requeue(o::until(due, now));
-                prev_pr.clone().unwrap_or_default()
-            }
-        };
-        let status = json!({
-            "observedGeneration": o::generation(d), "replicas": total_pods, "updatedReplicas": updated,
-            "readyReplicas": ready, "availableReplicas": available,
-            "unavailableReplicas": (spec_total.max(replicas) - available).max(0),
-            "conditions": merge_conditions(d, vec![available_cond, progressing_cond])});
-        if status_differs(&current, &status) {
-            out.push(Action::patch_status(res("deployments"), ns, name, status));
-        }
-        out
     }
+
+    /// Recreate starts the new pods only once no old pod is active.
+    fn old_pods_gone(&self, snap: &Snapshot) -> bool {
+        self.olds
+            .iter()
+            .all(|rs| owned_pods(snap, rs).iter().all(|p| !o::is_active(p)))
+    }
+
+    fn annotate_revision(&self, out: &mut Outcome, resource: &str, name: &str, rev: i64) {
+        out.push(Action::Patch {
+            res: res(resource),
+            ns: self.ns.to_string(),
+            name: name.to_string(),
+            status: false,
+            patch: json!({"metadata": {"annotations": {REVISION: rev.to_string()}}}),
+        });
+    }
+}
+
+/// No ReplicaSet has the Deployment's template yet: create one at the next
+/// revision, as large as the strategy allows now.
+fn create_new_replica_set(r: &Rollout, snap: &Snapshot, now: Timestamp, out: &mut Outcome) {
+    let initial = if r.recreate {
+        if r.old_total == 0 && r.old_pods_gone(snap) {
+            r.replicas
+        } else {
+            0
+        }
+    } else if r.old_total == 0 {
+        r.replicas
+    } else {
+        (r.replicas + r.surge - r.old_total).clamp(0, r.replicas)
+    };
+    let template = r.d.pointer("/spec/template").cloned().unwrap_or(json!({}));
+    let rs = new_replica_set(r.d, &template, r.max_rev + 1, initial);
+    let rs_name = o::name(&rs).to_string();
+    out.push(Action::Create {
+        res: res("replicasets"),
+        ns: r.ns.to_string(),
+        object: rs,
+    });
+    out.push(Action::Event {
+        regarding: r.d.clone(),
+        warning: false,
+        reason: "ScalingReplicaSet".into(),
+        message: format!("Scaled up replica set {rs_name} from 0 to {initial}"),
+    });
+    r.annotate_revision(out, "deployments", r.name, r.max_rev + 1);
+    let ts = o::ts(now);
+    let mut progressing = condition(
+        "Progressing",
+        "True",
+        "NewReplicaSetCreated",
+        &format!("Created new replica set \"{rs_name}\""),
+        &ts,
+        None,
+    );
+    progressing["lastTransitionTime"] = json!(ts);
+    out.push(Action::patch_status(
+        res("deployments"),
+        r.ns,
+        r.name,
+        json!({"observedGeneration": o::generation(r.d),
+            "conditions": merge_conditions(r.d, vec![progressing])}),
+    ));
+}
+
+/// The new ReplicaSet carries the newest revision; a rollback re-uses an
+/// old one, which becomes the newest.
+fn mark_newest(r: &Rollout, new_rs: &Value, out: &mut Outcome) {
+    let mut new_rev = revision(new_rs);
+    if new_rev < r.max_rev || new_rev == 0 {
+        new_rev = r.max_rev + 1;
+        r.annotate_revision(out, "replicasets", o::name(new_rs), new_rev);
+    }
+    if o::annotation(r.d, REVISION) != Some(new_rev.to_string().as_str()) {
+        r.annotate_revision(out, "deployments", r.name, new_rev);
+    }
+}
+
+/// One step of the strategy; true if it scaled any ReplicaSet.
+fn plan_scaling(r: &Rollout, new_rs: &Arc<Value>, snap: &Snapshot, out: &mut Outcome) -> bool {
+    let new_spec = int(new_rs, "/spec/replicas");
+    if r.recreate && r.old_total > 0 {
+        for rs in &r.olds {
+            let cur = int(rs, "/spec/replicas");
+            if cur > 0 {
+                scale(out, r.d, rs, cur, 0);
+            }
+        }
+        return true;
+    }
+    if r.recreate || r.old_total == 0 {
+        let ready = !r.recreate || r.old_pods_gone(snap);
+        if ready && new_spec != r.replicas {
+            scale(out, r.d, new_rs, new_spec, r.replicas);
+            return true;
+        }
+        return false;
+    }
+    plan_rolling_update(r, new_rs, out)
+}
+
+/// RollingUpdate with old ReplicaSets left: scale the new one up within
+/// maxSurge, and the old ones down within maxUnavailable (unhealthy
+/// replicas first, then the oldest ReplicaSets first).
+fn plan_rolling_update(r: &Rollout, new_rs: &Arc<Value>, out: &mut Outcome) -> bool {
+    let mut scaled = false;
+    let new_spec = int(new_rs, "/spec/replicas");
+    let total = new_spec + r.old_total;
+    let max_total = r.replicas + r.surge;
+    let mut new_target = new_spec;
+    if total < max_total && new_spec < r.replicas {
+        new_target = (new_spec + max_total - total).min(r.replicas);
+    } else if new_spec > r.replicas {
+        new_target = r.replicas;
+    }
+    if new_target != new_spec {
+        scale(out, r.d, new_rs, new_spec, new_target);
+        scaled = true;
+    }
+    let min_available = r.replicas - r.max_unavailable;
+    let new_unavailable = (new_spec - int(new_rs, "/status/availableReplicas")).max(0);
+    let mut budget = (new_spec + r.old_total - min_available - new_unavailable).max(0);
+    let mut targets: Vec<(&Arc<Value>, i64)> = r
+        .olds
+        .iter()
+        .map(|rs| (*rs, int(rs, "/spec/replicas")))
+        .collect();
+    for (rs, t) in targets.iter_mut() {
+        let unhealthy = (*t - int(rs, "/status/availableReplicas")).max(0);
+        let cut = unhealthy.min(budget);
+        *t -= cut;
+        budget -= cut;
+    }
+    let available: i64 = r
+        .rses
+        .iter()
+        .map(|rs| int(rs, "/status/availableReplicas"))
+        .sum();
+    let mut healthy_budget = (available - min_available).max(0).min(budget);
+    for (_, t) in targets.iter_mut() {
+        let cut = (*t).min(healthy_budget);
+        *t -= cut;
+        healthy_budget -= cut;
+    }
+    for (rs, t) in targets {
+        let cur = int(rs, "/spec/replicas");
+        if t != cur {
+            scale(out, r.d, rs, cur, t);
+            scaled = true;
+        }
+    }
+    scaled
+}
+
+/// Keeps at most revisionHistoryLimit old, empty ReplicaSets.
+fn prune_history(r: &Rollout, out: &mut Outcome) {
+    let limit = r
+        .d
+        .pointer("/spec/revisionHistoryLimit")
+        .and_then(Value::as_i64)
+        .unwrap_or(10)
+        .max(0) as usize;
+    let empty: Vec<&&Arc<Value>> = r
+        .olds
+        .iter()
+        .filter(|rs| int(rs, "/spec/replicas") == 0 && int(rs, "/status/replicas") == 0)
+        .collect();
+    for rs in empty.iter().take(empty.len().saturating_sub(limit)) {
+        out.push(Action::Delete {
+            res: res("replicasets"),
+            ns: r.ns.to_string(),
+            name: o::name(rs).to_string(),
+            options: json!({"propagationPolicy": "Background"}),
+        });
+    }
+}
+
+/// The Deployment's status: counts summed over its ReplicaSets, with the
+/// Available and Progressing conditions `kubectl rollout status` reads.
+fn update_status(r: &Rollout, new_rs: &Value, scaled: bool, now: Timestamp, out: &mut Outcome) {
+    let (d, replicas, ts) = (r.d, r.replicas, o::ts(now));
+    let sum = |ptr: &str| r.rses.iter().map(|rs| int(rs, ptr)).sum::<i64>();
+    let total_pods = sum("/status/replicas");
+    let updated = int(new_rs, "/status/replicas");
+    let ready = sum("/status/readyReplicas");
+    let available = sum("/status/availableReplicas");
+    let spec_total = sum("/spec/replicas");
+    let current = d.get("status").cloned().unwrap_or(json!({}));
+    let prev_av = o::condition(d, "Available").cloned();
+    let available_cond = if available >= replicas - r.max_unavailable {
+        condition(
+            "Available",
+            "True",
+            "MinimumReplicasAvailable",
+            "Deployment has minimum availability.",
+            &ts,
+            prev_av.as_ref(),
+        )
+    } else {
+        condition(
+            "Available",
+            "False",
+            "MinimumReplicasUnavailable",
+            "Deployment does not have minimum availability.",
+            &ts,
+            prev_av.as_ref(),
+        )
+    };
+    let complete = updated == replicas
+        && total_pods == replicas
+        && available >= replicas
+        && r.old_total == 0
+        && int(new_rs, "/status/observedGeneration") >= o::generation(new_rs);
+    let progressed = scaled
+        || [
+            "replicas",
+            "updatedReplicas",
+            "readyReplicas",
+            "availableReplicas",
+        ]
+        .iter()
+        .zip([total_pods, updated, ready, available])
+        .any(|(f, v)| current.get(*f).and_then(Value::as_i64).unwrap_or(0) != v)
+        || o::generation(d) != int(d, "/status/observedGeneration");
+    let progressing_cond = progressing_condition(d, o::name(new_rs), complete, progressed, now, out);
+    let status = json!({
+        "observedGeneration": o::generation(d), "replicas": total_pods, "updatedReplicas": updated,
+        "readyReplicas": ready, "availableReplicas": available,
+        "unavailableReplicas": (spec_total.max(replicas) - available).max(0),
+        "conditions": merge_conditions(d, vec![available_cond, progressing_cond])});
+    if status_differs(&current, &status) {
+        out.push(Action::patch_status(res("deployments"), r.ns, r.name, status));
+    }
+}
+
+/// Progressing: complete, still progressing (re-checked at the deadline),
+/// or stalled past progressDeadlineSeconds.
+fn progressing_condition(
+    d: &Arc<Value>,
+    rs_name: &str,
+    complete: bool,
+    progressed: bool,
+    now: Timestamp,
+    out: &mut Outcome,
+) -> Value {
+    let ts = o::ts(now);
+    let prev_pr = o::condition(d, "Progressing").cloned();
+    let deadline = d
+        .pointer("/spec/progressDeadlineSeconds")
+        .and_then(Value::as_i64)
+        .unwrap_or(600);
+    let prev_reason = prev_pr
+        .as_ref()
+        .and_then(|p| p.get("reason"))
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    if complete {
+        let mut c = condition(
+            "Progressing",
+            "True",
+            "NewReplicaSetAvailable",
+            &format!("ReplicaSet \"{rs_name}\" has successfully progressed."),
+            &ts,
+            prev_pr.as_ref(),
+        );
+        if prev_reason == "NewReplicaSetAvailable" {
+            c["lastUpdateTime"] = prev_pr
+                .as_ref()
+                .and_then(|p| p.get("lastUpdateTime"))
+                .cloned()
+                .unwrap_or(json!(ts));
+        }
+        return c;
+    }
+    if progressed || prev_pr.is_none() || prev_reason == "NewReplicaSetAvailable" {
+        out.requeue(Duration::from_secs(deadline.max(1) as u64));
+        return condition(
+            "Progressing",
+            "True",
+            "ReplicaSetUpdated",
+            &format!("ReplicaSet \"{rs_name}\" is progressing."),
+            &ts,
+            prev_pr.as_ref(),
+        );
+    }
+    let last = prev_pr
+        .as_ref()
+        .and_then(|p| o::parse_ts(p.get("lastUpdateTime")))
+        .unwrap_or(now);
+    let due = last + SignedDuration::from_secs(deadline);
+    if due > now || deadline <= 0 {
+        out.requeue(o::until(due, now));
+        return prev_pr.unwrap_or_default();
+    }
+    if prev_reason == "ProgressDeadlineExceeded"
+        && let Some(prev) = &prev_pr
+    {
+        return prev.clone();
+    }
+    out.push(Action::Event {
+        regarding: d.clone(),
+        warning: true,
+        reason: "ProgressDeadlineExceeded".into(),
+        message: format!("ReplicaSet \"{rs_name}\" has timed out progressing."),
+    });
+    condition(
+        "Progressing",
+        "False",
+        "ProgressDeadlineExceeded",
+        &format!("ReplicaSet \"{rs_name}\" has timed out progressing."),
+        &ts,
+        prev_pr.as_ref(),
+    )
 }
 
 /// The Deployment's conditions with `updates` replacing those of the same type.
