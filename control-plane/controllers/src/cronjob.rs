@@ -2,6 +2,7 @@
 //! limits. Schedules are standard five-field cron in UTC (plus @hourly and
 //! friends). The parser is ours: the cron crates pull in chrono beside jiff.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use jiff::{SignedDuration, Timestamp, ToSpan, civil::DateTime, tz::TimeZone};
@@ -219,18 +220,7 @@ impl Controller for CronJobController {
         let last = o::parse_ts(cj.pointer("/status/lastScheduleTime"))
             .or_else(|| o::parse_ts(cj.pointer("/metadata/creationTimestamp")))
             .unwrap_or(now);
-        // The latest missed time (at most 100 looked at, as Kubernetes).
-        let mut due = None;
-        let mut t = last;
-        for _ in 0..100 {
-            match schedule.next_after(t) {
-                Some(n) if n <= now => {
-                    due = Some(n);
-                    t = n;
-                }
-                _ => break,
-            }
-        }
+        let due = latest_missed(&schedule, last, now);
         let deadline = cj
             .pointer("/spec/startingDeadlineSeconds")
             .and_then(Value::as_i64);
@@ -246,72 +236,14 @@ impl Controller for CronJobController {
             } else {
                 if policy == "Replace" {
                     for j in &active {
-                        out.push(Action::Delete {
-                            res: res("jobs"),
-                            ns: ns.into(),
-                            name: o::name(j).into(),
-                            options: json!({"propagationPolicy": "Background"}),
-                        });
+                        delete_job(&mut out, ns, j);
                     }
                 }
-                let job_name = format!("{name}-{}", at.as_second() / 60);
-                let tmpl = cj
-                    .pointer("/spec/jobTemplate")
-                    .cloned()
-                    .unwrap_or(json!({}));
-                let mut meta = tmpl.get("metadata").cloned().unwrap_or(json!({}));
-                meta["name"] = json!(job_name);
-                meta["namespace"] = json!(ns);
-                meta["ownerReferences"] = json!([o::owner_ref(cj)]);
-                meta["annotations"]["batch.kubernetes.io/cronjob-scheduled-timestamp"] =
-                    json!(at.to_string());
-                let job = json!({"apiVersion": "batch/v1", "kind": "Job", "metadata": meta,
-                                 "spec": tmpl.get("spec").cloned().unwrap_or(json!({}))});
-                if snap.get("batch", "jobs", ns, &job_name).is_none() {
-                    out.push(Action::Create {
-                        res: res("jobs"),
-                        ns: ns.into(),
-                        object: job,
-                    });
-                    out.push(Action::Event {
-                        regarding: cj.clone(),
-                        warning: false,
-                        reason: "SuccessfulCreate".into(),
-                        message: format!("Created job {job_name}"),
-                    });
-                }
+                start_job(&mut out, snap, cj, at);
                 status["lastScheduleTime"] = json!(o::ts(at));
             }
         }
-        // History limits.
-        for (kind, limit) in [
-            (
-                "Complete",
-                cj.pointer("/spec/successfulJobsHistoryLimit")
-                    .and_then(Value::as_i64)
-                    .unwrap_or(3),
-            ),
-            (
-                "Failed",
-                cj.pointer("/spec/failedJobsHistoryLimit")
-                    .and_then(Value::as_i64)
-                    .unwrap_or(1),
-            ),
-        ] {
-            let done: Vec<_> = jobs
-                .iter()
-                .filter(|j| finished(j) == Some(kind) && !o::is_terminating(j))
-                .collect();
-            let extra = done.len().saturating_sub(limit.max(0) as usize);
-            for j in done.iter().take(extra) {
-                out.push(Action::Delete {
-                    res: res("jobs"),
-                    ns: ns.into(),
-                    name: o::name(j).into(),
-                    options: json!({"propagationPolicy": "Background"}),
-                });
-            }
-        }
+        prune_history(&mut out, cj, &jobs);
         let cur = cj.get("status").cloned().unwrap_or(json!({}));
         let differs = ["active", "lastScheduleTime", "lastSuccessfulTime"]
             .iter()
@@ -332,6 +264,98 @@ impl Controller for CronJobController {
             out.requeue(o::until(next, now));
         }
         out
+    }
+}
+
+/// The latest scheduled time in (last, now], if any (at most 100 looked
+/// at, as Kubernetes does).
+fn latest_missed(schedule: &Schedule, last: Timestamp, now: Timestamp) -> Option<Timestamp> {
+    let mut due = None;
+    let mut t = last;
+    for _ in 0..100 {
+        match schedule.next_after(t) {
+            Some(n) if n <= now => {
+                due = Some(n);
+                t = n;
+            }
+            _ => break,
+        }
+    }
+    due
+}
+
+/// The Job for the run scheduled `at`, named after the minute as
+/// Kubernetes names it, so a retried reconcile never starts a run twice.
+fn start_job(out: &mut Outcome, snap: &Snapshot, cj: &Arc<Value>, at: Timestamp) {
+    let (ns, name) = (o::namespace(cj), o::name(cj));
+    let job_name = format!("{name}-{}", at.as_second() / 60);
+    if snap.get("batch", "jobs", ns, &job_name).is_some() {
+        return;
+    }
+    let tmpl = cj
+        .pointer("/spec/jobTemplate")
+        .cloned()
+        .unwrap_or(json!({}));
+    let mut meta = tmpl.get("metadata").cloned().unwrap_or(json!({}));
+    meta["name"] = json!(job_name);
+    meta["namespace"] = json!(ns);
+    meta["ownerReferences"] = json!([o::owner_ref(cj)]);
+    meta["annotations"]["batch.kubernetes.io/cronjob-scheduled-timestamp"] =
+        json!(at.to_string());
+    let job = json!({"apiVersion": "batch/v1", "kind": "Job", "metadata": meta,
+                     "spec": tmpl.get("spec").cloned().unwrap_or(json!({}))});
+    out.push(Action::Create {
+        res: res("jobs"),
+        ns: ns.into(),
+        object: job,
+    });
+    out.push(Action::Event {
+        regarding: cj.clone(),
+        warning: false,
+        reason: "SuccessfulCreate".into(),
+        message: format!("Created job {job_name}"),
+    });
+}
+
+fn delete_job(out: &mut Outcome, ns: &str, job: &Value) {
+    out.push(Action::Delete {
+        res: res("jobs"),
+        ns: ns.into(),
+        name: o::name(job).into(),
+        options: json!({"propagationPolicy": "Background"}),
+    });
+}
+
+/// Keeps successfulJobsHistoryLimit finished and failedJobsHistoryLimit
+/// failed Jobs, the newest ones (`jobs` is oldest first).
+fn prune_history(out: &mut Outcome, cj: &Value, jobs: &[&Arc<Value>]) {
+    for (kind, limit) in [
+        (
+            "Complete",
+            cj.pointer("/spec/successfulJobsHistoryLimit")
+                .and_then(Value::as_i64)
+                .unwrap_or(3),
+        ),
+        (
+            "Failed",
+            cj.pointer("/spec/failedJobsHistoryLimit")
+                .and_then(Value::as_i64)
+                .unwrap_or(1),
+        ),
+    ] {
+        let done: Vec<_> = jobs
+            .iter()
+            .filter(|j| finished(j) == Some(kind) && !o::is_terminating(j))
+            .collect();
+        let extra = done.len().saturating_sub(limit.max(0) as usize);
+        for j in done.iter().take(extra) {
+            out.push(Action::Delete {
+                res: res("jobs"),
+                ns: ns.into(),
+                name: o::name(j).into(),
+                options: json!({"propagationPolicy": "Background"}),
+            });
+        }
     }
 }
 
