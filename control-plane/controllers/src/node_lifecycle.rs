@@ -3,6 +3,7 @@
 //! nodes get the not-ready ones. Pods that do not tolerate a NoExecute
 //! taint (or whose tolerationSeconds ran out) are evicted.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use jiff::{SignedDuration, Timestamp};
@@ -96,32 +97,7 @@ impl Controller for NodeLifecycleController {
         let reported = o::condition_status(node, "Ready");
         let ts = o::ts(now);
         if stale && reported != Some("Unknown") {
-            let conds: Vec<Value> = node
-                .pointer("/status/conditions")
-                .and_then(Value::as_array)
-                .cloned()
-                .unwrap_or_default()
-                .into_iter()
-                .map(|mut c| {
-                    c["status"] = json!("Unknown");
-                    c["reason"] = json!("NodeStatusUnknown");
-                    c["message"] = json!("Kubelet stopped posting node status.");
-                    c["lastTransitionTime"] = json!(ts);
-                    c
-                })
-                .collect();
-            out.push(Action::patch_status(
-                res("nodes"),
-                "",
-                key,
-                json!({"conditions": conds}),
-            ));
-            out.push(Action::Event {
-                regarding: node.clone(),
-                warning: false,
-                reason: "NodeNotReady".into(),
-                message: format!("Node {key} status is now: NodeNotReady"),
-            });
+            mark_unknown(&mut out, node, &ts);
         }
         if !stale {
             out.requeue(o::until(probe + grace, now));
@@ -133,39 +109,7 @@ impl Controller for NodeLifecycleController {
             (false, None) => return out,
         };
 
-        // Taints: keep everyone else's, make ours match the condition.
-        let unschedulable =
-            node.pointer("/spec/unschedulable").and_then(Value::as_bool) == Some(true);
-        let wanted = wanted_taints(ready, unschedulable);
-        let ours = [UNREACHABLE, NOT_READY, UNSCHEDULABLE];
-        let current = o::taints(node);
-        let mut taints: Vec<Value> = current
-            .iter()
-            .filter(|t| {
-                let k = t["key"].as_str().unwrap_or("");
-                let e = t["effect"].as_str().unwrap_or("");
-                !ours.contains(&k) || wanted.contains(&(k, e))
-            })
-            .cloned()
-            .collect();
-        for (k, e) in &wanted {
-            if !taints.iter().any(|t| t["key"] == *k && t["effect"] == *e) {
-                let mut t = json!({"key": k, "effect": e});
-                if *e == "NoExecute" {
-                    t["timeAdded"] = json!(ts);
-                }
-                taints.push(t);
-            }
-        }
-        if taints.as_slice() != current {
-            out.push(Action::Patch {
-                res: res("nodes"),
-                ns: String::new(),
-                name: key.into(),
-                status: false,
-                patch: json!({"spec": {"taints": taints}}),
-            });
-        }
+        let taints = reconcile_taints(&mut out, node, ready, &ts);
 
         // A healthy node with nothing to evict needs no look at its pods.
         if ready == "True" && !taints.iter().any(|t| t["effect"] == "NoExecute") {
@@ -173,49 +117,9 @@ impl Controller for NodeLifecycleController {
         }
         for pod in pods_on(snap, key).filter(|p| o::is_active(p)) {
             if ready != "True" && o::is_ready(pod) {
-                let conds: Vec<Value> = pod
-                    .pointer("/status/conditions")
-                    .and_then(Value::as_array)
-                    .cloned()
-                    .unwrap_or_default()
-                    .into_iter()
-                    .map(|mut c| {
-                        if c["type"] == "Ready" || c["type"] == "ContainersReady" {
-                            c["status"] = json!("False");
-                            c["lastTransitionTime"] = json!(ts);
-                        }
-                        c
-                    })
-                    .collect();
-                out.push(Action::patch_status(
-                    res("pods"),
-                    o::namespace(pod),
-                    o::name(pod),
-                    json!({"conditions": conds}),
-                ));
+                mark_pod_not_ready(&mut out, pod, &ts);
             }
-            // NoExecute: evict now, or when the shortest matching tolerationSeconds runs out.
-            let mut evict_at: Option<Timestamp> = None;
-            for taint in taints.iter().filter(|t| t["effect"] == "NoExecute") {
-                let added = o::parse_ts(taint.get("timeAdded")).unwrap_or(now);
-                let matching: Vec<&Value> = o::tolerations(pod)
-                    .iter()
-                    .filter(|tol| o::tolerates(tol, taint))
-                    .collect();
-                let at = if matching.is_empty() {
-                    Some(now)
-                } else {
-                    matching
-                        .iter()
-                        .filter_map(|tol| tol.get("tolerationSeconds").and_then(Value::as_i64))
-                        .min()
-                        .map(|s| added + SignedDuration::from_secs(s.max(0)))
-                };
-                if let Some(at) = at {
-                    evict_at = Some(evict_at.map_or(at, |e| e.min(at)));
-                }
-            }
-            match evict_at {
+            match evict_at(pod, &taints, now) {
                 Some(at) if at <= now => {
                     out.push(Action::Event {
                         regarding: pod.clone(),
@@ -240,6 +144,124 @@ impl Controller for NodeLifecycleController {
         }
         out
     }
+}
+
+/// The agent stopped posting: every condition turns Unknown.
+fn mark_unknown(out: &mut Outcome, node: &Arc<Value>, ts: &str) {
+    let conds: Vec<Value> = node
+        .pointer("/status/conditions")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|mut c| {
+            c["status"] = json!("Unknown");
+            c["reason"] = json!("NodeStatusUnknown");
+            c["message"] = json!("Kubelet stopped posting node status.");
+            c["lastTransitionTime"] = json!(ts);
+            c
+        })
+        .collect();
+    out.push(Action::patch_status(
+        res("nodes"),
+        "",
+        o::name(node),
+        json!({"conditions": conds}),
+    ));
+    out.push(Action::Event {
+        regarding: node.clone(),
+        warning: false,
+        reason: "NodeNotReady".into(),
+        message: format!("Node {} status is now: NodeNotReady", o::name(node)),
+    });
+}
+
+/// Taints: keep everyone else's, make ours match the Ready condition.
+/// Returns the node's taints as they will be.
+fn reconcile_taints(out: &mut Outcome, node: &Value, ready: &str, ts: &str) -> Vec<Value> {
+    let unschedulable =
+        node.pointer("/spec/unschedulable").and_then(Value::as_bool) == Some(true);
+    let wanted = wanted_taints(ready, unschedulable);
+    let ours = [UNREACHABLE, NOT_READY, UNSCHEDULABLE];
+    let current = o::taints(node);
+    let mut taints: Vec<Value> = current
+        .iter()
+        .filter(|t| {
+            let k = t["key"].as_str().unwrap_or("");
+            let e = t["effect"].as_str().unwrap_or("");
+            !ours.contains(&k) || wanted.contains(&(k, e))
+        })
+        .cloned()
+        .collect();
+    for (k, e) in &wanted {
+        if !taints.iter().any(|t| t["key"] == *k && t["effect"] == *e) {
+            let mut t = json!({"key": k, "effect": e});
+            if *e == "NoExecute" {
+                t["timeAdded"] = json!(ts);
+            }
+            taints.push(t);
+        }
+    }
+    if taints.as_slice() != current {
+        out.push(Action::Patch {
+            res: res("nodes"),
+            ns: String::new(),
+            name: o::name(node).into(),
+            status: false,
+            patch: json!({"spec": {"taints": taints}}),
+        });
+    }
+    taints
+}
+
+/// The node is not Ready, so neither are its pods.
+fn mark_pod_not_ready(out: &mut Outcome, pod: &Arc<Value>, ts: &str) {
+    let conds: Vec<Value> = pod
+        .pointer("/status/conditions")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|mut c| {
+            if c["type"] == "Ready" || c["type"] == "ContainersReady" {
+                c["status"] = json!("False");
+                c["lastTransitionTime"] = json!(ts);
+            }
+            c
+        })
+        .collect();
+    out.push(Action::patch_status(
+        res("pods"),
+        o::namespace(pod),
+        o::name(pod),
+        json!({"conditions": conds}),
+    ));
+}
+
+/// NoExecute taints evict a pod now, or when the shortest matching
+/// tolerationSeconds runs out; None if it tolerates them for ever.
+fn evict_at(pod: &Value, taints: &[Value], now: Timestamp) -> Option<Timestamp> {
+    let mut evict_at: Option<Timestamp> = None;
+    for taint in taints.iter().filter(|t| t["effect"] == "NoExecute") {
+        let added = o::parse_ts(taint.get("timeAdded")).unwrap_or(now);
+        let matching: Vec<&Value> = o::tolerations(pod)
+            .iter()
+            .filter(|tol| o::tolerates(tol, taint))
+            .collect();
+        let at = if matching.is_empty() {
+            Some(now)
+        } else {
+            matching
+                .iter()
+                .filter_map(|tol| tol.get("tolerationSeconds").and_then(Value::as_i64))
+                .min()
+                .map(|s| added + SignedDuration::from_secs(s.max(0)))
+        };
+        if let Some(at) = at {
+            evict_at = Some(evict_at.map_or(at, |e| e.min(at)));
+        }
+    }
+    evict_at
 }
 
 #[cfg(test)]
