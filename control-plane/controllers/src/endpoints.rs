@@ -120,15 +120,7 @@ impl Controller for EndpointsController {
             else {
                 continue;
             };
-            let ports: Vec<Value> = svc_ports
-                .iter()
-                .filter_map(|sp| {
-                    let target = sp.get("targetPort").cloned().unwrap_or_else(|| sp.get("port").cloned().unwrap_or(Value::Null));
-                    let port = resolve_port(pod, &target)?;
-                    Some(json!({"name": sp.get("name").and_then(Value::as_str).unwrap_or(""), "port": port,
-                                "protocol": sp.get("protocol").and_then(Value::as_str).unwrap_or("TCP")}))
-                })
-                .collect();
+            let ports = pod_ports(&svc_ports, pod);
             let node = pod
                 .pointer("/spec/nodeName")
                 .and_then(Value::as_str)
@@ -157,20 +149,7 @@ impl Controller for EndpointsController {
                 subsets[i].2.push(addr);
             }
         }
-        let subsets: Vec<Value> = subsets
-            .into_iter()
-            .map(|(ports, ready, not_ready)| {
-                let mut s = Map::new();
-                if !ready.is_empty() {
-                    s.insert("addresses".into(), json!(ready));
-                }
-                if !not_ready.is_empty() {
-                    s.insert("notReadyAddresses".into(), json!(not_ready));
-                }
-                s.insert("ports".into(), json!(ports));
-                Value::Object(s)
-            })
-            .collect();
+        let subsets: Vec<Value> = subsets.into_iter().map(subset).collect();
         let labels = o::labels(svc).cloned().unwrap_or_default();
         let endpoints = json!({"apiVersion": "v1", "kind": "Endpoints",
             "metadata": {"name": name, "namespace": ns, "labels": labels}, "subsets": subsets});
@@ -184,14 +163,11 @@ impl Controller for EndpointsController {
             &["subsets"],
         );
 
+        // With no pods, a slice still names the numeric target ports.
         let ports = slice_ports.unwrap_or_else(|| {
             svc_ports
                 .iter()
-                .filter_map(|sp| {
-                    let t = sp.get("targetPort").and_then(Value::as_i64)?;
-                    Some(json!({"name": sp.get("name").and_then(Value::as_str).unwrap_or(""), "port": t,
-                                "protocol": sp.get("protocol").and_then(Value::as_str).unwrap_or("TCP")}))
-                })
+                .filter_map(|sp| Some(endpoint_port(sp, sp.get("targetPort")?.as_i64()?)))
                 .collect()
         });
         let mut slice_labels = labels;
@@ -213,6 +189,41 @@ impl Controller for EndpointsController {
         );
         out
     }
+}
+
+/// An EndpointPort for the Service port `sp`, at `port` on the pod.
+fn endpoint_port(sp: &Value, port: i64) -> Value {
+    json!({"name": sp.get("name").and_then(Value::as_str).unwrap_or(""), "port": port,
+           "protocol": sp.get("protocol").and_then(Value::as_str).unwrap_or("TCP")})
+}
+
+/// The Service's ports as this pod serves them (named target ports resolved
+/// against its containers; ports it cannot serve left out).
+fn pod_ports(svc_ports: &[&Value], pod: &Value) -> Vec<Value> {
+    svc_ports
+        .iter()
+        .filter_map(|sp| {
+            let target = sp
+                .get("targetPort")
+                .or_else(|| sp.get("port"))
+                .cloned()
+                .unwrap_or(Value::Null);
+            Some(endpoint_port(sp, resolve_port(pod, &target)?))
+        })
+        .collect()
+}
+
+/// One Endpoints subset: (ports, ready addresses, not-ready addresses).
+fn subset((ports, ready, not_ready): (Vec<Value>, Vec<Value>, Vec<Value>)) -> Value {
+    let mut s = Map::new();
+    if !ready.is_empty() {
+        s.insert("addresses".into(), json!(ready));
+    }
+    if !not_ready.is_empty() {
+        s.insert("notReadyAddresses".into(), json!(not_ready));
+    }
+    s.insert("ports".into(), json!(ports));
+    Value::Object(s)
 }
 
 /// Creates `want`, or patches the `fields` that differ from what is stored.
