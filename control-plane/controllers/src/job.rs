@@ -1,6 +1,8 @@
 //! Job: run pods until `completions` succeed, at most `parallelism` at a
 //! time, failing after `backoffLimit` failed pods or `activeDeadlineSeconds`.
 
+use std::sync::Arc;
+
 use jiff::{SignedDuration, Timestamp};
 use serde_json::{Value, json};
 
@@ -131,29 +133,8 @@ impl Controller for JobController {
         } else {
             let want = parallelism.min(completions - succeeded).max(0);
             let missing = want - active.len() as i64;
-            let mut template = job.pointer("/spec/template").cloned().unwrap_or(json!({}));
-            for (k, v) in [
-                ("batch.kubernetes.io/controller-uid", o::uid(job)),
-                ("batch.kubernetes.io/job-name", name),
-                ("controller-uid", o::uid(job)),
-                ("job-name", name),
-            ] {
-                template["metadata"]["labels"][k] = json!(v);
-            }
-            for _ in 0..missing.max(0) {
-                out.push(Action::Create {
-                    res: res("pods"),
-                    ns: ns.into(),
-                    object: o::pod_from_template(&template, job, &format!("{name}-")),
-                });
-            }
             if missing > 0 {
-                out.push(Action::Event {
-                    regarding: job.clone(),
-                    warning: false,
-                    reason: "SuccessfulCreate".into(),
-                    message: format!("Created {missing} pod(s)"),
-                });
+                start_pods(&mut out, job, missing);
             }
             if let Some(d) = deadline {
                 out.requeue(o::until(start + SignedDuration::from_secs(d), now));
@@ -167,6 +148,34 @@ impl Controller for JobController {
         }
         out
     }
+}
+
+/// `count` more pods from the Job's template, labelled as Kubernetes
+/// labels a Job's pods.
+fn start_pods(out: &mut Outcome, job: &Arc<Value>, count: i64) {
+    let (ns, name) = (o::namespace(job), o::name(job));
+    let mut template = job.pointer("/spec/template").cloned().unwrap_or(json!({}));
+    for (k, v) in [
+        ("batch.kubernetes.io/controller-uid", o::uid(job)),
+        ("batch.kubernetes.io/job-name", name),
+        ("controller-uid", o::uid(job)),
+        ("job-name", name),
+    ] {
+        template["metadata"]["labels"][k] = json!(v);
+    }
+    for _ in 0..count {
+        out.push(Action::Create {
+            res: res("pods"),
+            ns: ns.into(),
+            object: o::pod_from_template(&template, job, &format!("{name}-")),
+        });
+    }
+    out.push(Action::Event {
+        regarding: job.clone(),
+        warning: false,
+        reason: "SuccessfulCreate".into(),
+        message: format!("Created {count} pod(s)"),
+    });
 }
 
 #[cfg(test)]
