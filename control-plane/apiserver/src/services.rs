@@ -243,65 +243,7 @@ pub async fn allocate(
     if ty == "ExternalName" {
         return Ok(());
     }
-    let old_ip = old
-        .and_then(|o| o.pointer("/spec/clusterIP"))
-        .and_then(Value::as_str)
-        .filter(|s| !s.is_empty())
-        .map(str::to_string);
-    let want = spec
-        .get("clusterIP")
-        .and_then(Value::as_str)
-        .filter(|s| !s.is_empty())
-        .map(str::to_string);
-    let ip = match (old_ip, want) {
-        (Some(o), Some(w)) if o != w => {
-            return Err(invalid(
-                &name,
-                "spec.clusterIPs[0]",
-                &w,
-                "may not change once set",
-            ));
-        }
-        (Some(o), _) => o,
-        (None, Some(w)) if w == "None" => w,
-        (None, Some(w)) => {
-            let ok = w.parse::<Ipv4Addr>().is_ok_and(|ip| net.contains(ip));
-            if !ok {
-                return Err(invalid(
-                    &name,
-                    "spec.clusterIPs",
-                    &w,
-                    &format!(
-                        "failed to allocate IP {w}: the provided IP ({w}) is not in the valid range. The range of valid IPs is {}",
-                        net.cidr
-                    ),
-                ));
-            }
-            if !claim(store, Pool::ClusterIp, &w, &owner).await? {
-                return Err(invalid(
-                    &name,
-                    "spec.clusterIPs",
-                    &w,
-                    &format!("failed to allocate IP {w}: provided IP is already allocated"),
-                ));
-            }
-            w
-        }
-        (None, None) => {
-            claim_free(
-                store,
-                Pool::ClusterIp,
-                net.dynamic(),
-                |n| Ipv4Addr::from(n).to_string(),
-                &owner,
-                format!(
-                    "failed to allocate a serviceIP: range is full ({})",
-                    net.cidr
-                ),
-            )
-            .await?
-        }
-    };
+    let ip = cluster_ip(store, net, &owner, old, spec.get("clusterIP")).await?;
     set_cluster_ip(spec, &ip);
 
     let wants_node_ports = matches!(ty.as_str(), "NodePort" | "LoadBalancer");
@@ -326,49 +268,132 @@ pub async fn allocate(
             .and_then(|o| o.get("nodePort"))
             .and_then(Value::as_i64);
         let field = format!("spec.ports[{i}].nodePort");
-        let port = match p.get("nodePort").and_then(Value::as_i64).or(kept) {
-            Some(n) if Some(n) == kept => n.to_string(),
-            Some(n) => {
-                let v = n.to_string();
-                if !u16::try_from(n).is_ok_and(|n| net.node_ports.contains(&n)) {
-                    return Err(invalid(
-                        &name,
-                        &field,
-                        &v,
-                        &format!(
-                            "provided port is not in the valid range. The range of valid ports is {}-{}",
-                            net.node_ports.start(),
-                            net.node_ports.end()
-                        ),
-                    ));
-                }
-                if !claim(store, Pool::NodePort, &v, &owner).await? {
-                    return Err(invalid(
-                        &name,
-                        &field,
-                        &v,
-                        "provided port is already allocated",
-                    ));
-                }
-                v
-            }
-            None => {
-                let ports =
-                    u32::from(*net.node_ports.start())..u32::from(*net.node_ports.end()) + 1;
-                claim_free(
-                    store,
-                    Pool::NodePort,
-                    ports,
-                    |n| n.to_string(),
-                    &owner,
-                    "failed to allocate a nodePort: range is full".into(),
-                )
-                .await?
-            }
-        };
+        let requested = p.get("nodePort").and_then(Value::as_i64);
+        let port = node_port(store, net, &owner, &field, requested, kept).await?;
         p.insert("nodePort".into(), json!(port.parse::<i64>().unwrap_or(0)));
     }
     Ok(())
+}
+
+/// The Service's ClusterIP: the one it holds, the one it asks for (if free
+/// and in range), or a free one.
+async fn cluster_ip(
+    store: &Store,
+    net: &ServiceNetwork,
+    owner: &Owner<'_>,
+    old: Option<&Value>,
+    requested: Option<&Value>,
+) -> Result<String, Status> {
+    let old_ip = old
+        .and_then(|o| o.pointer("/spec/clusterIP"))
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+        .map(str::to_string);
+    let want = requested
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+        .map(str::to_string);
+    Ok(match (old_ip, want) {
+        (Some(o), Some(w)) if o != w => {
+            return Err(invalid(
+                owner.name,
+                "spec.clusterIPs[0]",
+                &w,
+                "may not change once set",
+            ));
+        }
+        (Some(o), _) => o,
+        (None, Some(w)) if w == "None" => w,
+        (None, Some(w)) => {
+            let ok = w.parse::<Ipv4Addr>().is_ok_and(|ip| net.contains(ip));
+            if !ok {
+                return Err(invalid(
+                    owner.name,
+                    "spec.clusterIPs",
+                    &w,
+                    &format!(
+                        "failed to allocate IP {w}: the provided IP ({w}) is not in the valid range. The range of valid IPs is {}",
+                        net.cidr
+                    ),
+                ));
+            }
+            if !claim(store, Pool::ClusterIp, &w, owner).await? {
+                return Err(invalid(
+                    owner.name,
+                    "spec.clusterIPs",
+                    &w,
+                    &format!("failed to allocate IP {w}: provided IP is already allocated"),
+                ));
+            }
+            w
+        }
+        (None, None) => {
+            claim_free(
+                store,
+                Pool::ClusterIp,
+                net.dynamic(),
+                |n| Ipv4Addr::from(n).to_string(),
+                owner,
+                format!(
+                    "failed to allocate a serviceIP: range is full ({})",
+                    net.cidr
+                ),
+            )
+            .await?
+        }
+    })
+}
+
+/// A port's nodePort: the one it holds, the one it asks for (if free and
+/// in range), or a free one.
+async fn node_port(
+    store: &Store,
+    net: &ServiceNetwork,
+    owner: &Owner<'_>,
+    field: &str,
+    requested: Option<i64>,
+    kept: Option<i64>,
+) -> Result<String, Status> {
+Ok(match requested.or(kept) {
+        Some(n) if Some(n) == kept => n.to_string(),
+        Some(n) => {
+            let v = n.to_string();
+            if !u16::try_from(n).is_ok_and(|n| net.node_ports.contains(&n)) {
+                return Err(invalid(
+                    owner.name,
+                    field,
+                    &v,
+                    &format!(
+                        "provided port is not in the valid range. The range of valid ports is {}-{}",
+                        net.node_ports.start(),
+                        net.node_ports.end()
+                    ),
+                ));
+            }
+            if !claim(store, Pool::NodePort, &v, owner).await? {
+                return Err(invalid(
+                    owner.name,
+                    field,
+                    &v,
+                    "provided port is already allocated",
+                ));
+            }
+            v
+        }
+        None => {
+            let ports =
+                u32::from(*net.node_ports.start())..u32::from(*net.node_ports.end()) + 1;
+            claim_free(
+                store,
+                Pool::NodePort,
+                ports,
+                |n| n.to_string(),
+                owner,
+                "failed to allocate a nodePort: range is full".into(),
+            )
+            .await?
+        }
+    })
 }
 
 /// The cluster's own Services, written by the leader at start:
