@@ -179,45 +179,100 @@ pub struct PodInfo {
     pub group: String,
 }
 
+/// What a pod asks of a node: its requests (the larger of its containers'
+/// sum and any init container, plus overhead), and the non-zero requests
+/// scoring uses (defaults stand in for requests left out).
+fn pod_requests(obj: &Value) -> (Resources, (i64, i64)) {
+    let mut requests = Resources {
+        pods: 1,
+        ..Default::default()
+    };
+    let (mut cpu_nz, mut mem_nz) = (0, 0);
+    for c in obj
+        .pointer("/spec/containers")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let r = Resources::from_map(c.pointer("/resources/requests"));
+        cpu_nz += if r.cpu == 0 { DEFAULT_MILLI_CPU } else { r.cpu };
+        mem_nz += if r.memory == 0 {
+            DEFAULT_MEMORY
+        } else {
+            r.memory
+        };
+        requests.add(&r);
+    }
+    requests.pods = 1;
+    // An init container runs alone: the pod needs the larger of the two.
+    for c in obj
+        .pointer("/spec/initContainers")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let r = Resources::from_map(c.pointer("/resources/requests"));
+        requests.cpu = requests.cpu.max(r.cpu);
+        requests.memory = requests.memory.max(r.memory);
+    }
+    let overhead = Resources::from_map(obj.pointer("/spec/overhead"));
+    requests.cpu += overhead.cpu;
+    requests.memory += overhead.memory;
+    (requests, (cpu_nz, mem_nz))
+}
+
+fn spread_constraints(obj: &Value) -> Vec<Spread> {
+    obj
+        .pointer("/spec/topologySpreadConstraints")
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .map(|c| Spread {
+                    max_skew: c.get("maxSkew").and_then(Value::as_i64).unwrap_or(1).max(1),
+                    topology_key: c
+                        .get("topologyKey")
+                        .and_then(Value::as_str)
+                        .unwrap_or("")
+                        .into(),
+                    hard: c.get("whenUnsatisfiable").and_then(Value::as_str)
+                        != Some("ScheduleAnyway"),
+                    selector: c.get("labelSelector").cloned().unwrap_or(Value::Null),
+                    min_domains: c
+                        .get("minDomains")
+                        .and_then(Value::as_i64)
+                        .unwrap_or(1)
+                        .max(1),
+                    honor_affinity: c.get("nodeAffinityPolicy").and_then(Value::as_str)
+                        != Some("Ignore"),
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Preferred node affinity: (weight, preference).
+fn node_preferences(obj: &Value) -> Vec<(i64, Value)> {
+    obj
+        .pointer("/spec/affinity/nodeAffinity/preferredDuringSchedulingIgnoredDuringExecution")
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .map(|p| {
+                    (
+                        p.get("weight").and_then(Value::as_i64).unwrap_or(0),
+                        p.get("preference").cloned().unwrap_or(Value::Null),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 impl PodInfo {
     pub fn new(obj: Arc<Value>) -> PodInfo {
         let ns = o::namespace(&obj).to_string();
         let key = o::key_of(&obj);
-        let mut requests = Resources {
-            pods: 1,
-            ..Default::default()
-        };
-        let (mut cpu_nz, mut mem_nz) = (0, 0);
-        let containers = obj
-            .pointer("/spec/containers")
-            .and_then(Value::as_array)
-            .cloned()
-            .unwrap_or_default();
-        for c in &containers {
-            let r = Resources::from_map(c.pointer("/resources/requests"));
-            cpu_nz += if r.cpu == 0 { DEFAULT_MILLI_CPU } else { r.cpu };
-            mem_nz += if r.memory == 0 {
-                DEFAULT_MEMORY
-            } else {
-                r.memory
-            };
-            requests.add(&r);
-        }
-        requests.pods = 1;
-        // An init container runs alone: the pod needs the larger of the two.
-        for c in obj
-            .pointer("/spec/initContainers")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-        {
-            let r = Resources::from_map(c.pointer("/resources/requests"));
-            requests.cpu = requests.cpu.max(r.cpu);
-            requests.memory = requests.memory.max(r.memory);
-        }
-        let overhead = Resources::from_map(obj.pointer("/spec/overhead"));
-        requests.cpu += overhead.cpu;
-        requests.memory += overhead.memory;
+        let (requests, nonzero) = pod_requests(&obj);
         let terms = |ptr: &str| -> Vec<Term> {
             obj.pointer(ptr)
                 .and_then(Value::as_array)
@@ -241,50 +296,10 @@ impl PodInfo {
                 })
                 .unwrap_or_default()
         };
-        let spread = obj
-            .pointer("/spec/topologySpreadConstraints")
-            .and_then(Value::as_array)
-            .map(|a| {
-                a.iter()
-                    .map(|c| Spread {
-                        max_skew: c.get("maxSkew").and_then(Value::as_i64).unwrap_or(1).max(1),
-                        topology_key: c
-                            .get("topologyKey")
-                            .and_then(Value::as_str)
-                            .unwrap_or("")
-                            .into(),
-                        hard: c.get("whenUnsatisfiable").and_then(Value::as_str)
-                            != Some("ScheduleAnyway"),
-                        selector: c.get("labelSelector").cloned().unwrap_or(Value::Null),
-                        min_domains: c
-                            .get("minDomains")
-                            .and_then(Value::as_i64)
-                            .unwrap_or(1)
-                            .max(1),
-                        honor_affinity: c.get("nodeAffinityPolicy").and_then(Value::as_str)
-                            != Some("Ignore"),
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
         let node_terms = obj
             .pointer("/spec/affinity/nodeAffinity/requiredDuringSchedulingIgnoredDuringExecution/nodeSelectorTerms")
             .and_then(Value::as_array)
             .cloned();
-        let node_preferences = obj
-            .pointer("/spec/affinity/nodeAffinity/preferredDuringSchedulingIgnoredDuringExecution")
-            .and_then(Value::as_array)
-            .map(|a| {
-                a.iter()
-                    .map(|p| {
-                        (
-                            p.get("weight").and_then(Value::as_i64).unwrap_or(0),
-                            p.get("preference").cloned().unwrap_or(Value::Null),
-                        )
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
         let node_selector = obj
             .pointer("/spec/nodeSelector")
             .and_then(Value::as_object)
@@ -312,7 +327,7 @@ impl PodInfo {
             tolerations: o::tolerations(&obj).to_vec(),
             node_selector,
             node_terms,
-            node_preferences,
+            node_preferences: node_preferences(&obj),
             runtime_class: obj
                 .pointer("/spec/runtimeClassName")
                 .and_then(Value::as_str)
@@ -330,12 +345,12 @@ impl PodInfo {
             preferred_anti: weighted(
                 "/spec/affinity/podAntiAffinity/preferredDuringSchedulingIgnoredDuringExecution",
             ),
-            spread,
+            spread: spread_constraints(&obj),
             priority: obj
                 .pointer("/spec/priority")
                 .and_then(Value::as_i64)
                 .unwrap_or(0),
-            nonzero: (cpu_nz, mem_nz),
+            nonzero,
             requests,
             namespace: ns,
             key,
