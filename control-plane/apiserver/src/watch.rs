@@ -75,53 +75,43 @@ impl Encoder {
     }
 }
 
-/// Streams a watch: chunked newline-delimited JSON (or Table) events.
-pub fn serve(ctx: &Ctx<'_>) -> ApiResult {
-    let res = ctx.target.res;
-    let accept = ctx
-        .headers
-        .get(header::ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    let enc = Encoder {
-        kind: res.kind,
-        api_version: res.api_version(),
-        table: table::wants_table(accept),
-        include: ctx
-            .query
-            .include_object
-            .clone()
-            .unwrap_or_else(|| "Metadata".into()),
-    };
-    let initial_events = ctx.query.send_initial_events == Some(true);
-    let Watch {
-        initial,
-        from,
-        filter,
-        events: subscription,
-    } = ctx
-        .api
-        .registry
-        .watch(&ctx.target, ctx.list_options()?, initial_events)?;
-    let timeout = ctx
-        .query
-        .timeout_seconds
-        .map(Duration::from_secs)
-        .unwrap_or(DEFAULT_TIMEOUT);
-    let bookmarks = ctx.query.allow_watch_bookmarks == Some(true);
-    let bookmark_every = ctx.api.bookmark_interval;
+/// One watch's sending side: the initial state, the backlog, then the live
+/// feed, until the timeout, shutdown, the client leaving or a relist.
+struct Stream {
+    enc: Encoder,
+    watch: Watch,
+    initial_events: bool,
+    bookmarks: bool,
+    bookmark_every: Duration,
+    timeout: Duration,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+    tx: mpsc::Sender<Result<Bytes, std::io::Error>>,
+}
 
-    let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(256);
-    let mut shutdown = ctx.api.shutdown.clone();
-    let watchers = ctx.api.metrics.watchers.clone();
-
-    tokio::spawn(async move {
-        watchers.inc();
+impl Stream {
+    async fn run(self) {
+        let Stream {
+            enc,
+            watch:
+                Watch {
+                    initial,
+                    from,
+                    filter,
+                    events,
+                },
+            initial_events,
+            bookmarks,
+            bookmark_every,
+            timeout,
+            mut shutdown,
+            tx,
+        } = self;
+        // False once the client has gone.
         let send = |b: Bytes| {
             let tx = tx.clone();
             async move { tx.send(Ok(b)).await.is_ok() }
         };
-        let (backlog, mut live) = match subscription {
+        let (backlog, mut live) = match events {
             Ok(s) => s,
             Err(e) => {
                 let s = Status::expired(format!(
@@ -129,13 +119,11 @@ pub fn serve(ctx: &Ctx<'_>) -> ApiResult {
                     e.requested, e.oldest
                 ));
                 send(enc.error(&s)).await;
-                watchers.dec();
                 return;
             }
         };
         for o in &initial {
             if !send(enc.object(EventType::Added, o)).await {
-                watchers.dec();
                 return;
             }
         }
@@ -154,7 +142,6 @@ pub fn serve(ctx: &Ctx<'_>) -> ApiResult {
             if let Some(b) = emit(e, &mut last_seen)
                 && !send(b).await
             {
-                watchers.dec();
                 return;
             }
         }
@@ -187,6 +174,51 @@ pub fn serve(ctx: &Ctx<'_>) -> ApiResult {
                 }
             }
         }
+    }
+}
+
+/// Streams a watch: chunked newline-delimited JSON (or Table) events.
+pub fn serve(ctx: &Ctx<'_>) -> ApiResult {
+    let res = ctx.target.res;
+    let accept = ctx
+        .headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let enc = Encoder {
+        kind: res.kind,
+        api_version: res.api_version(),
+        table: table::wants_table(accept),
+        include: ctx
+            .query
+            .include_object
+            .clone()
+            .unwrap_or_else(|| "Metadata".into()),
+    };
+    let initial_events = ctx.query.send_initial_events == Some(true);
+    let watch = ctx
+        .api
+        .registry
+        .watch(&ctx.target, ctx.list_options()?, initial_events)?;
+    let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(256);
+    let stream = Stream {
+        enc,
+        watch,
+        initial_events,
+        bookmarks: ctx.query.allow_watch_bookmarks == Some(true),
+        bookmark_every: ctx.api.bookmark_interval,
+        timeout: ctx
+            .query
+            .timeout_seconds
+            .map(Duration::from_secs)
+            .unwrap_or(DEFAULT_TIMEOUT),
+        shutdown: ctx.api.shutdown.clone(),
+        tx,
+    };
+    let watchers = ctx.api.metrics.watchers.clone();
+    tokio::spawn(async move {
+        watchers.inc();
+        stream.run().await;
         watchers.dec();
     });
 
