@@ -81,6 +81,72 @@ impl Deleted {
     }
 }
 
+/// The uid and resourceVersion preconditions of DeleteOptions.
+fn check_preconditions(opts: &DeleteOptions, uid: &str, rev: u64) -> Result<(), Status> {
+    if let Some(want) = &opts.uid
+        && *want != uid
+    {
+        return Err(Status::new(
+            409,
+            "Conflict",
+            format!(
+                "Precondition failed: UID in precondition: {want}, UID in object meta: {uid}"
+            ),
+        ));
+    }
+    if let Some(want) = &opts.rv
+        && *want != rev.to_string()
+    {
+        return Err(Status::new(
+            409,
+            "Conflict",
+            format!(
+                "Precondition failed: ResourceVersion in precondition: {want}, ResourceVersion in object meta: {rev}"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The object's finalizers plus those its propagation policy adds.
+fn finalizers_for(cur: &Value, opts: &DeleteOptions) -> Vec<Value> {
+    let mut finalizers: Vec<Value> = cur
+        .pointer("/metadata/finalizers")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    for (policy, f) in [("Orphan", "orphan"), ("Foreground", "foregroundDeletion")] {
+        if opts.propagation.as_deref() == Some(policy) && !finalizers.contains(&json!(f)) {
+            finalizers.push(json!(f));
+        }
+    }
+    finalizers
+}
+
+/// A bound, unfinished pod is deleted gracefully (its grace period, or the
+/// request's); everything else at once.
+fn grace_period(kind: &str, cur: &Value, opts: &DeleteOptions) -> i64 {
+    let phase = cur
+        .pointer("/status/phase")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    if kind == "Pod"
+        && cur
+            .pointer("/spec/nodeName")
+            .and_then(Value::as_str)
+            .is_some_and(|n| !n.is_empty())
+        && !matches!(phase, "Succeeded" | "Failed")
+    {
+        let default = cur
+            .pointer("/spec/terminationGracePeriodSeconds")
+            .and_then(Value::as_i64)
+            .unwrap_or(30);
+        opts.grace.unwrap_or(default)
+    } else {
+        0
+    }
+}
+
 pub(super) async fn delete_one(
     ctx: &Req<'_>,
     name: &str,
@@ -94,57 +160,9 @@ pub(super) async fn delete_one(
             .and_then(Value::as_str)
             .unwrap_or("")
             .to_string();
-        if let Some(want) = &opts.uid
-            && *want != uid
-        {
-            return Err(Status::new(
-                409,
-                "Conflict",
-                format!(
-                    "Precondition failed: UID in precondition: {want}, UID in object meta: {uid}"
-                ),
-            ));
-        }
-        if let Some(want) = &opts.rv
-            && *want != rev.to_string()
-        {
-            return Err(Status::new(
-                409,
-                "Conflict",
-                format!(
-                    "Precondition failed: ResourceVersion in precondition: {want}, ResourceVersion in object meta: {rev}"
-                ),
-            ));
-        }
-        let mut finalizers: Vec<Value> = cur
-            .pointer("/metadata/finalizers")
-            .and_then(Value::as_array)
-            .cloned()
-            .unwrap_or_default();
-        for (policy, f) in [("Orphan", "orphan"), ("Foreground", "foregroundDeletion")] {
-            if opts.propagation.as_deref() == Some(policy) && !finalizers.contains(&json!(f)) {
-                finalizers.push(json!(f));
-            }
-        }
-        let phase = cur
-            .pointer("/status/phase")
-            .and_then(Value::as_str)
-            .unwrap_or("");
-        let pod_grace = if res.kind == "Pod"
-            && cur
-                .pointer("/spec/nodeName")
-                .and_then(Value::as_str)
-                .is_some_and(|n| !n.is_empty())
-            && !matches!(phase, "Succeeded" | "Failed")
-        {
-            let default = cur
-                .pointer("/spec/terminationGracePeriodSeconds")
-                .and_then(Value::as_i64)
-                .unwrap_or(30);
-            opts.grace.unwrap_or(default)
-        } else {
-            0
-        };
+        check_preconditions(opts, &uid, rev)?;
+        let finalizers = finalizers_for(&cur, opts);
+        let pod_grace = grace_period(res.kind, &cur, opts);
         let ns_held = res.kind == "Namespace"
             && cur
                 .pointer("/spec/finalizers")
