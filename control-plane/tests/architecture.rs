@@ -16,7 +16,10 @@ const ARROWS: &[(&str, &[&str])] = &[
     ("store", &["cluster"]),
     ("apiserver", &["cluster", "store"]),
     // The assembly: weft-control-plane itself.
-    (".", &["apiserver", "cluster", "controllers", "scheduler", "store"]),
+    (
+        ".",
+        &["apiserver", "cluster", "controllers", "scheduler", "store"],
+    ),
 ];
 
 /// The crates that must build without rocksdb, openraft or axum.
@@ -111,6 +114,9 @@ fn the_vocabulary_scheduler_and_controllers_link_no_store_raft_or_http_server() 
         for heavy in HEAVY {
             assert!(!seen.contains(*heavy), "{name} links {heavy}");
         }
-        assert!(seen.len() > 5, "{name}'s closure is implausibly small: {seen:?}");
+        assert!(
+            seen.len() > 5,
+            "{name}'s closure is implausibly small: {seen:?}"
+        );
     }
 }

@@ -42,8 +42,8 @@ use tokio::net::TcpListener;
 use tokio::sync::watch as signal;
 use weft_api::Status;
 
-use weft_store::{Store, StoreError};
 use handlers::{json_response, status_response};
+use weft_store::{Store, StoreError};
 
 /// The Kubernetes version Weft speaks. kubectl's dispatcher picks its
 /// bundled binary by this minor version.

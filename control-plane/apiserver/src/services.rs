@@ -354,7 +354,7 @@ async fn node_port(
     requested: Option<i64>,
     kept: Option<i64>,
 ) -> Result<String, Status> {
-Ok(match requested.or(kept) {
+    Ok(match requested.or(kept) {
         Some(n) if Some(n) == kept => n.to_string(),
         Some(n) => {
             let v = n.to_string();
@@ -381,8 +381,7 @@ Ok(match requested.or(kept) {
             v
         }
         None => {
-            let ports =
-                u32::from(*net.node_ports.start())..u32::from(*net.node_ports.end()) + 1;
+            let ports = u32::from(*net.node_ports.start())..u32::from(*net.node_ports.end()) + 1;
             claim_free(
                 store,
                 Pool::NodePort,

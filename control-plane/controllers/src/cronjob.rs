@@ -300,8 +300,7 @@ fn start_job(out: &mut Outcome, snap: &Snapshot, cj: &Arc<Value>, at: Timestamp)
     meta["name"] = json!(job_name);
     meta["namespace"] = json!(ns);
     meta["ownerReferences"] = json!([o::owner_ref(cj)]);
-    meta["annotations"]["batch.kubernetes.io/cronjob-scheduled-timestamp"] =
-        json!(at.to_string());
+    meta["annotations"]["batch.kubernetes.io/cronjob-scheduled-timestamp"] = json!(at.to_string());
     let job = json!({"apiVersion": "batch/v1", "kind": "Job", "metadata": meta,
                      "spec": tmpl.get("spec").cloned().unwrap_or(json!({}))});
     out.push(Action::Create {
@@ -349,12 +348,7 @@ fn prune_history(out: &mut Outcome, cj: &Value, jobs: &[&Arc<Value>]) {
             .collect();
         let extra = done.len().saturating_sub(limit.max(0) as usize);
         for j in done.iter().take(extra) {
-            out.push(Action::Delete {
-                res: res("jobs"),
-                ns: ns.into(),
-                name: o::name(j).into(),
-                options: json!({"propagationPolicy": "Background"}),
-            });
+            delete_job(out, o::namespace(cj), j);
         }
     }
 }

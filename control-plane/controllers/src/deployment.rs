@@ -398,12 +398,11 @@ fn plan_rolling_update(r: &Rollout, new_rs: &Arc<Value>, out: &mut Outcome) -> b
 
 /// Keeps at most revisionHistoryLimit old, empty ReplicaSets.
 fn prune_history(r: &Rollout, out: &mut Outcome) {
-    let limit = r
-        .d
-        .pointer("/spec/revisionHistoryLimit")
-        .and_then(Value::as_i64)
-        .unwrap_or(10)
-        .max(0) as usize;
+    let limit =
+        r.d.pointer("/spec/revisionHistoryLimit")
+            .and_then(Value::as_i64)
+            .unwrap_or(10)
+            .max(0) as usize;
     let empty: Vec<&&Arc<Value>> = r
         .olds
         .iter()
@@ -466,14 +465,20 @@ fn update_status(r: &Rollout, new_rs: &Value, scaled: bool, now: Timestamp, out:
         .zip([total_pods, updated, ready, available])
         .any(|(f, v)| current.get(*f).and_then(Value::as_i64).unwrap_or(0) != v)
         || o::generation(d) != int(d, "/status/observedGeneration");
-    let progressing_cond = progressing_condition(d, o::name(new_rs), complete, progressed, now, out);
+    let progressing_cond =
+        progressing_condition(d, o::name(new_rs), complete, progressed, now, out);
     let status = json!({
         "observedGeneration": o::generation(d), "replicas": total_pods, "updatedReplicas": updated,
         "readyReplicas": ready, "availableReplicas": available,
         "unavailableReplicas": (spec_total.max(replicas) - available).max(0),
         "conditions": merge_conditions(d, vec![available_cond, progressing_cond])});
     if status_differs(&current, &status) {
-        out.push(Action::patch_status(res("deployments"), r.ns, r.name, status));
+        out.push(Action::patch_status(
+            res("deployments"),
+            r.ns,
+            r.name,
+            status,
+        ));
     }
 }
 

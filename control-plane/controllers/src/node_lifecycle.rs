@@ -179,8 +179,7 @@ fn mark_unknown(out: &mut Outcome, node: &Arc<Value>, ts: &str) {
 /// Taints: keep everyone else's, make ours match the Ready condition.
 /// Returns the node's taints as they will be.
 fn reconcile_taints(out: &mut Outcome, node: &Value, ready: &str, ts: &str) -> Vec<Value> {
-    let unschedulable =
-        node.pointer("/spec/unschedulable").and_then(Value::as_bool) == Some(true);
+    let unschedulable = node.pointer("/spec/unschedulable").and_then(Value::as_bool) == Some(true);
     let wanted = wanted_taints(ready, unschedulable);
     let ours = [UNREACHABLE, NOT_READY, UNSCHEDULABLE];
     let current = o::taints(node);

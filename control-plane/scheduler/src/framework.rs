@@ -222,8 +222,7 @@ fn pod_requests(obj: &Value) -> (Resources, (i64, i64)) {
 }
 
 fn spread_constraints(obj: &Value) -> Vec<Spread> {
-    obj
-        .pointer("/spec/topologySpreadConstraints")
+    obj.pointer("/spec/topologySpreadConstraints")
         .and_then(Value::as_array)
         .map(|a| {
             a.iter()
@@ -252,8 +251,7 @@ fn spread_constraints(obj: &Value) -> Vec<Spread> {
 
 /// Preferred node affinity: (weight, preference).
 fn node_preferences(obj: &Value) -> Vec<(i64, Value)> {
-    obj
-        .pointer("/spec/affinity/nodeAffinity/preferredDuringSchedulingIgnoredDuringExecution")
+    obj.pointer("/spec/affinity/nodeAffinity/preferredDuringSchedulingIgnoredDuringExecution")
         .and_then(Value::as_array)
         .map(|a| {
             a.iter()

@@ -14,11 +14,9 @@ use serde_json::{Value, json};
 use tokio::sync::{Semaphore, mpsc, watch as signal};
 use weft_api::Status;
 
-use weft_cluster::{
-    Action, Cache, Change, NodeFit, Snapshot, Writer, execute, objects as o, res,
-};
 use framework::{Cluster, NodeInfo, PodInfo, Profile};
 use queue::SchedulingQueue;
+use weft_cluster::{Action, Cache, Change, NodeFit, Snapshot, Writer, execute, objects as o, res};
 
 pub const SCHEDULER_NAME: &str = "default-scheduler";
 

@@ -228,10 +228,7 @@ pub async fn run_components(
             tokio::spawn(weft_controllers::run(
                 cache.clone(),
                 writer.clone(),
-                weft_controllers::all(
-                    &controllers,
-                    Arc::new(weft_scheduler::DaemonFit::default()),
-                ),
+                weft_controllers::all(&controllers, Arc::new(weft_scheduler::DaemonFit::default())),
                 halted,
             )),
         ];

@@ -19,10 +19,10 @@ use tokio::net::TcpListener;
 use tokio::sync::watch as signal;
 use tokio::task::JoinHandle;
 
+use leader::ElectionConfig;
 use weft_apiserver::registry::Registry;
 use weft_apiserver::{Api, ApiConfig, security, services};
 use weft_store::{Network, NodeId, Store, StoreConfig, StoreError};
-use leader::ElectionConfig;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {

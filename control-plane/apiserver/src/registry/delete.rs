@@ -89,9 +89,7 @@ fn check_preconditions(opts: &DeleteOptions, uid: &str, rev: u64) -> Result<(), 
         return Err(Status::new(
             409,
             "Conflict",
-            format!(
-                "Precondition failed: UID in precondition: {want}, UID in object meta: {uid}"
-            ),
+            format!("Precondition failed: UID in precondition: {want}, UID in object meta: {uid}"),
         ));
     }
     if let Some(want) = &opts.rv

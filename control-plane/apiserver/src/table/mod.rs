@@ -150,7 +150,7 @@ pub fn render(
     let mut t =
         json!({"kind": "Table", "apiVersion": "meta.k8s.io/v1", "metadata": meta, "rows": rows});
     if with_columns {
-        t["columnDefinitions"] = printer.columns().iter().map(Col::to_json).collect();
+        t["columnDefinitions"] = printer.columns().into_iter().map(Col::to_json).collect();
     }
     t
 }
@@ -191,7 +191,14 @@ mod tests {
         for p in printers::PRINTERS {
             assert!(kinds.insert(p.kind), "{} has two printers", p.kind);
             let cols = p.columns();
-            assert_eq!(cols[0].name, if p.kind == "Event" { "Last Seen" } else { "Name" });
+            assert_eq!(
+                cols[0].name,
+                if p.kind == "Event" {
+                    "Last Seen"
+                } else {
+                    "Name"
+                }
+            );
             if p.template.is_some() {
                 assert_eq!(cols[cols.len() - 3].name, "Containers", "{}", p.kind);
             }
@@ -201,7 +208,10 @@ mod tests {
             "template": {"spec": {"containers": [{"name": "c", "image": "i:1"}]}}}});
         let t = render("Deployment", &[&d], "1", None, "None", true);
         let cells = t["rows"][0]["cells"].as_array().unwrap();
-        assert_eq!(cells[cells.len() - 3..], [json!("c"), json!("i:1"), json!("app=web")]);
+        assert_eq!(
+            cells[cells.len() - 3..],
+            [json!("c"), json!("i:1"), json!("app=web")]
+        );
         assert_eq!(t["columnDefinitions"][0]["format"], "name");
     }
 

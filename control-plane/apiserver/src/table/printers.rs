@@ -53,10 +53,7 @@ impl Printer {
 
 /// The printer of `kind`; kinds without one print Name and Age.
 pub(super) fn of(kind: &str) -> &'static Printer {
-    PRINTERS
-        .iter()
-        .find(|p| p.kind == kind)
-        .unwrap_or(&DEFAULT)
+    PRINTERS.iter().find(|p| p.kind == kind).unwrap_or(&DEFAULT)
 }
 
 const NAME: Col = col(
@@ -347,7 +344,10 @@ pub(super) static PRINTERS: &[Printer] = &[
         kind: "ServiceAccount",
         own: &[NAME, col("Secrets", "string", 0, "Number of secrets."), AGE],
         own_cells: |o, now| {
-            let secrets = o.get("secrets").and_then(Value::as_array).map_or(0, Vec::len);
+            let secrets = o
+                .get("secrets")
+                .and_then(Value::as_array)
+                .map_or(0, Vec::len);
             vec![name(o), json!(secrets.to_string()), created(o, now)]
         },
         template: None,
@@ -446,7 +446,11 @@ pub(super) static PRINTERS: &[Printer] = &[
             AGE,
         ],
         own_cells: |o, now| {
-            vec![name(o), json!(s(o, "/spec/holderIdentity")), created(o, now)]
+            vec![
+                name(o),
+                json!(s(o, "/spec/holderIdentity")),
+                created(o, now),
+            ]
         },
         template: None,
     },
@@ -493,7 +497,9 @@ fn created(o: &Value, now: Timestamp) -> Value {
 }
 
 fn len_object(o: &Value, field: &str) -> usize {
-    o.get(field).and_then(Value::as_object).map_or(0, |m| m.len())
+    o.get(field)
+        .and_then(Value::as_object)
+        .map_or(0, |m| m.len())
 }
 
 fn service_cells(o: &Value, now: Timestamp) -> Vec<Value> {
