@@ -1,4 +1,5 @@
-//! Three control-plane members: writes commit through Raft and reach every member.
+//! Three control-plane members: writes through any member commit through
+//! Raft and reach every member; reads on any member are linearizable.
 
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpListener};
@@ -65,54 +66,115 @@ async fn three_members_replicate_writes() {
         .unwrap();
 
     let http = reqwest::Client::new();
-    let cm = serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "replicated"}, "data": {"k": "v"}});
+    let configmaps = |m: &ControlPlane| format!("{}/api/v1/namespaces/default/configmaps", m.url);
+    let cm = |name: &str| serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name}, "data": {"k": name}});
     let r = http
-        .post(format!(
-            "{}/api/v1/namespaces/default/configmaps",
-            leader.url
-        ))
-        .json(&cm)
+        .post(configmaps(leader))
+        .json(&cm("via-leader"))
         .send()
         .await
         .unwrap();
     assert_eq!(r.status().as_u16(), 201);
-    // A follower refuses writes with a retryable 503 (leader forwarding comes with HA).
+    // Reads without a resourceVersion are linearizable on a follower too:
+    // the leader's write is there at once, without polling.
     let r = http
-        .post(format!(
-            "{}/api/v1/namespaces/default/configmaps",
-            follower.url
-        ))
-        .json(&cm)
+        .get(format!("{}/via-leader", configmaps(follower)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200, "{}", r.text().await.unwrap());
+
+    // A follower forwards writes to the leader, and reads its own write back.
+    let r = http
+        .post(configmaps(follower))
+        .json(&cm("via-follower"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 201, "{}", r.text().await.unwrap());
+    let created: serde_json::Value = r.json().await.unwrap();
+    let rv = created["metadata"]["resourceVersion"].as_str().unwrap();
+    let key = store::key("", "configmaps", "default", "via-follower");
+    let (local_rev, _) = follower.api.store.get(&key).unwrap().expect("applied here");
+    assert_eq!(local_rev.to_string(), rv);
+    // Preconditions hold across the forward: a second create conflicts.
+    let r = http
+        .post(configmaps(follower))
+        .json(&cm("via-follower"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 409);
+
+    for name in ["via-leader", "via-follower"] {
+        let key = store::key("", "configmaps", "default", name);
+        for m in &members {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+            loop {
+                if let Some((_, obj)) = m.api.store.get(&key).unwrap() {
+                    assert_eq!(obj["data"]["k"], name);
+                    break;
+                }
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "member {} never received {name}",
+                    m.api.store.node_id()
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        // Every member applied the same history: the same revision for the object.
+        let revs: Vec<u64> = members
+            .iter()
+            .map(|m| m.api.store.get(&key).unwrap().unwrap().0)
+            .collect();
+        assert!(revs.windows(2).all(|w| w[0] == w[1]), "{revs:?}");
+    }
+
+    // With the leader and one follower gone, the last member has no quorum:
+    // writes and linearized reads fail fast with a retryable 503, and local
+    // reads (resourceVersion=0) still answer.
+    let mut members = Vec::from(members);
+    let last = members
+        .iter()
+        .position(|m| m.api.store.node_id() != leader_id)
+        .unwrap();
+    let last = members.remove(last);
+    for m in members {
+        m.shutdown(Duration::from_secs(5)).await;
+    }
+    let started = tokio::time::Instant::now();
+    let r = http
+        .post(configmaps(&last))
+        .json(&cm("no-quorum"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 503, "{}", r.text().await.unwrap());
+    assert_eq!(r.headers()["retry-after"], "1");
+    let status: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(status["reason"], "ServiceUnavailable");
+    let r = http
+        .get(format!("{}/via-leader", configmaps(&last)))
         .send()
         .await
         .unwrap();
     assert_eq!(r.status().as_u16(), 503);
-
-    let key = store::key("", "configmaps", "default", "replicated");
-    for m in &members {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some((_, obj)) = m.api.store.get(&key).unwrap() {
-                assert_eq!(obj["data"]["k"], "v");
-                break;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "member {} never received the write",
-                m.api.store.node_id()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-    // Every member applied the same history: the same revision for the object.
-    let revs: Vec<u64> = members
-        .iter()
-        .map(|m| m.api.store.get(&key).unwrap().unwrap().0)
-        .collect();
-    assert!(revs.windows(2).all(|w| w[0] == w[1]), "{revs:?}");
-    for m in members {
-        m.shutdown(Duration::from_secs(10)).await;
-    }
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "no-quorum answers took {:?}",
+        started.elapsed()
+    );
+    let r = http
+        .get(format!(
+            "{}/via-leader?resourceVersion=0",
+            configmaps(&last)
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    last.shutdown(Duration::from_secs(5)).await;
 }
 
 /// Leader election: of three members on one replicated store, exactly one
@@ -167,7 +229,7 @@ async fn exactly_one_member_runs_the_controllers() {
     }
     let first = leaders(&members);
     assert_eq!(first.len(), 1);
-    // Only the Raft leader can write the Lease.
+    // Only the Raft leader campaigns for the Lease.
     let raft_leader = members[0]
         .api
         .store

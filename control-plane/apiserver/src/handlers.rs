@@ -72,7 +72,13 @@ pub fn json_response(code: StatusCode, v: &Value, warnings: &[String]) -> Respon
 
 pub fn status_response(s: &Status) -> Response {
     let code = StatusCode::from_u16(s.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    json_response(code, &s.to_json(), &[])
+    let mut resp = json_response(code, &s.to_json(), &[]);
+    // client-go honours the header (not the body field) when it backs off.
+    if let Some(secs) = s.details.as_ref().and_then(|d| d.retry_after_seconds) {
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    }
+    resp
 }
 
 /// Parses `/api/v1/...` or `/apis/{group}/{version}/...`. `Ok(None)` is a

@@ -442,11 +442,13 @@ pub async fn serve_api(
 /// `kubernetes` Service. Bootstrapping is the Raft leader's job; followers
 /// receive the result.
 pub async fn bootstrap(api: &Api, addr: SocketAddr) -> Result<(), StoreError> {
-    api.registry.bootstrap().await?;
-    match services::bootstrap(&api.store, &api.registry.services, addr).await {
-        Ok(()) | Err(StoreError::NotLeader { .. }) => Ok(()),
-        Err(e) => Err(e),
+    // Followers could write too (they forward), but the `kubernetes`
+    // endpoints would then name whichever member wrote last.
+    if !api.store.leads() {
+        return Ok(());
     }
+    api.registry.bootstrap().await?;
+    services::bootstrap(&api.store, &api.registry.services, addr).await
 }
 
 /// Accepts connections until `shutdown` fires, then drains open ones for at

@@ -23,6 +23,16 @@ pub fn store_error(res: &Resource, name: &str, e: StoreError) -> Status {
         StoreError::NoQuorum(q) => Status::unavailable(format!(
             "no quorum confirmed this member's leadership; retry ({q})"
         )),
+        StoreError::Unavailable(m) => Status::unavailable(format!("{m}; retry")),
+        // kube-apiserver's answer when etcd does not reply in time: 504 Timeout.
+        StoreError::Uncertain(m) => Status::new(
+            504,
+            "Timeout",
+            format!(
+                "the write may or may not have been applied ({m}); \
+                 read the object before retrying, or retry with a resourceVersion precondition"
+            ),
+        ),
         other => {
             tracing::error!(error = %other, "store failure");
             Status::internal()

@@ -165,6 +165,12 @@ pub async fn release(registry: &Registry, cfg: &ElectionConfig) {
 
 /// Campaigns until `stop`; `leading` says whether this process holds the
 /// Lease now. Returns whether it held the Lease when it stopped.
+///
+/// Only the Raft leader campaigns and renews, so the scheduler and
+/// controllers run beside the store's leader and their writes need no
+/// forward; a member that stops leading Raft stops renewing and lets go
+/// within `renew_deadline`. (Any member could write the Lease: followers
+/// forward writes.)
 pub async fn run(
     registry: Registry,
     cfg: ElectionConfig,
@@ -173,13 +179,14 @@ pub async fn run(
 ) -> bool {
     let mut last_renewal: Option<tokio::time::Instant> = None;
     loop {
-        let renewed = match current(&registry, &cfg).await {
-            Ok(cur) => match claim(cur.as_ref(), &cfg, Timestamp::now()) {
-                Some((method, lease)) => write(&registry, &cfg, method, lease).await.is_ok(),
-                None => false,
-            },
-            Err(_) => false,
-        };
+        let renewed = registry.store.leads()
+            && match current(&registry, &cfg).await {
+                Ok(cur) => match claim(cur.as_ref(), &cfg, Timestamp::now()) {
+                    Some((method, lease)) => write(&registry, &cfg, method, lease).await.is_ok(),
+                    None => false,
+                },
+                Err(_) => false,
+            };
         let now = tokio::time::Instant::now();
         if renewed {
             last_renewal = Some(now);

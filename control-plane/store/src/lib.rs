@@ -5,6 +5,7 @@
 //! cluster-scoped objects), so a namespace or a whole resource is one prefix.
 
 pub mod events;
+pub mod forward;
 pub mod log_store;
 pub mod network;
 pub mod state_machine;
@@ -15,6 +16,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use forward::{OpOutcome, Proposer};
 use openraft::error::{
     ChangeMembershipError, CheckIsLeaderError, ClientWriteError, Fatal, InitializeError,
     QuorumNotEnough, RaftError,
@@ -108,12 +110,22 @@ pub struct Response {
 pub enum StoreError {
     #[error("precondition failed: {0:?}")]
     Precondition(Failed),
-    /// Retryable: this member is not the leader (the caller may forward).
+    /// Retryable: this member is not the leader (from openraft; writes and
+    /// reads forward to the leader themselves, so callers rarely see it).
     #[error("not the leader; leader is {leader:?}")]
     NotLeader { leader: Option<String> },
     /// Retryable: no quorum confirmed this member's leadership in time.
     #[error("raft: {0}")]
     NoQuorum(#[source] Box<QuorumNotEnough<NodeId>>),
+    /// Retryable: no leader could be reached in time; nothing was written.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    /// A write was sent but its outcome is unknown: it may still commit.
+    #[error("write outcome unknown: {0}")]
+    Uncertain(String),
+    /// The leader failed the forwarded write for a reason of its own.
+    #[error("at the leader: {0}")]
+    Remote(String),
     /// Fatal: Raft on this member has stopped (a storage failure, a panic,
     /// or shutdown); nothing here will succeed again.
     #[error("raft stopped: {0}")]
@@ -139,7 +151,27 @@ pub enum StoreError {
 impl StoreError {
     /// A failure another attempt (here, or at the leader) may not repeat.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, StoreError::NotLeader { .. } | StoreError::NoQuorum(_))
+        matches!(
+            self,
+            StoreError::NotLeader { .. } | StoreError::NoQuorum(_) | StoreError::Unavailable(_)
+        )
+    }
+
+    /// A copy for each of several waiters; sources that cannot be cloned
+    /// become their message.
+    pub(crate) fn clone_lossy(&self) -> StoreError {
+        match self {
+            StoreError::Precondition(f) => StoreError::Precondition(*f),
+            StoreError::NotLeader { leader } => StoreError::NotLeader {
+                leader: leader.clone(),
+            },
+            StoreError::NoQuorum(_) | StoreError::Unavailable(_) => {
+                StoreError::Unavailable(self.to_string())
+            }
+            StoreError::Uncertain(m) => StoreError::Uncertain(m.clone()),
+            StoreError::ShutDown => StoreError::ShutDown,
+            other => StoreError::Remote(other.to_string()),
+        }
     }
 }
 
@@ -203,7 +235,7 @@ pub struct StoreConfig<'a> {
     pub network: Network,
 }
 
-type Waiter = tokio::sync::oneshot::Sender<Result<(u64, Option<Value>), StoreError>>;
+type Waiter = tokio::sync::oneshot::Sender<OpOutcome>;
 
 #[derive(Clone)]
 pub struct Store {
@@ -211,6 +243,7 @@ pub struct Store {
     sm: Arc<SmShared>,
     node_id: NodeId,
     writes: tokio::sync::mpsc::UnboundedSender<(Op, Waiter)>,
+    proposer: Proposer,
 }
 
 /// Most ops per Raft entry; bounds entry size (pods are ~2 KiB).
@@ -220,7 +253,11 @@ const MAX_BATCH: usize = 512;
 /// entry was being committed goes into the next one. One entry in flight at a
 /// time: measured faster than several, because openraft 0.9 appends each
 /// entry with its own (blocking) fsync, so extra entries only shrink batches.
-async fn batch_writes(raft: WeftRaft, mut rx: tokio::sync::mpsc::UnboundedReceiver<(Op, Waiter)>) {
+/// On a follower the batch goes to the leader as one forwarded proposal.
+async fn batch_writes(
+    proposer: Proposer,
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<(Op, Waiter)>,
+) {
     while let Some(first) = rx.recv().await {
         let mut ops = vec![first.0];
         let mut waiters = vec![first.1];
@@ -233,24 +270,8 @@ async fn batch_writes(raft: WeftRaft, mut rx: tokio::sync::mpsc::UnboundedReceiv
                 Err(_) => break,
             }
         }
-        commit_batch(&raft, ops, waiters).await;
-    }
-}
-
-async fn commit_batch(raft: &WeftRaft, ops: Vec<Op>, waiters: Vec<Waiter>) {
-    match raft.client_write(Request { ops }).await {
-        Ok(resp) => {
-            for (w, r) in waiters.into_iter().zip(resp.data.results) {
-                let _ = w.send(match r {
-                    OpResult::Ok { revision, object } => Ok((revision, object)),
-                    OpResult::Failed(f) => Err(StoreError::Precondition(f)),
-                });
-            }
-        }
-        Err(e) => {
-            for w in waiters {
-                let _ = w.send(Err(e.clone().into()));
-            }
+        for (w, r) in waiters.into_iter().zip(proposer.propose(ops).await) {
+            let _ = w.send(r);
         }
     }
 }
@@ -295,15 +316,21 @@ impl Store {
             ..Default::default()
         }
         .validate()?;
-        let raft = Raft::new(cfg.node_id, Arc::new(config), cfg.network, log, sm).await?;
+        let raft = Raft::new(cfg.node_id, Arc::new(config), cfg.network.clone(), log, sm).await?;
 
+        let proposer = Proposer {
+            raft: raft.clone(),
+            net: cfg.network,
+            me: cfg.node_id,
+        };
         let (writes, rx) = tokio::sync::mpsc::unbounded_channel();
-        tokio::spawn(batch_writes(raft.clone(), rx));
+        tokio::spawn(batch_writes(proposer.clone(), rx));
         let store = Store {
             raft,
             sm: shared,
             node_id: cfg.node_id,
             writes,
+            proposer,
         };
         let initialized = store.raft.is_initialized().await?;
         // The lowest id bootstraps the cluster; the others wait to be contacted.
@@ -333,11 +360,7 @@ impl Store {
             .wait(Some(timeout))
             .metrics(|m| m.current_leader.is_some(), "a leader is known")
             .await?;
-        match self.linearize().await {
-            // A follower is ready once it knows the leader; it catches up by replication.
-            Ok(()) | Err(StoreError::NotLeader { .. }) => Ok(()),
-            Err(e) => Err(e),
-        }
+        self.linearize().await
     }
 
     /// Whether a leader is known (for `/readyz`).
@@ -345,21 +368,36 @@ impl Store {
         self.raft.metrics().borrow().current_leader.is_some()
     }
 
-    /// Proposes one write through Raft and waits until it is applied (and so
-    /// durable). Concurrent writes share Raft entries.
-    pub async fn write(&self, op: Op) -> Result<(u64, Option<Value>), StoreError> {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        self.writes
-            .send((op, tx))
-            .map_err(|_| StoreError::ShutDown)?;
-        rx.await.map_err(|_| StoreError::ShutDown)?
+    /// Whether this member is the Raft leader.
+    pub fn leads(&self) -> bool {
+        self.raft.metrics().borrow().current_leader == Some(self.node_id)
     }
 
-    /// Makes the following local reads linearizable (a quorum read, as
-    /// kube-apiserver does for reads without a resourceVersion).
+    /// Proposes one write through Raft (at the leader, forwarded if this
+    /// member follows) and waits until it is applied here, and so durable.
+    /// Concurrent writes share Raft entries.
+    pub async fn write(&self, op: Op) -> Result<(u64, Option<Value>), StoreError> {
+        let a = self.submit(op).await?;
+        Ok((a.revision, a.object))
+    }
+
+    /// Queues one write for the next Raft entry.
+    fn submit(&self, op: Op) -> impl Future<Output = OpOutcome> + use<> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let queued = self.writes.send((op, tx)).is_ok();
+        async move {
+            if !queued {
+                return Err(StoreError::ShutDown);
+            }
+            rx.await.map_err(|_| StoreError::ShutDown)?
+        }
+    }
+
+    /// Makes the following local reads linearizable (a read index confirmed
+    /// by a quorum, as kube-apiserver does for reads without a
+    /// resourceVersion), on the leader and on followers alike.
     pub async fn linearize(&self) -> Result<(), StoreError> {
-        self.raft.ensure_linearizable().await?;
-        Ok(())
+        self.proposer.linearize().await
     }
 
     pub fn get(&self, key: &str) -> Result<Option<(u64, Value)>, StoreError> {

@@ -1,5 +1,7 @@
 //! Raft RPC between control-plane members: JSON over the members' HTTPS API
-//! port (`/internal/raft/*`), authenticated with the cluster token.
+//! port (`/internal/raft/*`), authenticated with the cluster token. Besides
+//! openraft's own RPCs, followers forward proposals and read-index requests
+//! to the leader here ([`crate::forward`]).
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Json, State};
@@ -16,12 +18,15 @@ use openraft::raft::{
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::{NodeId, Store, TypeConfig};
+use super::forward::{Answer, Outcome};
+use super::{NodeId, Request, Store, TypeConfig};
 
 /// Paths the API server routes to the local Raft instance ([`routes`]).
 pub const RPC_APPEND: &str = "/internal/raft/append";
 pub const RPC_VOTE: &str = "/internal/raft/vote";
 pub const RPC_SNAPSHOT: &str = "/internal/raft/snapshot";
+pub const RPC_PROPOSE: &str = "/internal/raft/propose";
+pub const RPC_READ_INDEX: &str = "/internal/raft/read-index";
 
 #[derive(Clone)]
 pub struct Network {
@@ -29,9 +34,53 @@ pub struct Network {
     token: String,
 }
 
+/// Why a call to another member brought no answer.
+#[derive(Debug)]
+pub(crate) enum SendError {
+    /// The request never reached the peer's handler: safe to send again.
+    NotSent(String),
+    /// It may have reached the handler, and no answer came back.
+    Uncertain(String),
+}
+
 impl Network {
     pub fn new(client: reqwest::Client, token: String) -> Self {
         Network { client, token }
+    }
+
+    /// POSTs `body` as JSON to `base` + `path` and reads a JSON answer.
+    pub(crate) async fn send<Req: Serialize, Resp: DeserializeOwned>(
+        &self,
+        base: &str,
+        path: &str,
+        body: &Req,
+        timeout: std::time::Duration,
+    ) -> Result<Resp, SendError> {
+        let res = self
+            .client
+            .post(format!("{}{path}", base.trim_end_matches('/')))
+            .bearer_auth(&self.token)
+            .timeout(timeout)
+            .json(body)
+            .send()
+            .await
+            .map_err(|e| {
+                if e.is_connect() || e.is_builder() {
+                    SendError::NotSent(e.to_string())
+                } else {
+                    SendError::Uncertain(format!("{base}: {e}"))
+                }
+            })?;
+        // Refused before the handler ran (authentication, a starting server).
+        if !res.status().is_success() {
+            return Err(SendError::NotSent(format!(
+                "{base} answered {}",
+                res.status()
+            )));
+        }
+        res.json()
+            .await
+            .map_err(|e| SendError::Uncertain(format!("{base}: {e}")))
     }
 }
 
@@ -65,26 +114,20 @@ impl PeerClient {
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
-        let res = self
+        let body: Result<Resp, RaftError<NodeId, E>> = self
             .net
-            .client
-            .post(format!("{}{path}", self.base))
-            .bearer_auth(&self.net.token)
-            .timeout(option.hard_ttl())
-            .json(req)
-            .send()
+            .send(&self.base, path, req, option.hard_ttl())
             .await
-            .map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?;
-        if !res.status().is_success() {
-            let err = std::io::Error::other(format!("peer answered {}", res.status()));
-            return Err(RPCError::Network(NetworkError::new(&err)));
-        }
-        let body: Result<Resp, RaftError<NodeId, E>> = res
-            .json()
-            .await
-            .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+            .map_err(|e| match e {
+                SendError::NotSent(m) => RPCError::Unreachable(Unreachable::new(&io(m))),
+                SendError::Uncertain(m) => RPCError::Network(NetworkError::new(&io(m))),
+            })?;
         body.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
     }
+}
+
+fn io(m: String) -> std::io::Error {
+    std::io::Error::other(m)
 }
 
 impl RaftNetwork<TypeConfig> for PeerClient {
@@ -123,6 +166,8 @@ pub fn routes<S: Clone + Send + Sync + 'static>(store: Store) -> Router<S> {
         .route(RPC_APPEND, post(rpc_append))
         .route(RPC_VOTE, post(rpc_vote))
         .route(RPC_SNAPSHOT, post(rpc_snapshot))
+        .route(RPC_PROPOSE, post(rpc_propose))
+        .route(RPC_READ_INDEX, post(rpc_read_index))
         // Snapshots and entry batches are far larger than API bodies.
         .layer(DefaultBodyLimit::max(256 * 1024 * 1024))
         .with_state(store)
@@ -147,4 +192,29 @@ async fn rpc_snapshot(
     Json(req): Json<InstallSnapshotRequest<TypeConfig>>,
 ) -> Json<Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>> {
     Json(store.raft().install_snapshot(req).await)
+}
+
+/// A follower's proposal: queued with this leader's own writes (one group
+/// commit), or refused at once if this member does not lead.
+async fn rpc_propose(
+    State(store): State<Store>,
+    Json(req): Json<Request>,
+) -> Json<Answer<Vec<Outcome>>> {
+    if !store.leads() {
+        return Json(Answer::NotLeader);
+    }
+    let pending: Vec<_> = req.ops.into_iter().map(|op| store.submit(op)).collect();
+    let mut out = Vec::with_capacity(pending.len());
+    for p in pending {
+        out.push(p.await.into());
+    }
+    Json(Answer::Done(out))
+}
+
+async fn rpc_read_index(State(store): State<Store>) -> Json<Answer<Result<u64, String>>> {
+    match store.proposer.read_index_here().await {
+        Ok(Some(index)) => Json(Answer::Done(Ok(index))),
+        Ok(None) => Json(Answer::NotLeader),
+        Err(e) => Json(Answer::Done(Err(e.to_string()))),
+    }
 }

@@ -424,8 +424,6 @@ impl Registry {
                 .await
             {
                 Ok(_) | Err(StoreError::Precondition(Failed::AlreadyExists)) => {}
-                // Bootstrapping is the leader's job; followers receive the result.
-                Err(StoreError::NotLeader { .. }) => return Ok(()),
                 Err(e) => return Err(e),
             }
         }
