@@ -99,7 +99,8 @@ pub(crate) struct Proposer {
 
 impl Proposer {
     fn leader(&self) -> Leader {
-        let m = self.raft.metrics().borrow().clone();
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
         match m.current_leader {
             Some(id) if id == self.me => Leader::Me,
             Some(id) => match m.membership_config.membership().get_node(&id) {
