@@ -4,6 +4,7 @@
 #![allow(dead_code)] // each test binary uses a different subset
 
 pub mod containers;
+pub mod hosts;
 pub mod registry;
 
 use std::io::{BufRead, BufReader, Read, Write};

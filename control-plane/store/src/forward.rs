@@ -198,12 +198,8 @@ impl Proposer {
     /// Read-your-writes on a follower: wait (bounded) until this member has
     /// applied what the leader committed for it.
     async fn await_applied(&self, index: Option<u64>) {
-        if index.is_some() {
-            let _ = self
-                .raft
-                .wait(Some(COMMIT_WAIT))
-                .applied_index_at_least(index, "a forwarded write is applied here")
-                .await;
+        if let Some(index) = index {
+            let _ = self.wait_applied(index).await;
         }
     }
 
@@ -214,8 +210,11 @@ impl Proposer {
         loop {
             match self.leader() {
                 Leader::Me => {
-                    if let Some(index) = self.read_index_here().await? {
-                        return self.wait_applied(index).await;
+                    match tokio::time::timeout(COMMIT_WAIT, self.raft.ensure_linearizable()).await {
+                        Ok(Ok(_)) => return Ok(()),
+                        Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_)))) => {}
+                        Ok(Err(e)) => return Err(e.into()),
+                        Err(_) => return Err(Self::no_quorum()),
                     }
                 }
                 Leader::Other(addr) => {
@@ -246,17 +245,25 @@ impl Proposer {
             }
             Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_)))) => Ok(None),
             Ok(Err(e)) => Err(e.into()),
-            Err(_) => Err(StoreError::Unavailable(format!(
-                "no quorum confirmed the leader within {}s",
-                COMMIT_WAIT.as_secs()
-            ))),
+            Err(_) => Err(Self::no_quorum()),
         }
     }
 
+    fn no_quorum() -> StoreError {
+        StoreError::Unavailable(format!(
+            "no quorum confirmed the leader within {}s",
+            COMMIT_WAIT.as_secs()
+        ))
+    }
+
     async fn wait_applied(&self, index: u64) -> Result<(), StoreError> {
+        let applied = self.raft.metrics().borrow().last_applied.map(|l| l.index);
+        if applied >= Some(index) {
+            return Ok(());
+        }
         self.raft
             .wait(Some(COMMIT_WAIT))
-            .applied_index_at_least(Some(index), "the read index is applied here")
+            .applied_index_at_least(Some(index), "applied here")
             .await?;
         Ok(())
     }

@@ -1,0 +1,278 @@
+//! Hosts for multi-host tests: each host is a network namespace this test
+//! creates, with one address on a bridge of the test's own. The bridge lives
+//! in a "switch" namespace too, so the machine's own namespace gains no
+//! link, address or route, and the test's addresses exist only inside.
+//!
+//! Names carry the test process's pid (`wh<pid>s`, `wh<pid>h<i>`). Drop
+//! kills every process started in the hosts and deletes the namespaces
+//! (their links go with them), also when the test panics. A killed test's
+//! leftovers are swept by the next run: namespaces whose pid is dead, with
+//! any process still inside.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const PREFIX: &str = "wh";
+/// The test subnet: only inside this test's namespaces.
+const SUBNET: &str = "10.77.0";
+
+pub struct Host {
+    pub netns: String,
+    pub ip: String,
+}
+
+pub struct Hosts {
+    switch: String,
+    pub hosts: Vec<Host>,
+    children: Vec<Child>,
+}
+
+fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().expect("run ip");
+    assert!(
+        out.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn require_root() {
+    let out = Command::new("id").arg("-u").output().expect("id -u");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "0",
+        "multi-host tests create network namespaces and need root: run them through ./dev test as root"
+    );
+}
+
+/// Deletes the namespaces of test processes that no longer run.
+fn sweep() {
+    let out = Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .expect("ip netns list");
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let name = line.split_whitespace().next().unwrap_or("");
+        let Some(pid) = name
+            .strip_prefix(PREFIX)
+            .and_then(|r| r.split(['s', 'h']).next())
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            delete_netns(name);
+        }
+    }
+}
+
+/// Kills what still runs inside `name`, then deletes it.
+fn delete_netns(name: &str) {
+    if let Ok(out) = Command::new("ip").args(["netns", "pids", name]).output() {
+        for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+            let _ = Command::new("kill").args(["-KILL", pid]).status();
+        }
+    }
+    let _ = Command::new("ip").args(["netns", "del", name]).status();
+}
+
+impl Hosts {
+    /// `n` hosts at 10.77.0.1..n on one bridge.
+    pub fn create(n: usize) -> Hosts {
+        require_root();
+        sweep();
+        let pid = std::process::id();
+        // One set per test process; a second set in the same process gets a new switch.
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let set = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let switch = format!("{PREFIX}{pid}s{set}");
+        let mut hosts = Hosts {
+            switch: switch.clone(),
+            hosts: Vec::new(),
+            children: Vec::new(),
+        };
+        ip(&["netns", "add", &switch]);
+        ip(&["-n", &switch, "link", "add", "br0", "type", "bridge"]);
+        ip(&["-n", &switch, "link", "set", "br0", "up"]);
+        for i in 1..=n {
+            let netns = format!("{PREFIX}{pid}h{set}x{i}");
+            ip(&["netns", "add", &netns]);
+            // Created in the switch; the peer end goes straight into the host.
+            let port = format!("p{i}");
+            ip(&[
+                "-n", &switch, "link", "add", &port, "type", "veth", "peer", "name", "eth0",
+                "netns", &netns,
+            ]);
+            ip(&["-n", &switch, "link", "set", &port, "master", "br0", "up"]);
+            let addr = format!("{SUBNET}.{i}");
+            ip(&[
+                "-n",
+                &netns,
+                "addr",
+                "add",
+                &format!("{addr}/24"),
+                "dev",
+                "eth0",
+            ]);
+            ip(&["-n", &netns, "link", "set", "eth0", "up"]);
+            ip(&["-n", &netns, "link", "set", "lo", "up"]);
+            hosts.hosts.push(Host { netns, ip: addr });
+        }
+        hosts
+    }
+
+    /// `program` to run on host `i` (0-based).
+    pub fn command(&self, i: usize, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.hosts[i].netns])
+            .arg(program);
+        cmd
+    }
+
+    /// Starts `cmd` (from [`Hosts::command`]); it is killed when the hosts go.
+    pub fn spawn(&mut self, mut cmd: Command) -> usize {
+        let child = cmd.spawn().expect("spawn on a host");
+        self.children.push(child);
+        self.children.len() - 1
+    }
+
+    /// SIGKILLs the process [`Hosts::spawn`] numbered `n`.
+    pub fn kill(&mut self, n: usize) {
+        let _ = self.children[n].kill();
+        let _ = self.children[n].wait();
+    }
+}
+
+impl Drop for Hosts {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        for h in &self.hosts {
+            delete_netns(&h.netns);
+        }
+        delete_netns(&self.switch);
+    }
+}
+
+/// A `weft control-plane` member on each host, formed as one Raft cluster.
+/// Plain HTTP between members for now: member certificates from a shared
+/// cluster CA come with join tokens (docs/ha.md).
+pub struct Members {
+    pub hosts: Hosts,
+    pub dirs: Vec<PathBuf>,
+    _tmp: tempfile::TempDir,
+    cache: tempfile::TempDir,
+}
+
+impl Members {
+    pub fn start(n: usize) -> Members {
+        let mut hosts = Hosts::create(n);
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let peers: Vec<String> = hosts
+            .hosts
+            .iter()
+            .enumerate()
+            .map(|(i, h)| format!("{}=http://{}:6443", i + 1, h.ip))
+            .collect();
+        let mut dirs = Vec::new();
+        for i in 0..n {
+            let dir = tmp.path().join(format!("member-{}", i + 1));
+            std::fs::create_dir_all(&dir).unwrap();
+            let log = std::fs::File::create(dir.join("weft.log")).unwrap();
+            let mut cmd = hosts.command(i, env!("CARGO_BIN_EXE_weft"));
+            cmd.args(["control-plane", "--insecure", "--data-dir"])
+                .arg(&dir)
+                .args(["--listen", &format!("{}:6443", hosts.hosts[i].ip)])
+                .args(["--node-id", &(i + 1).to_string()])
+                .args(["--peers", &peers.join(",")])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(log);
+            hosts.spawn(cmd);
+            dirs.push(dir);
+        }
+        let members = Members {
+            hosts,
+            dirs,
+            _tmp: tmp,
+            cache: tempfile::tempdir().expect("cache dir"),
+        };
+        // Each member writes its kubeconfig once it serves with a leader known.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        for (i, d) in members.dirs.iter().enumerate() {
+            while !d.join("kubeconfig").exists() {
+                if Instant::now() > deadline {
+                    let log = std::fs::read_to_string(d.join("weft.log")).unwrap_or_default();
+                    panic!("member {} never served; log:\n{log}", i + 1);
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        members
+    }
+
+    /// kubectl on host `i`, against member `i`'s own address.
+    pub fn kubectl(&self, i: usize, args: &[&str]) -> std::process::Output {
+        self.hosts
+            .command(i, super::kubectl_path())
+            .env("KUBECONFIG", self.dirs[i].join("kubeconfig"))
+            .arg("--cache-dir")
+            .arg(self.cache.path().join(i.to_string()))
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run kubectl")
+    }
+
+    pub fn kubectl_ok(&self, i: usize, args: &[&str]) -> String {
+        let out = self.kubectl(i, args);
+        assert!(
+            out.status.success(),
+            "kubectl {} on member {}: {}\nlog:\n{}",
+            args.join(" "),
+            i + 1,
+            String::from_utf8_lossy(&out.stderr),
+            self.log(i)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// kubectl with `stdin` (for `apply -f -`).
+    pub fn kubectl_stdin(&self, i: usize, args: &[&str], stdin: &str) -> String {
+        use std::io::Write;
+        let mut child = self
+            .hosts
+            .command(i, super::kubectl_path())
+            .env("KUBECONFIG", self.dirs[i].join("kubeconfig"))
+            .arg("--cache-dir")
+            .arg(self.cache.path().join(i.to_string()))
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run kubectl");
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(stdin.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "kubectl {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    pub fn log(&self, i: usize) -> String {
+        std::fs::read_to_string(self.dirs[i].join("weft.log")).unwrap_or_default()
+    }
+}
