@@ -320,6 +320,34 @@ fn create_generators_send_protobuf() {
     );
 }
 
+/// The node of `weft up` sits beside a control-plane member and carries
+/// its role (as k3s servers' nodes do) and the labels of `--node-labels`.
+#[test]
+fn control_plane_node_has_its_role_and_labels() {
+    let c = TestCluster::start_with(&["--node-name", "node-1", "--node-labels", "tier=edge,zone="]);
+    let names = c.wait_until(
+        &[
+            "get",
+            "nodes",
+            "-l",
+            "node-role.kubernetes.io/control-plane=true",
+            "-o",
+            "name",
+        ],
+        Duration::from_secs(30),
+        |out| !out.trim().is_empty(),
+    );
+    assert_eq!(names.trim(), "node/node-1");
+    let got = c.kubectl_ok(&["get", "node", "node-1", "-o", "jsonpath={.metadata.labels.tier}/{.metadata.labels.zone}/{.metadata.labels.kubernetes\\.io/hostname}"]);
+    assert_eq!(got, "edge//node-1");
+    let table = c.kubectl_ok(&["get", "node", "node-1", "--no-headers"]);
+    assert_eq!(
+        table.split_whitespace().nth(2),
+        Some("control-plane"),
+        "{table}"
+    );
+}
+
 #[test]
 fn label_and_taint_a_node() {
     let c = TestCluster::start();

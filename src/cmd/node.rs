@@ -65,6 +65,9 @@ pub struct StatusArgs {
     /// more wait their turn, so one slow pull delays no other pod.
     #[arg(long, default_value_t = 64)]
     pub max_parallel_starts: usize,
+    /// Labels for this node's Node object, as KEY=VALUE, comma separated.
+    #[arg(long, value_delimiter = ',', value_parser = label)]
+    pub node_labels: Vec<(String, String)>,
 }
 
 impl StatusArgs {
@@ -75,6 +78,7 @@ impl StatusArgs {
         cfg.pod_manifest_path = self.pod_manifest_path.clone();
         cfg.retry_after = self.restart_backoff;
         cfg.max_parallel_starts = self.max_parallel_starts;
+        cfg.labels.extend(self.node_labels.iter().cloned());
     }
 
     /// The agent's containerd settings, unless turned off.
@@ -89,6 +93,17 @@ impl StatusArgs {
             }
         })
     }
+}
+
+/// One `KEY=VALUE` of `--node-labels` (the value may be empty).
+fn label(s: &str) -> Result<(String, String), String> {
+    let (k, v) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?} is not KEY=VALUE"))?;
+    if k.is_empty() {
+        return Err(format!("{s:?} has no key"));
+    }
+    Ok((k.to_string(), v.to_string()))
 }
 
 /// A path that may be empty (clap's own path parser refuses "").

@@ -38,6 +38,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let mut agent_cfg = weft_node::agent::AgentConfig::new(name, data_dir.join("node"));
     agent_cfg.pod_cidr = args.pod_cidr;
     args.node.apply(&mut agent_cfg);
+    // A node beside a control-plane member says so, as k3s servers' nodes do.
+    agent_cfg.labels.insert(
+        "node-role.kubernetes.io/control-plane".into(),
+        "true".into(),
+    );
     agent_cfg.token = cp.token.clone();
     let node = weft_node::agent::start(client, agent_cfg).await?;
     // Tests and scripts wait for this line: the API is ready and the kubeconfig written.

@@ -114,6 +114,9 @@ pub struct AgentConfig {
     /// Pod starts and container restarts (pulls, compiles, container
     /// creates) in flight at once; the others wait their turn.
     pub max_parallel_starts: usize,
+    /// Labels this agent puts on its Node besides the well-known ones
+    /// (kubelet's `--node-labels`).
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 impl AgentConfig {
@@ -135,6 +138,7 @@ impl AgentConfig {
             pod_manifest_path: None,
             containerd: None,
             max_parallel_starts: 64,
+            labels: Default::default(),
         }
     }
 }

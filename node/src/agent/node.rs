@@ -28,6 +28,9 @@ pub(super) async fn register(
     if containerd.is_some() {
         labels[CONTAINERD_LABEL] = json!("true");
     }
+    for (k, v) in &cfg.labels {
+        labels[k.as_str()] = json!(v);
+    }
     let node = json!({"apiVersion": "v1", "kind": "Node",
         "metadata": {"name": cfg.name, "labels": labels},
         "spec": {"podCIDR": cfg.pod_cidr, "podCIDRs": [cfg.pod_cidr]}});
