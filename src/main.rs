@@ -36,6 +36,8 @@ enum Command {
     Push(cmd::push::Args),
     /// Run a node agent on its own, against a control plane.
     Node(cmd::node::Args),
+    /// List or remove the control plane's Raft members.
+    Member(cmd::member::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -65,6 +67,7 @@ fn main() -> anyhow::Result<()> {
             Command::Delete(a) => cmd::delete::run(a).await,
             Command::Push(a) => cmd::push::run(a).await,
             Command::Node(a) => cmd::node::run(a).await,
+            Command::Member(a) => cmd::member::run(a).await,
         }
     })
 }

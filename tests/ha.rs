@@ -130,3 +130,66 @@ fn kubectl_against_every_member_of_three_hosts() {
         let _ = w.wait();
     }
 }
+
+/// A fourth member joins a running cluster (as a learner, then a voter),
+/// serves reads that include every object written before it joined, and
+/// `weft member remove` takes it out while the cluster keeps serving.
+#[test]
+fn a_fourth_member_joins_and_is_removed() {
+    let mut m = Members::start_of(4, 3);
+    let manifest: String = (0..20)
+        .map(|k| format!("{}---\n", configmap(&format!("before-join-{k}"))))
+        .collect();
+    m.kubectl_stdin(0, &["apply", "-f", "-"], &manifest);
+
+    m.join(3);
+    let names = m.kubectl_ok(3, &["get", "configmaps", "-o", "name"]);
+    for k in 0..20 {
+        assert!(
+            names.contains(&format!("configmap/before-join-{k}\n")),
+            "member 4 lacks before-join-{k}: {names}"
+        );
+    }
+    // It also takes writes, forwarded to the leader.
+    m.kubectl_stdin(3, &["apply", "-f", "-"], &configmap("from-member-4"));
+
+    let list = m.weft(1, &["member", "list"]);
+    let rows: Vec<Vec<&str>> = list
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(rows.len(), 4, "{list}");
+    assert_eq!(
+        rows.iter().filter(|r| r[2] == "leader").count(),
+        1,
+        "{list}"
+    );
+    let fourth = rows.iter().find(|r| r[0] == "4").expect("member 4 listed");
+    assert_eq!(fourth[1], m.url(3));
+    assert_eq!(fourth[2], "voter", "{list}");
+
+    assert_eq!(
+        m.weft(2, &["member", "remove", "4"]).trim(),
+        "member 4 removed"
+    );
+    let list = m.weft(0, &["member", "list"]);
+    assert_eq!(list.lines().count(), 1 + 3, "{list}");
+    assert!(!list.lines().any(|l| l.starts_with("4 ")), "{list}");
+    m.kill(3);
+    for i in 0..3 {
+        assert_eq!(m.kubectl_ok(i, &["get", "--raw", "/readyz"]), "ok");
+    }
+    m.kubectl_stdin(1, &["apply", "-f", "-"], &configmap("after-removal"));
+    let got = m.kubectl_ok(
+        2,
+        &[
+            "get",
+            "configmap",
+            "after-removal",
+            "-o",
+            "jsonpath={.data.from}",
+        ],
+    );
+    assert_eq!(got, "after-removal");
+}

@@ -16,6 +16,10 @@ pub struct Args {
     /// Every member as ID=URL, comma separated (e.g. 1=https://10.0.0.1:6443,2=...). Empty: a single member.
     #[arg(long, value_delimiter = ',')]
     pub peers: Vec<String>,
+    /// Join the running cluster that this member belongs to (its URL) as
+    /// member --node-id, instead of forming one with --peers.
+    #[arg(long, conflicts_with = "peers")]
+    pub server: Option<String>,
     /// How many changes a watch may resume behind the head before getting 410 Gone.
     #[arg(long, default_value_t = 20_000)]
     pub watch_window: usize,
@@ -40,6 +44,7 @@ impl Args {
         cfg.node_id = self.node_id;
         cfg.watch_window = self.watch_window;
         cfg.peers = parse_peers(&self.peers)?;
+        cfg.join = self.server.clone();
         self.controllers.apply(&mut cfg);
         if !cfg.peers.is_empty() && !cfg.peers.contains_key(&cfg.node_id) {
             bail!(
@@ -48,7 +53,11 @@ impl Args {
             );
         }
         // Members wait for each other; a lone member is ready in about a second.
-        cfg.ready_timeout = Duration::from_secs(if cfg.peers.len() > 1 { 300 } else { 60 });
+        cfg.ready_timeout = Duration::from_secs(if cfg.peers.len() > 1 || cfg.join.is_some() {
+            300
+        } else {
+            60
+        });
         Ok(cfg)
     }
 }

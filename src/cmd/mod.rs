@@ -4,6 +4,7 @@ pub mod apply;
 pub mod control_plane;
 pub mod delete;
 pub mod get;
+pub mod member;
 pub mod node;
 pub mod push;
 pub mod up;

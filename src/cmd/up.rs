@@ -21,6 +21,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         serve: args.serve.clone(),
         node_id: 1,
         peers: Vec::new(),
+        server: None,
         watch_window: 20_000,
         controllers: args.controllers.clone(),
     };

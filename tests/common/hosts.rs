@@ -166,53 +166,106 @@ pub struct Members {
     pub dirs: Vec<PathBuf>,
     _tmp: tempfile::TempDir,
     cache: tempfile::TempDir,
+    /// Each member's process (a [`Hosts::spawn`] number), if running.
+    procs: Vec<Option<usize>>,
 }
 
 impl Members {
+    /// `n` hosts, each with a member, formed as one cluster with `--peers`.
     pub fn start(n: usize) -> Members {
-        let mut hosts = Hosts::create(n);
+        Self::start_of(n, n)
+    }
+
+    /// `n` hosts; the first `formed` run members that form the cluster,
+    /// the others are free for [`Members::join`].
+    pub fn start_of(n: usize, formed: usize) -> Members {
+        let hosts = Hosts::create(n);
         let tmp = tempfile::tempdir().expect("tempdir");
-        let peers: Vec<String> = hosts
-            .hosts
-            .iter()
-            .enumerate()
-            .map(|(i, h)| format!("{}=http://{}:6443", i + 1, h.ip))
+        let dirs = (0..n)
+            .map(|i| tmp.path().join(format!("member-{}", i + 1)))
             .collect();
-        let mut dirs = Vec::new();
-        for i in 0..n {
-            let dir = tmp.path().join(format!("member-{}", i + 1));
-            std::fs::create_dir_all(&dir).unwrap();
-            let log = std::fs::File::create(dir.join("weft.log")).unwrap();
-            let mut cmd = hosts.command(i, env!("CARGO_BIN_EXE_weft"));
-            cmd.args(["control-plane", "--insecure", "--data-dir"])
-                .arg(&dir)
-                .args(["--listen", &format!("{}:6443", hosts.hosts[i].ip)])
-                .args(["--node-id", &(i + 1).to_string()])
-                .args(["--peers", &peers.join(",")])
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(log);
-            hosts.spawn(cmd);
-            dirs.push(dir);
-        }
-        let members = Members {
+        let mut m = Members {
             hosts,
             dirs,
             _tmp: tmp,
             cache: tempfile::tempdir().expect("cache dir"),
+            procs: vec![None; n],
         };
-        // Each member writes its kubeconfig once it serves with a leader known.
-        let deadline = Instant::now() + Duration::from_secs(60);
-        for (i, d) in members.dirs.iter().enumerate() {
-            while !d.join("kubeconfig").exists() {
-                if Instant::now() > deadline {
-                    let log = std::fs::read_to_string(d.join("weft.log")).unwrap_or_default();
-                    panic!("member {} never served; log:\n{log}", i + 1);
-                }
-                std::thread::sleep(Duration::from_millis(100));
-            }
+        let peers: Vec<String> = (0..formed)
+            .map(|i| format!("{}={}", i + 1, m.url(i)))
+            .collect();
+        for i in 0..formed {
+            m.spawn_member(i, &["--peers", &peers.join(",")]);
         }
-        members
+        for i in 0..formed {
+            m.wait_serving(i);
+        }
+        m
+    }
+
+    /// Member `i` on its host joins the running cluster through member 1.
+    pub fn join(&mut self, i: usize) {
+        let server = self.url(0);
+        self.spawn_member(i, &["--server", &server]);
+        self.wait_serving(i);
+    }
+
+    /// SIGKILLs member `i`.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(p) = self.procs[i].take() {
+            self.hosts.kill(p);
+        }
+    }
+
+    pub fn url(&self, i: usize) -> String {
+        format!("http://{}:6443", self.hosts.hosts[i].ip)
+    }
+
+    fn spawn_member(&mut self, i: usize, args: &[&str]) {
+        let dir = &self.dirs[i];
+        std::fs::create_dir_all(dir).unwrap();
+        let log = std::fs::File::create(dir.join("weft.log")).unwrap();
+        let mut cmd = self.hosts.command(i, env!("CARGO_BIN_EXE_weft"));
+        cmd.args(["control-plane", "--insecure", "--data-dir"])
+            .arg(dir)
+            .args(["--listen", &format!("{}:6443", self.hosts.hosts[i].ip)])
+            .args(["--node-id", &(i + 1).to_string()])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log);
+        self.procs[i] = Some(self.hosts.spawn(cmd));
+    }
+
+    /// Each member writes its kubeconfig once it serves with a leader known.
+    fn wait_serving(&self, i: usize) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !self.dirs[i].join("kubeconfig").exists() {
+            if Instant::now() > deadline {
+                panic!("member {} never served; log:\n{}", i + 1, self.log(i));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// `weft ARGS` on host `i` against member `i`.
+    pub fn weft(&self, i: usize, args: &[&str]) -> String {
+        let out = self
+            .hosts
+            .command(i, env!("CARGO_BIN_EXE_weft"))
+            .env("KUBECONFIG", self.dirs[i].join("kubeconfig"))
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run weft");
+        assert!(
+            out.status.success(),
+            "weft {} on member {}: {}",
+            args.join(" "),
+            i + 1,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
     /// kubectl on host `i`, against member `i`'s own address.

@@ -47,6 +47,9 @@ pub struct ControlPlaneConfig {
     pub node_id: NodeId,
     /// Every member's id and URL; empty means a single member at this address.
     pub peers: BTreeMap<NodeId, String>,
+    /// Join a running cluster through this member's URL (`--server`):
+    /// this member starts empty and is added as a learner, then a voter.
+    pub join: Option<String>,
     pub watch_window: usize,
     pub bookmark_interval: Duration,
     pub ready_timeout: Duration,
@@ -65,6 +68,7 @@ impl ControlPlaneConfig {
             insecure: false,
             node_id: 1,
             peers: BTreeMap::new(),
+            join: None,
             watch_window: 20_000,
             bookmark_interval: Duration::from_secs(60),
             ready_timeout: Duration::from_secs(60),
@@ -168,7 +172,10 @@ impl ControlPlane {
         if let Some(ca) = &ca_pem {
             client = client.add_root_certificate(reqwest::Certificate::from_pem(ca.as_bytes())?);
         }
-        let members = if cfg.peers.is_empty() {
+        let members = if cfg.join.is_some() {
+            // A joiner never bootstraps: the cluster it joins adds it.
+            BTreeMap::new()
+        } else if cfg.peers.is_empty() {
             BTreeMap::from([(cfg.node_id, url.clone())])
         } else {
             cfg.peers.clone()
@@ -199,6 +206,13 @@ impl ControlPlane {
             shutdown_rx.clone(),
             Duration::from_secs(5),
         ));
+        if let Some(server) = &cfg.join {
+            let me = weft_store::membership::Join {
+                id: cfg.node_id,
+                addr: url.clone(),
+            };
+            api.store.ask_to_join(server, me, cfg.ready_timeout).await?;
+        }
         api.store.wait_ready(cfg.ready_timeout).await?;
         weft_apiserver::bootstrap(&api, addr).await?;
         let (leading_tx, leading) = signal::channel(false);

@@ -111,6 +111,14 @@ impl Proposer {
         }
     }
 
+    /// The leader's URL when another member leads.
+    pub fn leader_addr(&self) -> Option<String> {
+        match self.leader() {
+            Leader::Other(addr) => Some(addr),
+            Leader::Me | Leader::Unknown => None,
+        }
+    }
+
     /// Waits briefly for leadership to settle; false once `deadline` passed.
     async fn pause(&self, deadline: Instant) -> bool {
         let left = deadline.saturating_duration_since(Instant::now());

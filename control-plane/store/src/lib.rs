@@ -7,6 +7,7 @@
 pub mod events;
 pub mod forward;
 pub mod log_store;
+pub mod membership;
 pub mod network;
 pub mod state_machine;
 

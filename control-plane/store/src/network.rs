@@ -15,10 +15,15 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::forward::{Answer, Outcome};
+use super::membership::{CHANGE_WAIT, Join, Member};
 use super::{NodeId, Request, Store, TypeConfig};
 
 /// Paths the API server routes to the local Raft instance ([`routes`]).
@@ -27,11 +32,16 @@ pub const RPC_VOTE: &str = "/internal/raft/vote";
 pub const RPC_SNAPSHOT: &str = "/internal/raft/snapshot";
 pub const RPC_PROPOSE: &str = "/internal/raft/propose";
 pub const RPC_READ_INDEX: &str = "/internal/raft/read-index";
+pub const RPC_JOIN: &str = "/internal/raft/join";
+pub const RPC_REMOVE: &str = "/internal/raft/remove";
+pub const RPC_MEMBERS: &str = "/internal/raft/members";
 
 #[derive(Clone)]
 pub struct Network {
     client: reqwest::Client,
     token: String,
+    /// When each peer last answered a Raft RPC (`weft member list`).
+    contacts: Arc<Mutex<BTreeMap<NodeId, Instant>>>,
 }
 
 /// Why a call to another member brought no answer.
@@ -45,7 +55,18 @@ pub(crate) enum SendError {
 
 impl Network {
     pub fn new(client: reqwest::Client, token: String) -> Self {
-        Network { client, token }
+        Network {
+            client,
+            token,
+            contacts: Default::default(),
+        }
+    }
+
+    pub(crate) fn contacts(&self) -> BTreeMap<NodeId, Instant> {
+        self.contacts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// POSTs `body` as JSON to `base` + `path` and reads a JSON answer.
@@ -122,6 +143,11 @@ impl PeerClient {
                 SendError::NotSent(m) => RPCError::Unreachable(Unreachable::new(&io(m))),
                 SendError::Uncertain(m) => RPCError::Network(NetworkError::new(&io(m))),
             })?;
+        self.net
+            .contacts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(self.target, Instant::now());
         body.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
     }
 }
@@ -168,6 +194,9 @@ pub fn routes<S: Clone + Send + Sync + 'static>(store: Store) -> Router<S> {
         .route(RPC_SNAPSHOT, post(rpc_snapshot))
         .route(RPC_PROPOSE, post(rpc_propose))
         .route(RPC_READ_INDEX, post(rpc_read_index))
+        .route(RPC_JOIN, post(rpc_join))
+        .route(RPC_REMOVE, post(rpc_remove))
+        .route(RPC_MEMBERS, post(rpc_members))
         // Snapshots and entry batches are far larger than API bodies.
         .layer(DefaultBodyLimit::max(256 * 1024 * 1024))
         .with_state(store)
@@ -217,4 +246,61 @@ async fn rpc_read_index(State(store): State<Store>) -> Json<Answer<Result<u64, S
         Ok(None) => Json(Answer::NotLeader),
         Err(e) => Json(Answer::Done(Err(e.to_string()))),
     }
+}
+
+/// Runs `here` if this member leads, else passes `req` to the leader and
+/// returns its answer. Errors travel as their messages.
+async fn at_leader<Req, T, Fut>(
+    store: Store,
+    path: &str,
+    req: Req,
+    here: impl FnOnce(Store, Req) -> Fut,
+) -> Json<Result<T, String>>
+where
+    Req: Serialize,
+    T: DeserializeOwned,
+    Fut: Future<Output = Result<T, super::StoreError>>,
+{
+    if store.leads() {
+        return Json(here(store, req).await.map_err(|e| e.to_string()));
+    }
+    let Some(leader) = store.proposer.leader_addr() else {
+        return Json(Err("no leader known; retry".into()));
+    };
+    match store
+        .proposer
+        .net
+        .send(&leader, path, &req, CHANGE_WAIT)
+        .await
+    {
+        Ok(answer) => Json(answer),
+        Err(SendError::NotSent(m) | SendError::Uncertain(m)) => Json(Err(m)),
+    }
+}
+
+async fn rpc_join(State(store): State<Store>, Json(j): Json<Join>) -> Json<Result<(), String>> {
+    at_leader(
+        store,
+        RPC_JOIN,
+        j,
+        |s, j| async move { s.join_here(j).await },
+    )
+    .await
+}
+
+async fn rpc_remove(
+    State(store): State<Store>,
+    Json(id): Json<NodeId>,
+) -> Json<Result<(), String>> {
+    at_leader(store, RPC_REMOVE, id, |s, id| async move {
+        s.remove_here(id).await
+    })
+    .await
+}
+
+async fn rpc_members(State(store): State<Store>) -> Json<Result<Vec<Member>, String>> {
+    at_leader(store, RPC_MEMBERS, (), |s, ()| async move {
+        Ok(s.members_here())
+    })
+    .await
 }

@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use reqwest::Method;
+pub use reqwest::Method;
 use serde_json::Value;
 use weft_api::{Resource, Status, resources};
 
