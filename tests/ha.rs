@@ -33,10 +33,7 @@ fn kubectl_against_every_member_of_three_hosts() {
     let mut watches = Vec::new();
     for i in 0..3 {
         let mut child = m
-            .hosts
-            .command(i, common::kubectl_path())
-            .env("KUBECONFIG", m.dirs[i].join("kubeconfig"))
-            .args(["get", "configmaps", "--watch", "--output-watch-events", "-o"])
+            .kubectl_cmd(i, &["get", "configmaps", "--watch", "--output-watch-events", "-o"])
             .arg(r#"jsonpath={.type} {.object.metadata.name} {.object.metadata.resourceVersion}{"\n"}"#)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

@@ -8,6 +8,16 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// Fails (never skips) a test that needs root when not run as root.
+pub fn require_root(what: &str) {
+    let out = Command::new("id").arg("-u").output().expect("id -u");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "0",
+        "{what} need root: run them through ./dev test as root"
+    );
+}
+
 /// A containerd on a socket in a temp dir.
 pub struct Containerd {
     child: Child,
@@ -15,18 +25,9 @@ pub struct Containerd {
     dir: tempfile::TempDir,
 }
 
-fn require_root() {
-    let out = Command::new("id").arg("-u").output().expect("id -u");
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout).trim(),
-        "0",
-        "container tests need root (network namespaces, cgroups, mounts): run them through ./dev test as root"
-    );
-}
-
 impl Containerd {
     pub fn start() -> Containerd {
-        require_root();
+        require_root("container tests (network namespaces, cgroups, mounts)");
         assert!(
             Path::new("/usr/bin/containerd").exists(),
             "containerd is not installed: ./dev installs Debian's containerd, runc and containernetworking-plugins"

@@ -38,15 +38,6 @@ fn ip(args: &[&str]) {
     );
 }
 
-fn require_root() {
-    let out = Command::new("id").arg("-u").output().expect("id -u");
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout).trim(),
-        "0",
-        "multi-host tests create network namespaces and need root: run them through ./dev test as root"
-    );
-}
-
 /// Deletes the namespaces of test processes that no longer run.
 fn sweep() {
     let out = Command::new("ip")
@@ -81,7 +72,7 @@ fn delete_netns(name: &str) {
 impl Hosts {
     /// `n` hosts at 10.77.0.1..n on one bridge.
     pub fn create(n: usize) -> Hosts {
-        require_root();
+        super::containers::require_root("multi-host tests (network namespaces)");
         sweep();
         let pid = std::process::id();
         // One set per test process; a second set in the same process gets a new switch.
@@ -269,13 +260,17 @@ impl Members {
     }
 
     /// kubectl on host `i`, against member `i`'s own address.
-    pub fn kubectl(&self, i: usize, args: &[&str]) -> std::process::Output {
-        self.hosts
-            .command(i, super::kubectl_path())
-            .env("KUBECONFIG", self.dirs[i].join("kubeconfig"))
+    pub fn kubectl_cmd(&self, i: usize, args: &[&str]) -> Command {
+        let mut cmd = self.hosts.command(i, super::kubectl_path());
+        cmd.env("KUBECONFIG", self.dirs[i].join("kubeconfig"))
             .arg("--cache-dir")
             .arg(self.cache.path().join(i.to_string()))
-            .args(args)
+            .args(args);
+        cmd
+    }
+
+    pub fn kubectl(&self, i: usize, args: &[&str]) -> std::process::Output {
+        self.kubectl_cmd(i, args)
             .stdin(Stdio::null())
             .output()
             .expect("run kubectl")
@@ -298,12 +293,7 @@ impl Members {
     pub fn kubectl_stdin(&self, i: usize, args: &[&str], stdin: &str) -> String {
         use std::io::Write;
         let mut child = self
-            .hosts
-            .command(i, super::kubectl_path())
-            .env("KUBECONFIG", self.dirs[i].join("kubeconfig"))
-            .arg("--cache-dir")
-            .arg(self.cache.path().join(i.to_string()))
-            .args(args)
+            .kubectl_cmd(i, args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
