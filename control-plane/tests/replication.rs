@@ -68,12 +68,8 @@ async fn three_members_replicate_writes() {
     let http = reqwest::Client::new();
     let configmaps = |m: &ControlPlane| format!("{}/api/v1/namespaces/default/configmaps", m.url);
     let cm = |name: &str| serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name}, "data": {"k": name}});
-    let r = http
-        .post(configmaps(leader))
-        .json(&cm("via-leader"))
-        .send()
-        .await
-        .unwrap();
+    let create = |m: &ControlPlane, name: &str| http.post(configmaps(m)).json(&cm(name)).send();
+    let r = create(leader, "via-leader").await.unwrap();
     assert_eq!(r.status().as_u16(), 201);
     // Reads without a resourceVersion are linearizable on a follower too:
     // the leader's write is there at once, without polling.
@@ -85,12 +81,7 @@ async fn three_members_replicate_writes() {
     assert_eq!(r.status().as_u16(), 200, "{}", r.text().await.unwrap());
 
     // A follower forwards writes to the leader, and reads its own write back.
-    let r = http
-        .post(configmaps(follower))
-        .json(&cm("via-follower"))
-        .send()
-        .await
-        .unwrap();
+    let r = create(follower, "via-follower").await.unwrap();
     assert_eq!(r.status().as_u16(), 201, "{}", r.text().await.unwrap());
     let created: serde_json::Value = r.json().await.unwrap();
     let rv = created["metadata"]["resourceVersion"].as_str().unwrap();
@@ -98,12 +89,7 @@ async fn three_members_replicate_writes() {
     let (local_rev, _) = follower.api.store.get(&key).unwrap().expect("applied here");
     assert_eq!(local_rev.to_string(), rv);
     // Preconditions hold across the forward: a second create conflicts.
-    let r = http
-        .post(configmaps(follower))
-        .json(&cm("via-follower"))
-        .send()
-        .await
-        .unwrap();
+    let r = create(follower, "via-follower").await.unwrap();
     assert_eq!(r.status().as_u16(), 409);
 
     for name in ["via-leader", "via-follower"] {
@@ -144,12 +130,7 @@ async fn three_members_replicate_writes() {
         m.shutdown(Duration::from_secs(5)).await;
     }
     let started = tokio::time::Instant::now();
-    let r = http
-        .post(configmaps(&last))
-        .json(&cm("no-quorum"))
-        .send()
-        .await
-        .unwrap();
+    let r = create(&last, "no-quorum").await.unwrap();
     assert_eq!(r.status().as_u16(), 503, "{}", r.text().await.unwrap());
     assert_eq!(r.headers()["retry-after"], "1");
     let status: serde_json::Value = r.json().await.unwrap();

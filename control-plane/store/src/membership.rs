@@ -61,19 +61,25 @@ impl Store {
 
     /// At the leader: takes member `id` out of the cluster (voter or learner).
     pub async fn remove_here(&self, id: NodeId) -> Result<(), StoreError> {
-        let known = self.members_here().into_iter().any(|m| m.id == id);
+        let (known, voter) = {
+            let metrics = self.raft.metrics();
+            let m = metrics.borrow();
+            let membership = m.membership_config.membership();
+            (
+                membership.get_node(&id).is_some(),
+                membership.voter_ids().any(|v| v == id),
+            )
+        };
         if !known {
             return Err(StoreError::Unavailable(format!("no member {id}")));
         }
-        if self.voters().contains(&id) {
-            self.raft
-                .change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id])), false)
-                .await?;
+        let ids = BTreeSet::from([id]);
+        let change = if voter {
+            ChangeMembers::RemoveVoters(ids)
         } else {
-            self.raft
-                .change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false)
-                .await?;
-        }
+            ChangeMembers::RemoveNodes(ids)
+        };
+        self.raft.change_membership(change, false).await?;
         Ok(())
     }
 
