@@ -130,7 +130,9 @@ fn kubectl_against_every_member_of_three_hosts() {
 
 /// A fourth member joins a running cluster (as a learner, then a voter),
 /// serves reads that include every object written before it joined, and
-/// `weft member remove` takes it out while the cluster keeps serving.
+/// `weft member remove` takes it out while the cluster keeps serving. A
+/// token that pins another CA is refused first, and with two of three
+/// members gone the last one's /readyz fails.
 #[test]
 fn a_fourth_member_joins_and_is_removed() {
     let mut m = Members::start_of(4, 3);
@@ -138,6 +140,25 @@ fn a_fourth_member_joins_and_is_removed() {
         .map(|k| format!("{}---\n", configmap(&format!("before-join-{k}"))))
         .collect();
     m.kubectl_stdin(0, &["apply", "-f", "-"], &manifest);
+
+    // The token's CA hash with one digit changed: the joiner must not trust
+    // the CA the cluster serves, and says why.
+    let token = m.token();
+    let digit = if token.as_bytes()[3] == b'0' {
+        "1"
+    } else {
+        "0"
+    };
+    let forged = format!("K10{digit}{}", &token[4..]);
+    let log = m.try_join(3, &forged).expect_err("a forged token joined");
+    assert!(
+        log.contains("does not match the CA hash in the join token"),
+        "{log}"
+    );
+    assert!(
+        !m.dirs[3].join("pki").exists(),
+        "the refused joiner kept secrets"
+    );
 
     m.join(3);
     let names = m.kubectl_ok(3, &["get", "configmaps", "-o", "name"]);
@@ -189,4 +210,31 @@ fn a_fourth_member_joins_and_is_removed() {
         ],
     );
     assert_eq!(got, "after-removal");
+
+    // Kill the leader and one more: the survivor knows no leader, and its
+    // /readyz says so (kubectl gets an error, not ok).
+    let list = m.weft(0, &["member", "list"]);
+    let leader: usize = list
+        .lines()
+        .find(|l| l.split_whitespace().nth(2) == Some("leader"))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|id| id.parse().ok())
+        .expect("a leader listed");
+    let survivor = (0..3).find(|&i| i + 1 != leader).unwrap();
+    for i in (0..3).filter(|&i| i != survivor) {
+        m.kill(i);
+    }
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let out = m.kubectl(survivor, &["get", "--raw", "/readyz"]);
+        if !out.status.success() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "member {} still ready 15 s after losing its quorum",
+            survivor + 1
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }

@@ -10,16 +10,12 @@ use weft_control_plane::{ControlPlane, ControlPlaneConfig};
 pub struct Args {
     #[command(flatten)]
     pub serve: super::ServeArgs,
-    /// This member's Raft node id.
-    #[arg(long, default_value_t = 1)]
-    pub node_id: u64,
-    /// Every member as ID=URL, comma separated (e.g. 1=https://10.0.0.1:6443,2=...). Empty: a single member.
-    #[arg(long, value_delimiter = ',')]
+    #[command(flatten)]
+    pub member: super::MemberArgs,
+    /// Every member as ID=URL, comma separated, to form a cluster at once
+    /// (plain HTTP only: members need one CA, which --server's token brings).
+    #[arg(long, value_delimiter = ',', conflicts_with_all = ["server", "cluster_init"])]
     pub peers: Vec<String>,
-    /// Join the running cluster that this member belongs to (its URL) as
-    /// member --node-id, instead of forming one with --peers.
-    #[arg(long, conflicts_with = "peers")]
-    pub server: Option<String>,
     /// How many changes a watch may resume behind the head before getting 410 Gone.
     #[arg(long, default_value_t = 20_000)]
     pub watch_window: usize,
@@ -41,10 +37,21 @@ impl Args {
             &self.serve.service_node_port_range,
         )
         .map_err(anyhow::Error::msg)?;
-        cfg.node_id = self.node_id;
         cfg.watch_window = self.watch_window;
         cfg.peers = parse_peers(&self.peers)?;
-        cfg.join = self.server.clone();
+        cfg.join = self.member.server.clone();
+        cfg.token = self.member.token.clone();
+        if cfg.join.is_some() && cfg.token.is_none() && !cfg.insecure {
+            bail!(
+                "--server needs --token: the cluster's join token, in DATA_DIR/token on any member"
+            );
+        }
+        if !cfg.peers.is_empty() && !cfg.insecure {
+            bail!(
+                "--peers forms a cluster over plain HTTP only (--insecure); over TLS, start one member with --cluster-init and join the others with --server and --token"
+            );
+        }
+        cfg.node_id = node_id(&cfg.data_dir, self.member.node_id, cfg.join.is_some())?;
         self.controllers.apply(&mut cfg);
         if !cfg.peers.is_empty() && !cfg.peers.contains_key(&cfg.node_id) {
             bail!(
@@ -60,6 +67,40 @@ impl Args {
         });
         Ok(cfg)
     }
+}
+
+/// The member id: the flag, else the one this data directory was given
+/// before, else 1 for a new cluster or a random one for a joiner. Kept in
+/// DATA_DIR/member-id, so a restart is the same member.
+fn node_id(data_dir: &std::path::Path, flag: Option<u64>, joining: bool) -> anyhow::Result<u64> {
+    let file = data_dir.join("member-id");
+    let kept = match std::fs::read_to_string(&file) {
+        Ok(s) => Some(
+            s.trim()
+                .parse::<u64>()
+                .with_context(|| format!("{} is not a member id", file.display()))?,
+        ),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(e).with_context(|| format!("reading {}", file.display())),
+    };
+    let id = match (flag, kept) {
+        (Some(f), Some(k)) if f != k => {
+            bail!("--node-id {f}: this data directory is member {k}")
+        }
+        (Some(id), _) | (None, Some(id)) => id,
+        // RandomState is seeded from the OS: a random id without a new dependency.
+        (None, None) if joining => {
+            use std::hash::BuildHasher;
+            std::collections::hash_map::RandomState::new().hash_one(0u8) >> 12 | 2
+        }
+        (None, None) => 1,
+    };
+    if kept.is_none() {
+        std::fs::create_dir_all(data_dir)?;
+        std::fs::write(&file, id.to_string())
+            .with_context(|| format!("writing {}", file.display()))?;
+    }
+    Ok(id)
 }
 
 fn parse_peers(list: &[String]) -> anyhow::Result<BTreeMap<u64, String>> {
@@ -106,5 +147,18 @@ mod tests {
         assert_eq!(p[&2], "https://b:2");
         assert!(parse_peers(&["x".into()]).is_err());
         assert!(parse_peers(&["a=b".into()]).is_err());
+    }
+
+    #[test]
+    fn member_ids_are_kept_across_restarts() {
+        let dir = tempfile::tempdir().unwrap();
+        let joined = node_id(dir.path(), None, true).unwrap();
+        assert!(joined >= 2, "a joiner never takes the first member's id");
+        assert_eq!(node_id(dir.path(), None, true).unwrap(), joined);
+        assert_eq!(node_id(dir.path(), Some(joined), false).unwrap(), joined);
+        let e = node_id(dir.path(), Some(joined + 1), false).unwrap_err();
+        assert!(e.to_string().contains("is member"), "{e}");
+        let fresh = tempfile::tempdir().unwrap();
+        assert_eq!(node_id(fresh.path(), None, false).unwrap(), 1);
     }
 }

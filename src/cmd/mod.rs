@@ -46,6 +46,25 @@ pub struct ServeArgs {
     pub service_node_port_range: String,
 }
 
+/// How a member forms or joins a cluster (k3s's flags), for `up` and `control-plane`.
+#[derive(clap::Args, Clone)]
+pub struct MemberArgs {
+    /// Start a new cluster as its first member (what happens without --server too).
+    #[arg(long, conflicts_with = "server")]
+    pub cluster_init: bool,
+    /// Join the cluster that this member belongs to (its URL, e.g. https://10.0.0.1:6443).
+    #[arg(long)]
+    pub server: Option<String>,
+    /// The cluster's join token, from DATA_DIR/token on any member: it pins
+    /// the cluster CA (K10<sha256 of the CA>::server:<secret>).
+    #[arg(long, env = "WEFT_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// This member's Raft id (default: 1 for a new cluster, a random one to
+    /// join; kept in DATA_DIR/member-id across restarts).
+    #[arg(long)]
+    pub node_id: Option<u64>,
+}
+
 /// Controller settings shared by `up` and `control-plane` (kube-controller-manager's names).
 #[derive(clap::Args, Clone)]
 pub struct ControllerArgs {

@@ -4,6 +4,8 @@
 pub struct Args {
     #[command(flatten)]
     pub serve: super::ServeArgs,
+    #[command(flatten)]
+    pub member: super::MemberArgs,
     /// The range the node's pod IPs come from (loopback by default: no privileges needed).
     #[arg(long, default_value = "127.10.0.0/16")]
     pub pod_cidr: String,
@@ -19,9 +21,8 @@ pub struct Args {
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let cp_args = super::control_plane::Args {
         serve: args.serve.clone(),
-        node_id: 1,
+        member: args.member.clone(),
         peers: Vec::new(),
-        server: None,
         watch_window: 20_000,
         controllers: args.controllers.clone(),
     };
@@ -50,6 +51,14 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     println!("weft is up: API at {}", cp.url);
     println!("  export KUBECONFIG={}", kubeconfig.display());
     println!("  kubectl get namespaces");
+    if cp.join_token.is_some() {
+        let token = data_dir.join(weft_control_plane::apiserver::security::JOIN_TOKEN);
+        println!(
+            "  another server joins with: weft up --server {} --token \"$(cat {})\"",
+            cp.url,
+            token.display()
+        );
+    }
     super::shutdown_signal().await;
     node.shutdown(super::SHUTDOWN_DEADLINE).await;
     cp.shutdown(super::SHUTDOWN_DEADLINE).await;

@@ -129,6 +129,11 @@ impl Hosts {
         self.children.len() - 1
     }
 
+    /// Whether the process [`Hosts::spawn`] numbered `n` has exited.
+    pub fn exited(&mut self, n: usize) -> bool {
+        matches!(self.children[n].try_wait(), Ok(Some(_)))
+    }
+
     /// SIGKILLs the process [`Hosts::spawn`] numbered `n`.
     pub fn kill(&mut self, n: usize) {
         let _ = self.children[n].kill();
@@ -149,9 +154,9 @@ impl Drop for Hosts {
     }
 }
 
-/// A `weft control-plane` member on each host, formed as one Raft cluster.
-/// Plain HTTP between members for now: member certificates from a shared
-/// cluster CA come with join tokens (docs/ha.md).
+/// A `weft control-plane` member on each host, formed as one Raft cluster
+/// over TLS: the first starts it (`--cluster-init`), the others join it with
+/// its token, which pins the cluster CA (docs/ha.md).
 pub struct Members {
     pub hosts: Hosts,
     pub dirs: Vec<PathBuf>,
@@ -162,13 +167,13 @@ pub struct Members {
 }
 
 impl Members {
-    /// `n` hosts, each with a member, formed as one cluster with `--peers`.
+    /// `n` hosts, each with a member of one cluster.
     pub fn start(n: usize) -> Members {
         Self::start_of(n, n)
     }
 
-    /// `n` hosts; the first `formed` run members that form the cluster,
-    /// the others are free for [`Members::join`].
+    /// `n` hosts; the first `formed` run members of one cluster, the others
+    /// are free for [`Members::join`].
     pub fn start_of(n: usize, formed: usize) -> Members {
         let hosts = Hosts::create(n);
         let tmp = tempfile::tempdir().expect("tempdir");
@@ -182,23 +187,47 @@ impl Members {
             cache: tempfile::tempdir().expect("cache dir"),
             procs: vec![None; n],
         };
-        let peers: Vec<String> = (0..formed)
-            .map(|i| format!("{}={}", i + 1, m.url(i)))
-            .collect();
-        for i in 0..formed {
-            m.spawn_member(i, &["--peers", &peers.join(",")]);
-        }
-        for i in 0..formed {
-            m.wait_serving(i);
+        m.spawn_member(0, &["--cluster-init"]);
+        m.wait_serving(0);
+        for i in 1..formed {
+            m.join(i);
         }
         m
     }
 
+    /// The cluster's join token, as the first member wrote it.
+    pub fn token(&self) -> String {
+        std::fs::read_to_string(self.dirs[0].join("token")).expect("the first member's token")
+    }
+
     /// Member `i` on its host joins the running cluster through member 1.
     pub fn join(&mut self, i: usize) {
+        let token = self.token();
+        if let Err(log) = self.try_join(i, &token) {
+            panic!("member {} did not join; log:\n{log}", i + 1);
+        }
+    }
+
+    /// Member `i` tries to join with `token`: Ok once it serves, or its log
+    /// if it exits first.
+    pub fn try_join(&mut self, i: usize, token: &str) -> Result<(), String> {
         let server = self.url(0);
-        self.spawn_member(i, &["--server", &server]);
-        self.wait_serving(i);
+        self.spawn_member(i, &["--server", &server, "--token", token]);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !self.dirs[i].join("kubeconfig").exists() {
+            if self.procs[i].is_some_and(|p| self.hosts.exited(p)) {
+                self.procs[i] = None;
+                return Err(self.log(i));
+            }
+            assert!(
+                Instant::now() < deadline,
+                "member {} neither served nor exited; log:\n{}",
+                i + 1,
+                self.log(i)
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(())
     }
 
     /// SIGKILLs member `i`.
@@ -209,15 +238,16 @@ impl Members {
     }
 
     pub fn url(&self, i: usize) -> String {
-        format!("http://{}:6443", self.hosts.hosts[i].ip)
+        format!("https://{}:6443", self.hosts.hosts[i].ip)
     }
 
-    fn spawn_member(&mut self, i: usize, args: &[&str]) {
+    /// Starts `weft control-plane ARGS` as member `i` on its host.
+    pub fn spawn_member(&mut self, i: usize, args: &[&str]) {
         let dir = &self.dirs[i];
         std::fs::create_dir_all(dir).unwrap();
         let log = std::fs::File::create(dir.join("weft.log")).unwrap();
         let mut cmd = self.hosts.command(i, env!("CARGO_BIN_EXE_weft"));
-        cmd.args(["control-plane", "--insecure", "--data-dir"])
+        cmd.args(["control-plane", "--data-dir"])
             .arg(dir)
             .args(["--listen", &format!("{}:6443", self.hosts.hosts[i].ip)])
             .args(["--node-id", &(i + 1).to_string()])

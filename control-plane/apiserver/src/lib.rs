@@ -40,6 +40,7 @@ use prometheus_client::registry::Registry;
 use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::sync::watch as signal;
+use tower::ServiceExt;
 use weft_api::Status;
 
 use handlers::{json_response, status_response};
@@ -137,6 +138,8 @@ pub struct ApiInner {
     pub bookmark_interval: Duration,
     tokens: Vec<String>,
     authenticate: bool,
+    /// What a joiner gets for the join secret (None: plain HTTP, no joining by token).
+    secrets: Option<security::ClusterSecrets>,
     max_body: usize,
     /// Reaches node agents' endpoints (`pods/log`).
     pub agents: reqwest::Client,
@@ -150,6 +153,7 @@ pub struct ApiConfig {
     /// Bearer tokens accepted; the first is also presented to node agents.
     pub tokens: Vec<String>,
     pub authenticate: bool,
+    pub secrets: Option<security::ClusterSecrets>,
     pub services: services::ServiceNetwork,
 }
 
@@ -166,6 +170,7 @@ impl Api {
             bookmark_interval: cfg.bookmark_interval,
             tokens: cfg.tokens,
             authenticate: cfg.authenticate,
+            secrets: cfg.secrets,
             max_body: MAX_BODY_BYTES,
             agents: reqwest::Client::builder()
                 .connect_timeout(Duration::from_secs(5))
@@ -225,34 +230,84 @@ fn resource_label(path: &str) -> String {
     }
 }
 
+/// Who may call a path.
+#[derive(PartialEq)]
+enum Access {
+    /// Health, version and the CA a joiner pins by its token's hash.
+    Public,
+    /// Raft itself: only another member, by its certificate from the cluster
+    /// CA. A bearer token is not enough to append entries or vote.
+    Member,
+    /// A joiner, by the join secret.
+    Joiner,
+    /// Everything else: a bearer token, or a member.
+    Client,
+}
+
+fn access(path: &str) -> Access {
+    use weft_store::network as rpc;
+    match path {
+        "/healthz" | "/livez" | "/readyz" | "/version" | CACERTS => Access::Public,
+        rpc::RPC_APPEND
+        | rpc::RPC_VOTE
+        | rpc::RPC_SNAPSHOT
+        | rpc::RPC_PROPOSE
+        | rpc::RPC_READ_INDEX
+        | rpc::RPC_JOIN => Access::Member,
+        BOOTSTRAP => Access::Joiner,
+        _ => Access::Client,
+    }
+}
+
+fn bearer(req: &Request) -> Option<&str> {
+    req.headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|h| h.to_str().ok())
+        .and_then(|h| h.strip_prefix("Bearer "))
+        .map(str::trim)
+}
+
+/// `None` if `req` may go on, else the refusal.
+fn refusal(api: &Api, req: &Request, path: &str) -> Option<Status> {
+    if !api.authenticate {
+        return None;
+    }
+    let member = req.extensions().get::<security::MemberPeer>().is_some();
+    let token_ok = |want: &str| bearer(req).is_some_and(|t| security::token_matches(t, want));
+    match access(path) {
+        Access::Public => None,
+        Access::Member if member => None,
+        Access::Member => Some(Status::new(
+            403,
+            "Forbidden",
+            "Raft RPCs need a member certificate issued by the cluster CA",
+        )),
+        Access::Joiner
+            if api
+                .secrets
+                .as_ref()
+                .is_some_and(|s| token_ok(&s.join_secret)) =>
+        {
+            None
+        }
+        Access::Client if member || api.tokens.iter().any(|t| token_ok(t)) => None,
+        Access::Joiner | Access::Client => Some(Status::unauthorized()),
+    }
+}
+
 async fn auth_and_metrics(State(api): State<Api>, req: Request, next: Next) -> Response {
     let start = Instant::now();
     let path = req.uri().path().to_string();
     let verb = verb_of(req.method(), req.uri().query().unwrap_or(""));
-    let public = matches!(
-        path.as_str(),
-        "/healthz" | "/livez" | "/readyz" | "/version"
-    );
-    let authorized = !api.authenticate
-        || public
-        || req
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|h| h.to_str().ok())
-            .and_then(|h| h.strip_prefix("Bearer "))
-            .is_some_and(|t| {
-                api.tokens
-                    .iter()
-                    .any(|want| security::token_matches(t.trim(), want))
-            });
-    let resp = if authorized {
-        next.run(req).await
-    } else {
-        // Any request body goes unread: the connection must not be reused.
-        let mut resp = status_response(&Status::unauthorized());
-        resp.headers_mut()
-            .insert(header::CONNECTION, http::HeaderValue::from_static("close"));
-        resp
+    let resp = match refusal(&api, &req, &path) {
+        None => next.run(req).await,
+        Some(status) => {
+            // Any request body goes unread: the connection must not be reused.
+            let mut resp = status_response(&status);
+            resp.headers_mut()
+                .insert(header::CONNECTION, http::HeaderValue::from_static("close"));
+            resp
+        }
     };
     let resource = resource_label(&path);
     api.metrics
@@ -281,6 +336,25 @@ async fn version() -> Response {
                 "platform": format!("{}/{}", std::env::consts::OS, weft_api::go_arch())}),
         &[],
     )
+}
+
+/// The cluster CA, for a joiner to check against its token (k3s's path).
+pub const CACERTS: &str = "/cacerts";
+/// The shared secrets, for a joiner that presents the join secret.
+pub const BOOTSTRAP: &str = "/internal/cluster/bootstrap";
+
+async fn cacerts(State(api): State<Api>) -> Response {
+    match &api.secrets {
+        Some(s) => s.ca_cert.clone().into_response(),
+        None => status_response(&Status::no_route()),
+    }
+}
+
+async fn bootstrap_secrets(State(api): State<Api>) -> Response {
+    match &api.secrets {
+        Some(s) => json_response(StatusCode::OK, &json!(s), &[]),
+        None => status_response(&Status::no_route()),
+    }
 }
 
 async fn healthz() -> &'static str {
@@ -413,6 +487,8 @@ fn router(api: Api) -> Router {
         .route("/livez", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route(CACERTS, get(cacerts))
+        .route(BOOTSTRAP, get(bootstrap_secrets))
         .route("/api", get(api_root))
         .route("/apis", get(apis_root))
         .route("/openapi/v3", get(openapi_index))
@@ -473,20 +549,35 @@ async fn serve(
                     }
                 };
                 let _ = stream.set_nodelay(true);
-                let svc = TowerToHyperService::new(app.clone());
+                let app = app.clone();
                 let acceptor = acceptor.clone();
                 let watcher = graceful.watcher();
                 tokio::spawn(async move {
                     let http = hyper::server::conn::http1::Builder::new();
                     let result = match acceptor {
                         Some(a) => match a.accept(stream).await {
-                            Ok(tls) => watcher.watch(http.serve_connection(TokioIo::new(tls), svc)).await,
+                            Ok(tls) => {
+                                // rustls verified any certificate against the cluster CA.
+                                let member = tls.get_ref().1.peer_certificates().is_some();
+                                let svc = TowerToHyperService::new(app.map_request(
+                                    move |mut req: http::Request<hyper::body::Incoming>| {
+                                        if member {
+                                            req.extensions_mut().insert(security::MemberPeer);
+                                        }
+                                        req
+                                    },
+                                ));
+                                watcher.watch(http.serve_connection(TokioIo::new(tls), svc)).await
+                            }
                             Err(e) => {
                                 tracing::debug!(%peer, "tls handshake: {e}");
                                 return;
                             }
                         },
-                        None => watcher.watch(http.serve_connection(TokioIo::new(stream), svc)).await,
+                        None => {
+                            let svc = TowerToHyperService::new(app);
+                            watcher.watch(http.serve_connection(TokioIo::new(stream), svc)).await
+                        }
                     };
                     if let Err(e) = result {
                         tracing::debug!(%peer, "connection: {e}");

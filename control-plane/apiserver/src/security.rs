@@ -1,5 +1,7 @@
 //! Secure defaults: a cluster CA and serving certificate generated once into
-//! the data directory, and bearer-token authentication.
+//! the data directory, bearer-token authentication, and what members of one
+//! cluster share: the CA, the admin token and the join secret, handed to a
+//! joiner whose token pins the CA ([`JoinToken`], [`ClusterSecrets`]).
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -11,6 +13,8 @@ use rcgen::{
 };
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PkiError {
@@ -141,15 +145,38 @@ pub fn ensure_pki(dir: &Path, sans: &[String]) -> Result<Pki, PkiError> {
     })
 }
 
-/// A rustls server config speaking HTTP/1.1 (what kubectl uses).
+impl Pki {
+    /// This member's certificate and key as one PEM: the client identity it
+    /// presents to other members (the serving certificate is issued for
+    /// client auth too, and only members hold certificates of the cluster CA).
+    pub fn identity_pem(&self) -> String {
+        format!("{}{}", self.cert_pem, self.key_pem)
+    }
+}
+
+/// A rustls server config speaking HTTP/1.1 (what kubectl uses). A client
+/// may present a certificate; one that does not chain to the cluster CA is
+/// refused in the handshake, and none at all is allowed (kubectl sends a
+/// bearer token), so the API decides per path ([`MemberPeer`]).
 pub fn server_config(pki: &Pki) -> Result<Arc<rustls::ServerConfig>, PkiError> {
     let certs =
         CertificateDer::pem_slice_iter(pki.cert_pem.as_bytes()).collect::<Result<Vec<_>, _>>()?;
     let key = PrivateKeyDer::from_pem_slice(pki.key_pem.as_bytes())?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in CertificateDer::pem_slice_iter(pki.ca_pem.as_bytes()) {
+        roots.add(ca?)?;
+    }
+    let clients = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .allow_unauthenticated()
+    .build()
+    .map_err(|e| PkiError::Tls(rustls::Error::General(e.to_string())))?;
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
-        .with_no_client_auth()
+        .with_client_cert_verifier(clients)
         .with_single_cert(certs, key)?;
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(cfg))
@@ -173,6 +200,123 @@ pub fn ensure_token(path: &Path) -> Result<String, PkiError> {
 pub fn token_matches(presented: &str, expected: &str) -> bool {
     let (a, b) = (presented.as_bytes(), expected.as_bytes());
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Set on a request whose TLS client presented a certificate issued by the
+/// cluster CA: it comes from another member.
+#[derive(Clone, Copy, Debug)]
+pub struct MemberPeer;
+
+/// sha256 of the CA certificate exactly as `/cacerts` serves it, in hex.
+pub fn ca_hash(ca_pem: &str) -> String {
+    Sha256::digest(ca_pem.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// A join token in k3s's form, `K10<sha256 of the CA>::server:<secret>`:
+/// the hash lets a joiner trust the CA it fetches before it trusts anything
+/// else, and the secret authenticates it to the cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JoinToken {
+    pub ca_hash: String,
+    pub secret: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the join token is malformed: {0} (want K10<sha256 of the cluster CA>::server:<secret>, as in DATA_DIR/token of a member)"
+)]
+pub struct BadToken(&'static str);
+
+impl std::str::FromStr for JoinToken {
+    type Err = BadToken;
+    fn from_str(s: &str) -> Result<Self, BadToken> {
+        let rest = s
+            .trim()
+            .strip_prefix("K10")
+            .ok_or(BadToken("it does not start with K10"))?;
+        let (hash, creds) = rest
+            .split_once("::")
+            .ok_or(BadToken("no '::' after the CA hash"))?;
+        if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(BadToken("the CA hash is not 64 hex digits"));
+        }
+        let secret = creds
+            .strip_prefix("server:")
+            .filter(|s| !s.is_empty())
+            .ok_or(BadToken("the credentials are not server:<secret>"))?;
+        Ok(JoinToken {
+            ca_hash: hash.to_ascii_lowercase(),
+            secret: secret.to_string(),
+        })
+    }
+}
+
+impl std::fmt::Display for JoinToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "K10{}::server:{}", self.ca_hash, self.secret)
+    }
+}
+
+/// What every member of one cluster holds alike, under its data directory.
+/// A joiner that presents the join secret gets a copy, as k3s servers share
+/// their bootstrap data: with the CA key it issues its own serving (and
+/// member) certificate, and the admin token lets kubectl use any member.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterSecrets {
+    pub ca_cert: String,
+    pub ca_key: String,
+    pub admin_token: String,
+    pub join_secret: String,
+}
+
+/// Where a member keeps each shared secret, relative to its data directory.
+const CA_CERT: &str = "pki/ca.crt";
+const CA_KEY: &str = "pki/ca.key";
+pub const ADMIN_TOKEN: &str = "tokens/admin";
+const JOIN_SECRET: &str = "tokens/join";
+/// The join token, for the operator to hand to the next member.
+pub const JOIN_TOKEN: &str = "token";
+
+impl ClusterSecrets {
+    /// This member's secrets, created on first start.
+    pub fn ensure(data_dir: &Path, pki: &Pki) -> Result<ClusterSecrets, PkiError> {
+        let secrets = ClusterSecrets {
+            ca_cert: pki.ca_pem.clone(),
+            ca_key: read(&data_dir.join(CA_KEY))?.unwrap_or_default(),
+            admin_token: ensure_token(&data_dir.join(ADMIN_TOKEN))?,
+            join_secret: ensure_token(&data_dir.join(JOIN_SECRET))?,
+        };
+        let token = secrets.token().to_string();
+        if read(&data_dir.join(JOIN_TOKEN))?.as_deref() != Some(token.as_str()) {
+            write_private(&data_dir.join(JOIN_TOKEN), &token)?;
+        }
+        Ok(secrets)
+    }
+
+    /// The CA a data directory already trusts, if any.
+    pub fn existing_ca(data_dir: &Path) -> Result<Option<String>, PkiError> {
+        read(&data_dir.join(CA_CERT))
+    }
+
+    /// Writes a joiner's copy where [`ensure_pki`] and [`ensure_token`] find it.
+    pub fn install(&self, data_dir: &Path) -> Result<(), PkiError> {
+        write_private(&data_dir.join(CA_KEY), &self.ca_key)?;
+        write_private(&data_dir.join(ADMIN_TOKEN), &self.admin_token)?;
+        write_private(&data_dir.join(JOIN_SECRET), &self.join_secret)?;
+        // Last: its presence marks a complete install.
+        write_private(&data_dir.join(CA_CERT), &self.ca_cert)
+    }
+
+    pub fn token(&self) -> JoinToken {
+        JoinToken {
+            ca_hash: ca_hash(&self.ca_cert),
+            secret: self.join_secret.clone(),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -207,5 +351,43 @@ mod tests {
         assert_eq!(ensure_token(&dir.path().join("admin")).unwrap(), t);
         assert!(token_matches(&t, &t));
         assert!(!token_matches("x", &t));
+    }
+
+    #[test]
+    fn join_tokens_round_trip_and_name_what_is_wrong() {
+        let t = JoinToken {
+            ca_hash: ca_hash("a CA"),
+            secret: "s3cret".into(),
+        };
+        let text = t.to_string();
+        assert!(text.starts_with("K10") && text.ends_with("::server:s3cret"));
+        assert_eq!(text.parse::<JoinToken>().unwrap(), t);
+        for (bad, says) in [
+            ("s3cret", "K10"),
+            ("K10abc::server:x", "64 hex"),
+            (&format!("K10{}server:x", t.ca_hash), "'::'"),
+            (&format!("K10{}::admin:x", t.ca_hash), "server:<secret>"),
+            (&format!("K10{}::server:", t.ca_hash), "server:<secret>"),
+        ] {
+            let e = bad.parse::<JoinToken>().unwrap_err().to_string();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn secrets_install_where_a_member_finds_them() {
+        let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let pki = ensure_pki(&a.path().join("pki"), &["127.0.0.1".into()]).unwrap();
+        let secrets = ClusterSecrets::ensure(a.path(), &pki).unwrap();
+        assert!(secrets.ca_key.contains("PRIVATE KEY"));
+        let token = std::fs::read_to_string(a.path().join(JOIN_TOKEN)).unwrap();
+        assert_eq!(token.parse::<JoinToken>().unwrap(), secrets.token());
+
+        secrets.install(b.path()).unwrap();
+        let joined = ensure_pki(&b.path().join("pki"), &["127.0.0.2".into()]).unwrap();
+        assert_eq!(joined.ca_pem, pki.ca_pem, "the joiner keeps the cluster CA");
+        let again = ClusterSecrets::ensure(b.path(), &joined).unwrap();
+        assert_eq!(again.token(), secrets.token());
+        assert_eq!(again.admin_token, secrets.admin_token);
     }
 }

@@ -3,6 +3,7 @@
 //! controllers. `ControlPlane::start` wires them; `shutdown` takes them
 //! down in the reverse order, within a deadline.
 
+pub mod join;
 pub mod leader;
 pub mod mirror;
 pub mod writer;
@@ -33,6 +34,8 @@ pub enum StartError {
     },
     #[error(transparent)]
     Pki(#[from] security::PkiError),
+    #[error("joining: {0}")]
+    Join(#[from] join::JoinError),
     #[error("store: {0}")]
     Store(#[from] StoreError),
     #[error("raft client: {0}")]
@@ -50,6 +53,8 @@ pub struct ControlPlaneConfig {
     /// Join a running cluster through this member's URL (`--server`):
     /// this member starts empty and is added as a learner, then a voter.
     pub join: Option<String>,
+    /// The join token (`K10<CA hash>::server:<secret>`) that `join` needs over TLS.
+    pub token: Option<String>,
     pub watch_window: usize,
     pub bookmark_interval: Duration,
     pub ready_timeout: Duration,
@@ -69,6 +74,7 @@ impl ControlPlaneConfig {
             node_id: 1,
             peers: BTreeMap::new(),
             join: None,
+            token: None,
             watch_window: 20_000,
             bookmark_interval: Duration::from_secs(60),
             ready_timeout: Duration::from_secs(60),
@@ -103,6 +109,8 @@ pub struct ControlPlane {
     pub url: String,
     pub token: String,
     pub ca_pem: Option<String>,
+    /// The token another member joins with (None over plain HTTP).
+    pub join_token: Option<String>,
     /// Whether this process holds the controller Lease (runs the scheduler and controllers).
     pub leading: signal::Receiver<bool>,
     shutdown: signal::Sender<bool>,
@@ -126,15 +134,12 @@ fn url_of(addr: SocketAddr, insecure: bool) -> String {
     format!("{scheme}://{host}:{}", addr.port())
 }
 
-/// The serving certificate (issued by the cluster CA) and the CA itself,
-/// unless the member serves plain HTTP.
-fn tls(
-    cfg: &ControlPlaneConfig,
-    addr: SocketAddr,
-) -> Result<(Option<Arc<rustls::ServerConfig>>, Option<String>), StartError> {
+/// The serving certificate (issued by the cluster CA, also this member's
+/// client identity towards the others), unless the member serves plain HTTP.
+fn pki(cfg: &ControlPlaneConfig, addr: SocketAddr) -> Result<Option<security::Pki>, StartError> {
     if cfg.insecure {
         tracing::warn!("--insecure: serving plain HTTP with no authentication on {addr}");
-        return Ok((None, None));
+        return Ok(None);
     }
     let mut sans: Vec<String> = [
         "localhost",
@@ -151,8 +156,10 @@ fn tls(
     if !addr.ip().is_unspecified() && !sans.contains(&addr.ip().to_string()) {
         sans.push(addr.ip().to_string());
     }
-    let pki = security::ensure_pki(&cfg.data_dir.join("pki"), &sans)?;
-    Ok((Some(security::server_config(&pki)?), Some(pki.ca_pem)))
+    Ok(Some(security::ensure_pki(
+        &cfg.data_dir.join("pki"),
+        &sans,
+    )?))
 }
 
 impl ControlPlane {
@@ -165,12 +172,33 @@ impl ControlPlane {
         let listener = TcpListener::bind(cfg.listen).await.map_err(listen_err)?;
         let addr = listener.local_addr().map_err(listen_err)?;
         let url = url_of(addr, cfg.insecure);
-        let token = security::ensure_token(&cfg.data_dir.join("tokens").join("admin"))?;
-        let (tls, ca_pem) = tls(&cfg, addr)?;
+        if !cfg.insecure
+            && let Some(server) = &cfg.join
+        {
+            let token = cfg
+                .token
+                .as_deref()
+                .ok_or_else(|| join::JoinError::NoToken {
+                    server: server.clone(),
+                })?;
+            join::fetch_secrets(server, token, &cfg.data_dir, cfg.ready_timeout).await?;
+        }
+        let pki = pki(&cfg, addr)?;
+        let secrets = match &pki {
+            Some(pki) => Some(security::ClusterSecrets::ensure(&cfg.data_dir, pki)?),
+            None => None,
+        };
+        let token = match &secrets {
+            Some(s) => s.admin_token.clone(),
+            None => security::ensure_token(&cfg.data_dir.join(security::ADMIN_TOKEN))?,
+        };
+        let tls = pki.as_ref().map(security::server_config).transpose()?;
 
         let mut client = reqwest::Client::builder().timeout(Duration::from_secs(10));
-        if let Some(ca) = &ca_pem {
-            client = client.add_root_certificate(reqwest::Certificate::from_pem(ca.as_bytes())?);
+        if let Some(pki) = &pki {
+            client = client
+                .add_root_certificate(reqwest::Certificate::from_pem(pki.ca_pem.as_bytes())?)
+                .identity(reqwest::Identity::from_pem(pki.identity_pem().as_bytes())?);
         }
         let members = if cfg.join.is_some() {
             // A joiner never bootstraps: the cluster it joins adds it.
@@ -196,6 +224,7 @@ impl ControlPlane {
             bookmark_interval: cfg.bookmark_interval,
             tokens: vec![token.clone()],
             authenticate: !cfg.insecure,
+            secrets: secrets.clone(),
             services: cfg.services.clone(),
         })?;
         // Serve before the store is ready: peers reach this member's Raft over it.
@@ -248,7 +277,8 @@ impl ControlPlane {
             addr,
             url,
             token,
-            ca_pem,
+            ca_pem: pki.map(|p| p.ca_pem),
+            join_token: secrets.map(|s| s.token().to_string()),
             leading,
             shutdown: shutdown_tx,
             server,

@@ -46,8 +46,23 @@ impl Store {
     /// At the leader: adds `j` as a learner, waits until it has caught up,
     /// then promotes it to voter. Joining again is harmless.
     pub async fn join_here(&self, j: Join) -> Result<(), StoreError> {
-        let voters = self.voters();
-        if voters.contains(&j.id) {
+        let (voter, taken_at) = {
+            let metrics = self.raft.metrics();
+            let m = metrics.borrow();
+            let membership = m.membership_config.membership();
+            (
+                membership.voter_ids().any(|v| v == j.id),
+                membership.get_node(&j.id).map(|n| n.addr.clone()),
+            )
+        };
+        // Another process with the same id would take over this member's votes.
+        if let Some(addr) = taken_at.filter(|a| *a != j.addr) {
+            return Err(StoreError::Unavailable(format!(
+                "member id {} is taken by {addr}; pick another --node-id",
+                j.id
+            )));
+        }
+        if voter {
             return Ok(());
         }
         self.raft
@@ -81,12 +96,6 @@ impl Store {
         };
         self.raft.change_membership(change, false).await?;
         Ok(())
-    }
-
-    fn voters(&self) -> BTreeSet<NodeId> {
-        let metrics = self.raft.metrics();
-        let m = metrics.borrow();
-        m.membership_config.membership().voter_ids().collect()
     }
 
     /// Every member with its role, lag and last contact, from this member's
