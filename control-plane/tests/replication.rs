@@ -117,6 +117,26 @@ async fn three_members_replicate_writes() {
         assert!(revs.windows(2).all(|w| w[0] == w[1]), "{revs:?}");
     }
 
+    // /metrics: the leader counts its synced appends and commit index; every
+    // member has seen one leader.
+    let scrape = |m: &ControlPlane| http.get(format!("{}/metrics", m.url)).send();
+    let text = scrape(leader).await.unwrap().text().await.unwrap();
+    assert!(
+        metric(&text, "weft_raft_log_fsync_duration_seconds_count") >= 2.0,
+        "{text}"
+    );
+    assert!(metric(&text, "weft_raft_commit_index") >= 2.0, "{text}");
+    assert_eq!(metric(&text, "weft_raft_is_leader"), 1.0);
+    for m in &members {
+        let text = scrape(m).await.unwrap().text().await.unwrap();
+        assert_eq!(
+            metric(&text, "weft_raft_leader_changes_total"),
+            1.0,
+            "{text}"
+        );
+        assert_eq!(metric(&text, "weft_raft_proposals_failed_total"), 0.0);
+    }
+
     // With the leader and one follower gone, the last member has no quorum:
     // writes and linearized reads fail fast with a retryable 503, and local
     // reads (resourceVersion=0) still answer.
@@ -155,7 +175,23 @@ async fn three_members_replicate_writes() {
         .await
         .unwrap();
     assert_eq!(r.status().as_u16(), 200);
+    let text = scrape(&last).await.unwrap().text().await.unwrap();
+    assert!(
+        metric(&text, "weft_raft_proposals_failed_total") >= 1.0,
+        "{text}"
+    );
+    assert_eq!(metric(&text, "weft_raft_is_leader"), 0.0);
     last.shutdown(Duration::from_secs(5)).await;
+}
+
+/// The value of an unlabelled sample in Prometheus text.
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("no {name} in {text}"))
+        .trim()
+        .parse()
+        .unwrap()
 }
 
 /// Leader election: of three members on one replicated store, exactly one

@@ -72,6 +72,8 @@ pub struct Metrics {
     revision: Gauge,
     raft_term: Gauge,
     raft_applied: Gauge,
+    raft_last_log: Gauge,
+    raft_is_leader: Gauge,
 }
 
 fn latency_histogram() -> Histogram {
@@ -79,7 +81,7 @@ fn latency_histogram() -> Histogram {
 }
 
 impl Metrics {
-    fn new() -> Self {
+    fn new(raft: &weft_store::metrics::RaftCounters) -> Self {
         let mut registry = Registry::default();
         let requests = Family::<RequestLabels, Counter>::default();
         let latency = Family::<LatencyLabels, Histogram, fn() -> Histogram>::new_with_constructor(
@@ -117,6 +119,18 @@ impl Metrics {
             "Last Raft log index applied to the state machine",
             raft_applied.clone(),
         );
+        let (raft_last_log, raft_is_leader) = (Gauge::default(), Gauge::default());
+        registry.register(
+            "weft_raft_last_log_index",
+            "Last Raft log index in this member's log",
+            raft_last_log.clone(),
+        );
+        registry.register(
+            "weft_raft_is_leader",
+            "1 while this member leads",
+            raft_is_leader.clone(),
+        );
+        raft.register(&mut registry);
         Metrics {
             registry,
             requests,
@@ -125,6 +139,8 @@ impl Metrics {
             revision,
             raft_term,
             raft_applied,
+            raft_last_log,
+            raft_is_leader,
         }
     }
 }
@@ -164,8 +180,8 @@ impl Api {
                 store: cfg.store.clone(),
                 services: cfg.services,
             },
+            metrics: Metrics::new(cfg.store.raft_counters()),
             store: cfg.store,
-            metrics: Metrics::new(),
             shutdown: cfg.shutdown,
             bookmark_interval: cfg.bookmark_interval,
             tokens: cfg.tokens,
@@ -382,6 +398,12 @@ async fn metrics(State(api): State<Api>) -> Response {
         api.metrics
             .raft_applied
             .set(m.last_applied.map(|l| l.index as i64).unwrap_or(0));
+        api.metrics
+            .raft_last_log
+            .set(m.last_log_index.unwrap_or(0) as i64);
+        api.metrics
+            .raft_is_leader
+            .set((m.current_leader == Some(m.id)) as i64);
     }
     let mut out = String::new();
     if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &api.metrics.registry) {

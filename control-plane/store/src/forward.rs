@@ -95,6 +95,7 @@ pub(crate) struct Proposer {
     pub raft: WeftRaft,
     pub net: Network,
     pub me: NodeId,
+    pub counters: crate::metrics::RaftCounters,
 }
 
 impl Proposer {
@@ -140,8 +141,10 @@ impl Proposer {
     /// leader. One outcome per op, in order.
     pub async fn propose(&self, ops: Vec<Op>) -> Vec<OpOutcome> {
         let n = ops.len();
-        let all =
-            |e: StoreError| -> Vec<OpOutcome> { (0..n).map(|_| Err(e.clone_lossy())).collect() };
+        let all = |e: StoreError| -> Vec<OpOutcome> {
+            self.counters.proposals_failed.inc();
+            (0..n).map(|_| Err(e.clone_lossy())).collect()
+        };
         let req = Request { ops };
         let deadline = Instant::now() + LEADER_WAIT;
         loop {

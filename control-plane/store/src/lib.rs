@@ -8,6 +8,7 @@ pub mod events;
 pub mod forward;
 pub mod log_store;
 pub mod membership;
+pub mod metrics;
 pub mod network;
 pub mod state_machine;
 
@@ -304,6 +305,7 @@ impl Store {
     pub async fn open(cfg: StoreConfig<'_>) -> Result<Store, StoreError> {
         let (log, sm) = open_storage(cfg.dir, cfg.watch_window)?;
         let shared = sm.shared();
+        let counters = log.counters();
 
         let config = Config {
             cluster_name: "weft".into(),
@@ -319,10 +321,15 @@ impl Store {
         .validate()?;
         let raft = Raft::new(cfg.node_id, Arc::new(config), cfg.network.clone(), log, sm).await?;
 
+        tokio::spawn(metrics::count_leader_changes(
+            raft.metrics(),
+            counters.leader_changes.clone(),
+        ));
         let proposer = Proposer {
             raft: raft.clone(),
             net: cfg.network,
             me: cfg.node_id,
+            counters,
         };
         let (writes, rx) = tokio::sync::mpsc::unbounded_channel();
         tokio::spawn(batch_writes(proposer.clone(), rx));
@@ -348,6 +355,11 @@ impl Store {
 
     pub fn raft(&self) -> &WeftRaft {
         &self.raft
+    }
+
+    /// This member's Raft counters, for `/metrics`.
+    pub fn raft_counters(&self) -> &metrics::RaftCounters {
+        &self.proposer.counters
     }
 
     pub fn node_id(&self) -> NodeId {

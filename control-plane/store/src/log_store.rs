@@ -15,6 +15,7 @@ use rocksdb::{DB, Direction, IteratorMode, WriteBatch, WriteOptions};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use super::metrics::RaftCounters;
 use super::{CF_LOG, CF_RAFT, NodeId, TypeConfig};
 
 const KEY_VOTE: &[u8] = b"vote";
@@ -24,6 +25,7 @@ const KEY_PURGED: &[u8] = b"last_purged";
 #[derive(Clone)]
 pub struct LogStore {
     db: Arc<DB>,
+    counters: RaftCounters,
 }
 
 fn index_key(index: u64) -> [u8; 8] {
@@ -46,7 +48,15 @@ fn synced() -> WriteOptions {
 
 impl LogStore {
     pub fn new(db: Arc<DB>) -> Self {
-        LogStore { db }
+        LogStore {
+            db,
+            counters: RaftCounters::default(),
+        }
+    }
+
+    /// The counters this log store feeds (fsync latency, commit index).
+    pub fn counters(&self) -> RaftCounters {
+        self.counters.clone()
     }
 
     fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
@@ -164,6 +174,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         &mut self,
         committed: Option<LogId<NodeId>>,
     ) -> Result<(), StorageError<NodeId>> {
+        if let Some(c) = committed {
+            self.counters.commit_index.set(c.index as i64);
+        }
         // Not synced: losing it only means re-applying from the last synced point.
         self.put_meta(KEY_COMMITTED, &committed, false)
     }
@@ -189,7 +202,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             batch.put_cf(self.cf(CF_LOG), index_key(e.log_id.index), bytes);
         }
         let res = self
-            .blocking(move |s| s.db.write_opt(batch, &synced()).map_err(write_err))
+            .blocking(move |s| {
+                let started = std::time::Instant::now();
+                let res = s.db.write_opt(batch, &synced()).map_err(write_err);
+                s.counters
+                    .fsync_seconds
+                    .observe(started.elapsed().as_secs_f64());
+                res
+            })
             .await;
         match res {
             Ok(()) => {
