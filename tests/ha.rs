@@ -18,7 +18,7 @@ fn configmap(name: &str) -> String {
 
 #[test]
 fn kubectl_against_every_member_of_three_hosts() {
-    let m = Members::start(3);
+    let mut m = Members::start(3);
     for i in 0..3 {
         assert_eq!(
             m.kubectl_ok(i, &["get", "--raw", "/readyz"]),
@@ -125,6 +125,44 @@ fn kubectl_against_every_member_of_three_hosts() {
     for mut w in watches {
         let _ = w.kill();
         let _ = w.wait();
+    }
+
+    // SIGKILL the member running the scheduler and controllers: a survivor
+    // that Raft elects takes the controller Lease within moments, not after
+    // the dead holder's 15 s lease runs out.
+    let lease = [
+        "get",
+        "lease",
+        "-n",
+        "kube-system",
+        "weft-controller-manager",
+        "-o",
+        "jsonpath={.spec.holderIdentity}",
+    ];
+    let first = m.kubectl_ok(0, &lease);
+    let dead: usize = first
+        .rsplit("member-")
+        .next()
+        .and_then(|n| n.parse().ok())
+        .expect("identity host/member-N");
+    let survivor = if dead == 1 { 1 } else { 0 };
+    m.kill(dead - 1);
+    let killed = Instant::now();
+    loop {
+        let out = m.kubectl(survivor, &lease);
+        let now = String::from_utf8_lossy(&out.stdout).into_owned();
+        if out.status.success() && !now.is_empty() && now != first {
+            eprintln!(
+                "controller lease moved from {first} to {now} {:?} after the SIGKILL",
+                killed.elapsed()
+            );
+            break;
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(5),
+            "the lease still names {first} 5 s after its holder was killed"
+        );
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 

@@ -1,11 +1,12 @@
 //! Leader election on a coordination Lease, as kube-controller-manager and
 //! kube-scheduler do it. Only the holder runs the scheduler and controllers.
 //!
-//! Writes are compare-and-swap on the Lease's resourceVersion, and only the
-//! Raft leader's API can write at all, so two control-plane processes on one
-//! store can never both hold it. Identity is `host/member-N`: a restarted
-//! member (which took over its data directory's lock, so its predecessor is
-//! gone) reclaims its own Lease at once instead of waiting out the duration.
+//! Writes are compare-and-swap on the Lease's resourceVersion. Only the Raft
+//! leader campaigns, and Raft leadership is the fence: a member runs its
+//! components only while it leads Raft, and stops them the moment it learns
+//! it does not. So a new Raft leader takes the Lease from any other holder at
+//! once, instead of waiting out the 15 s lease of a leader that died: the old
+//! holder has stopped, or cannot commit a write. Identity is `host/member-N`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -50,10 +51,13 @@ impl ElectionConfig {
 }
 
 /// What to do with the Lease as found: `None` means someone else holds it.
+/// `raft_leader`: the caller leads Raft, so no other holder is running its
+/// components (see the module doc) and the Lease is taken at once.
 pub fn claim(
     current: Option<&Value>,
     cfg: &ElectionConfig,
     now: Timestamp,
+    raft_leader: bool,
 ) -> Option<(Method, Value)> {
     let secs = cfg.lease_duration.as_secs().max(1) as i64;
     let Some(cur) = current else {
@@ -78,7 +82,7 @@ pub fn claim(
         .and_then(|t| t.parse::<Timestamp>().ok());
     let expired = renewed.is_none_or(|r| r + SignedDuration::from_secs(held_secs) < now);
     let mine = holder == cfg.identity;
-    if !mine && !holder.is_empty() && !expired {
+    if !mine && !holder.is_empty() && !expired && !raft_leader {
         return None;
     }
     let mut next = cur.clone();
@@ -168,9 +172,9 @@ pub async fn release(registry: &Registry, cfg: &ElectionConfig) {
 ///
 /// Only the Raft leader campaigns and renews, so the scheduler and
 /// controllers run beside the store's leader and their writes need no
-/// forward; a member that stops leading Raft stops renewing and lets go
-/// within `renew_deadline`. (Any member could write the Lease: followers
-/// forward writes.)
+/// forward. The loop also wakes when Raft's leader changes: a member that
+/// stops leading Raft stops its components at once, and a new leader takes
+/// over within moments of its election.
 pub async fn run(
     registry: Registry,
     cfg: ElectionConfig,
@@ -179,9 +183,11 @@ pub async fn run(
 ) -> bool {
     let mut last_renewal: Option<tokio::time::Instant> = None;
     loop {
-        let renewed = registry.store.leads()
+        let known_leader = registry.store.current_leader();
+        let leads = registry.store.leads();
+        let renewed = leads
             && match current(&registry, &cfg).await {
-                Ok(cur) => match claim(cur.as_ref(), &cfg, Timestamp::now()) {
+                Ok(cur) => match claim(cur.as_ref(), &cfg, Timestamp::now(), true) {
                     Some((method, lease)) => write(&registry, &cfg, method, lease).await.is_ok(),
                     None => false,
                 },
@@ -191,7 +197,9 @@ pub async fn run(
         if renewed {
             last_renewal = Some(now);
         }
-        let holds = last_renewal.is_some_and(|t| now.duration_since(t) < cfg.renew_deadline);
+        let holds = leads
+            && registry.store.leads()
+            && last_renewal.is_some_and(|t| now.duration_since(t) < cfg.renew_deadline);
         if !holds {
             last_renewal = None;
         }
@@ -202,6 +210,7 @@ pub async fn run(
         tokio::select! {
             _ = stop.changed() => break,
             _ = tokio::time::sleep(cfg.retry_period) => {}
+            _ = registry.store.leader_changed(known_leader) => {}
         }
     }
     let held = last_renewal.is_some();
@@ -264,14 +273,14 @@ mod tests {
     #[test]
     fn acquires_renews_and_respects_a_live_holder() {
         let now = Timestamp::now();
-        let (m, lease) = claim(None, &cfg("a"), now).unwrap();
+        let (m, lease) = claim(None, &cfg("a"), now, false).unwrap();
         assert_eq!(m, Method::POST);
         assert_eq!(lease["spec"]["holderIdentity"], "a");
         // b must wait while a's claim is fresh.
-        assert!(claim(Some(&lease), &cfg("b"), now + SignedDuration::from_secs(5)).is_none());
+        let later = now + SignedDuration::from_secs(5);
+        assert!(claim(Some(&lease), &cfg("b"), later, false).is_none());
         // a renews its own.
-        let (m, renewed) =
-            claim(Some(&lease), &cfg("a"), now + SignedDuration::from_secs(5)).unwrap();
+        let (m, renewed) = claim(Some(&lease), &cfg("a"), later, false).unwrap();
         assert_eq!(m, Method::PUT);
         assert_eq!(renewed["spec"]["leaseTransitions"], 0);
         // Once it lapses, b takes over and the transition is counted.
@@ -279,6 +288,7 @@ mod tests {
             Some(&renewed),
             &cfg("b"),
             now + SignedDuration::from_secs(30),
+            false,
         )
         .unwrap();
         assert_eq!(taken["spec"]["holderIdentity"], "b");
@@ -286,14 +296,24 @@ mod tests {
     }
 
     #[test]
+    fn a_new_raft_leader_takes_a_fresh_lease_at_once() {
+        let now = Timestamp::now();
+        let (_, lease) = claim(None, &cfg("a"), now, true).unwrap();
+        let (m, taken) = claim(Some(&lease), &cfg("b"), now, true).expect("taken over");
+        assert_eq!(m, Method::PUT);
+        assert_eq!(taken["spec"]["holderIdentity"], "b");
+        assert_eq!(taken["spec"]["leaseTransitions"], 1);
+    }
+
+    #[test]
     fn a_released_lease_is_taken_at_once() {
         let now = Timestamp::now();
-        let (_, lease) = claim(None, &cfg("a"), now).unwrap();
+        let (_, lease) = claim(None, &cfg("a"), now, false).unwrap();
         // Only the holder can release it.
         assert!(released(&lease, &cfg("b"), now).is_none());
         let free = released(&lease, &cfg("a"), now).unwrap();
         // b need not wait out a's 15 s.
-        let (m, taken) = claim(Some(&free), &cfg("b"), now).unwrap();
+        let (m, taken) = claim(Some(&free), &cfg("b"), now, false).unwrap();
         assert_eq!(m, Method::PUT);
         assert_eq!(taken["spec"]["holderIdentity"], "b");
         assert_eq!(taken["spec"]["leaseTransitions"], 1);

@@ -386,6 +386,20 @@ impl Store {
         self.raft.metrics().borrow().current_leader == Some(self.node_id)
     }
 
+    /// The Raft leader this member knows of.
+    pub fn current_leader(&self) -> Option<NodeId> {
+        self.raft.metrics().borrow().current_leader
+    }
+
+    /// Resolves once the leader this member knows of is no longer `was`
+    /// (never, once Raft has stopped).
+    pub async fn leader_changed(&self, was: Option<NodeId>) {
+        let mut metrics = self.raft.metrics();
+        if metrics.wait_for(|m| m.current_leader != was).await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+
     /// Proposes one write through Raft (at the leader, forwarded if this
     /// member follows) and waits until it is applied here, and so durable.
     /// Concurrent writes share Raft entries.
