@@ -52,6 +52,7 @@ impl Args {
             );
         }
         cfg.node_id = node_id(&cfg.data_dir, self.member.node_id, cfg.join.is_some())?;
+        cfg.raft_timing = self.member.raft_timing()?;
         self.controllers.apply(&mut cfg);
         if !cfg.peers.is_empty() && !cfg.peers.contains_key(&cfg.node_id) {
             bail!(
@@ -147,6 +148,29 @@ mod tests {
         assert_eq!(p[&2], "https://b:2");
         assert!(parse_peers(&["x".into()]).is_err());
         assert!(parse_peers(&["a=b".into()]).is_err());
+    }
+
+    #[test]
+    fn raft_timings_are_checked() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            member: crate::cmd::MemberArgs,
+        }
+        let parse = |args: &[&str]| {
+            Cli::try_parse_from(std::iter::once("weft").chain(args.iter().copied()))
+                .unwrap()
+                .member
+                .raft_timing()
+        };
+        let t = parse(&[]).unwrap();
+        assert_eq!(t.heartbeat, Duration::from_millis(100));
+        assert_eq!(t.election, Duration::from_millis(300));
+        let t = parse(&["--heartbeat-interval", "250ms", "--election-timeout", "2s"]).unwrap();
+        assert_eq!(t.election, Duration::from_secs(2));
+        let e = parse(&["--election-timeout", "200ms"]).unwrap_err();
+        assert!(e.to_string().contains("at least three times"), "{e}");
     }
 
     #[test]

@@ -63,6 +63,31 @@ pub struct MemberArgs {
     /// join; kept in DATA_DIR/member-id across restarts).
     #[arg(long)]
     pub node_id: Option<u64>,
+    /// How often the Raft leader heartbeats its followers (etcd's name).
+    #[arg(long, default_value = "100ms", value_parser = parse_duration)]
+    pub heartbeat_interval: Duration,
+    /// How long a follower waits without a heartbeat before it campaigns;
+    /// each term draws from [this, twice this). Raise both on slow links
+    /// or disks: an election timeout near the fsync or round-trip time
+    /// makes elections churn.
+    #[arg(long, default_value = "300ms", value_parser = parse_duration)]
+    pub election_timeout: Duration,
+}
+
+impl MemberArgs {
+    /// The Raft timings, checked as etcd checks them.
+    pub fn raft_timing(&self) -> anyhow::Result<weft_control_plane::store::RaftTiming> {
+        let (heartbeat, election) = (self.heartbeat_interval, self.election_timeout);
+        if heartbeat.is_zero() || election < heartbeat * 3 {
+            anyhow::bail!(
+                "--election-timeout ({election:?}) must be at least three times --heartbeat-interval ({heartbeat:?}), which must not be zero"
+            );
+        }
+        Ok(weft_control_plane::store::RaftTiming {
+            heartbeat,
+            election,
+        })
+    }
 }
 
 /// Controller settings shared by `up` and `control-plane` (kube-controller-manager's names).

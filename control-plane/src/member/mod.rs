@@ -63,6 +63,7 @@ pub struct ControlPlaneConfig {
     pub controllers: weft_controllers::ControllerConfig,
     pub lease_duration: Duration,
     pub services: services::ServiceNetwork,
+    pub raft_timing: weft_store::RaftTiming,
 }
 
 impl ControlPlaneConfig {
@@ -82,6 +83,7 @@ impl ControlPlaneConfig {
             controllers: Default::default(),
             lease_duration: Duration::from_secs(15),
             services: services::ServiceNetwork::default(),
+            raft_timing: Default::default(),
         }
     }
 }
@@ -214,6 +216,7 @@ impl ControlPlane {
             members,
             watch_window: cfg.watch_window,
             network: Network::new(client.build()?, token.clone()),
+            timing: cfg.raft_timing,
         })
         .await?;
 

@@ -235,6 +235,27 @@ pub struct StoreConfig<'a> {
     /// How many changes a watch may start behind the head.
     pub watch_window: usize,
     pub network: Network,
+    pub timing: RaftTiming,
+}
+
+/// How often the leader heartbeats and how long a follower waits without
+/// one before it campaigns (etcd's `--heartbeat-interval` and
+/// `--election-timeout`). The election timeout is drawn from
+/// `[election, 2 × election)` per term, so members rarely campaign at once.
+#[derive(Debug, Clone, Copy)]
+pub struct RaftTiming {
+    pub heartbeat: std::time::Duration,
+    pub election: std::time::Duration,
+}
+
+impl Default for RaftTiming {
+    /// For a LAN: an election in 0.3–0.6 s once the leader is gone.
+    fn default() -> Self {
+        RaftTiming {
+            heartbeat: std::time::Duration::from_millis(100),
+            election: std::time::Duration::from_millis(300),
+        }
+    }
 }
 
 type Waiter = tokio::sync::oneshot::Sender<OpOutcome>;
@@ -309,9 +330,9 @@ impl Store {
 
         let config = Config {
             cluster_name: "weft".into(),
-            heartbeat_interval: 100,
-            election_timeout_min: 300,
-            election_timeout_max: 600,
+            heartbeat_interval: cfg.timing.heartbeat.as_millis() as u64,
+            election_timeout_min: cfg.timing.election.as_millis() as u64,
+            election_timeout_max: 2 * cfg.timing.election.as_millis() as u64,
             // Snapshots bound the log; the state machine itself is already durable.
             snapshot_policy: SnapshotPolicy::LogsSinceLast(50_000),
             max_in_snapshot_log_to_keep: 10_000,
