@@ -276,3 +276,65 @@ fn a_fourth_member_joins_and_is_removed() {
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+/// A node agent given every member moves to another one when its member
+/// dies: its Lease keeps being renewed and its Node stays Ready.
+#[test]
+fn a_node_agent_moves_to_another_member_when_its_member_dies() {
+    let mut m = Members::start(3);
+    m.spawn_agent(2, "agent-3", &[0, 1, 2]);
+    m.kubectl_ok(
+        1,
+        &[
+            "wait",
+            "--for=condition=Ready",
+            "node/agent-3",
+            "--timeout=60s",
+        ],
+    );
+    let renewed = |m: &Members| {
+        let out = m.kubectl(
+            1,
+            &[
+                "get",
+                "lease",
+                "-n",
+                "kube-node-lease",
+                "agent-3",
+                "-o",
+                "jsonpath={.spec.renewTime}",
+            ],
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    // The agent talks to member 1 first; kill it.
+    m.kill(0);
+    let killed = Instant::now();
+    let mut seen = vec![renewed(&m)];
+    while seen.len() < 4 {
+        assert!(
+            killed.elapsed() < Duration::from_secs(20),
+            "the node's Lease was renewed only at {seen:?} in the 20 s after its member died"
+        );
+        let now = renewed(&m);
+        if !now.is_empty() && seen.last() != Some(&now) {
+            seen.push(now);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    eprintln!(
+        "Lease renewals after the kill: {seen:?} ({:?})",
+        killed.elapsed()
+    );
+    let ready = m.kubectl_ok(
+        1,
+        &[
+            "get",
+            "node",
+            "agent-3",
+            "-o",
+            r#"jsonpath={.status.conditions[?(@.type=="Ready")].status}"#,
+        ],
+    );
+    assert_eq!(ready, "True");
+}

@@ -7,9 +7,10 @@ use weft_node::agent::{self, AgentConfig};
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// The API server URL.
-    #[arg(long)]
-    pub server: String,
+    /// The API server's URL, or several control-plane members' URLs, comma
+    /// separated: the agent moves to the next when one stops answering.
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub server: Vec<String>,
     /// A bearer token (the admin token from the kubeconfig is enough for now).
     #[arg(long, env = "WEFT_TOKEN")]
     pub token: String,
@@ -111,16 +112,16 @@ fn any_path(s: &str) -> Result<PathBuf, std::convert::Infallible> {
     Ok(PathBuf::from(s))
 }
 
-/// A kube client for a server, token and CA file.
+/// A kube client for one or several servers, a token and a CA file.
 pub fn client(
-    server: &str,
+    servers: &[String],
     token: &str,
     ca: Option<&std::path::Path>,
 ) -> anyhow::Result<kube::Client> {
     let pem = ca
         .map(|p| std::fs::read(p).with_context(|| format!("reading {}", p.display())))
         .transpose()?;
-    Ok(agent::client(server, token, pem.as_deref())?)
+    Ok(agent::client_of(servers, token, pem.as_deref())?)
 }
 
 /// The node name `weft up` uses: the host name, made a valid object name.

@@ -32,7 +32,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let cp = super::control_plane::start(cfg).await?;
     let ca = data_dir.join("pki/ca.crt");
     let client = super::node::client(
-        &cp.url,
+        std::slice::from_ref(&cp.url),
         &cp.token,
         cp.ca_pem.is_some().then_some(ca.as_path()),
     )?;

@@ -269,6 +269,33 @@ impl Members {
         }
     }
 
+    /// A `weft node` agent named `name` on host `i`, given the members
+    /// `servers` (in that order) and its Lease renewed every second.
+    pub fn spawn_agent(&mut self, i: usize, name: &str, servers: &[usize]) {
+        let urls: Vec<String> = servers.iter().map(|&s| self.url(s)).collect();
+        let dir = self.dirs[i].join(format!("agent-{name}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let token = std::fs::read_to_string(self.dirs[0].join("tokens/admin")).unwrap();
+        let log = std::fs::File::create(dir.join("agent.log")).unwrap();
+        let mut cmd = self.hosts.command(i, env!("CARGO_BIN_EXE_weft"));
+        cmd.args(["node", "--server", &urls.join(","), "--name", name])
+            .arg("--certificate-authority")
+            .arg(self.dirs[0].join("pki/ca.crt"))
+            .arg("--data-dir")
+            .arg(&dir)
+            .args([
+                "--containerd-socket",
+                "",
+                "--node-status-update-frequency",
+                "1s",
+            ])
+            .env("WEFT_TOKEN", token.trim())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log);
+        self.hosts.spawn(cmd);
+    }
+
     /// `weft ARGS` on host `i` against member `i`.
     pub fn weft(&self, i: usize, args: &[&str]) -> String {
         let out = self

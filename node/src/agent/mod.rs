@@ -14,6 +14,7 @@ mod ipam;
 mod mirrors;
 mod node;
 mod pods;
+mod servers;
 mod starts;
 mod state;
 #[cfg(test)]
@@ -81,6 +82,8 @@ pub fn client(
         .map_err(|e| AgentError::Client(format!("server URL {server:?}: {e}")))?;
     let mut config = kube::Config::new(url);
     config.auth_info.token = Some(token.to_string().into());
+    // A member that does not answer is left soon for the next one.
+    config.connect_timeout = Some(Duration::from_secs(5));
     if let Some(pem) = ca_pem {
         let certs = rustls_pki_types::CertificateDer::pem_slice_iter(pem)
             .map(|c| c.map(|c| c.to_vec()))
@@ -89,6 +92,27 @@ pub fn client(
         config.root_cert = Some(certs);
     }
     Ok(kube::Client::try_from(config)?)
+}
+
+/// A kube client over several control-plane members that moves to the next
+/// member when one stops answering (one member: a plain [`client`]).
+pub fn client_of(
+    servers: &[String],
+    token: &str,
+    ca_pem: Option<&[u8]>,
+) -> Result<kube::Client, AgentError> {
+    let members = servers
+        .iter()
+        .map(|s| client(s, token, ca_pem))
+        .collect::<Result<Vec<_>, _>>()?;
+    match <[kube::Client; 1]>::try_from(members) {
+        Ok([one]) => Ok(one),
+        Err(members) if members.is_empty() => Err(AgentError::Client("no API server given".into())),
+        Err(members) => Ok(kube::Client::new(
+            servers::Failover::new(members),
+            "default",
+        )),
+    }
 }
 
 #[derive(Debug, Clone)]
