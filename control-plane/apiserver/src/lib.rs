@@ -247,7 +247,6 @@ fn resource_label(path: &str) -> String {
 }
 
 /// Who may call a path.
-#[derive(PartialEq)]
 enum Access {
     /// Health, version and the CA a joiner pins by its token's hash.
     Public,
