@@ -188,7 +188,9 @@ impl Members {
             procs: vec![None; n],
         };
         m.spawn_member(0, &["--cluster-init"]);
-        m.wait_serving(0);
+        if let Err(log) = m.wait_serving(0) {
+            panic!("member 1 exited; log:\n{log}");
+        }
         for i in 1..formed {
             m.join(i);
         }
@@ -213,21 +215,7 @@ impl Members {
     pub fn try_join(&mut self, i: usize, token: &str) -> Result<(), String> {
         let server = self.url(0);
         self.spawn_member(i, &["--server", &server, "--token", token]);
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !self.dirs[i].join("kubeconfig").exists() {
-            if self.procs[i].is_some_and(|p| self.hosts.exited(p)) {
-                self.procs[i] = None;
-                return Err(self.log(i));
-            }
-            assert!(
-                Instant::now() < deadline,
-                "member {} neither served nor exited; log:\n{}",
-                i + 1,
-                self.log(i)
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        Ok(())
+        self.wait_serving(i)
     }
 
     /// SIGKILLs member `i`.
@@ -258,15 +246,24 @@ impl Members {
         self.procs[i] = Some(self.hosts.spawn(cmd));
     }
 
-    /// Each member writes its kubeconfig once it serves with a leader known.
-    fn wait_serving(&self, i: usize) {
+    /// Each member writes its kubeconfig once it serves with a leader known:
+    /// Ok then, or the member's log if it exits first.
+    fn wait_serving(&mut self, i: usize) -> Result<(), String> {
         let deadline = Instant::now() + Duration::from_secs(60);
         while !self.dirs[i].join("kubeconfig").exists() {
-            if Instant::now() > deadline {
-                panic!("member {} never served; log:\n{}", i + 1, self.log(i));
+            if self.procs[i].is_some_and(|p| self.hosts.exited(p)) {
+                self.procs[i] = None;
+                return Err(self.log(i));
             }
+            assert!(
+                Instant::now() < deadline,
+                "member {} neither served nor exited; log:\n{}",
+                i + 1,
+                self.log(i)
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
+        Ok(())
     }
 
     /// A `weft node` agent named `name` on host `i`, given the members

@@ -184,7 +184,7 @@ pub async fn run(
     let mut last_renewal: Option<tokio::time::Instant> = None;
     loop {
         let known_leader = registry.store.current_leader();
-        let leads = registry.store.leads();
+        let leads = known_leader == Some(registry.store.node_id());
         let renewed = leads
             && match current(&registry, &cfg).await {
                 Ok(cur) => match claim(cur.as_ref(), &cfg, Timestamp::now(), true) {

@@ -399,12 +399,12 @@ impl Store {
 
     /// Whether a leader is known (for `/readyz`).
     pub fn has_leader(&self) -> bool {
-        self.raft.metrics().borrow().current_leader.is_some()
+        self.current_leader().is_some()
     }
 
     /// Whether this member is the Raft leader.
     pub fn leads(&self) -> bool {
-        self.raft.metrics().borrow().current_leader == Some(self.node_id)
+        self.current_leader() == Some(self.node_id)
     }
 
     /// The Raft leader this member knows of.
