@@ -251,14 +251,8 @@ fn a_fourth_member_joins_and_is_removed() {
 
     // Kill the leader and one more: the survivor knows no leader, and its
     // /readyz says so (kubectl gets an error, not ok).
-    let list = m.weft(0, &["member", "list"]);
-    let leader: usize = list
-        .lines()
-        .find(|l| l.split_whitespace().nth(2) == Some("leader"))
-        .and_then(|l| l.split_whitespace().next())
-        .and_then(|id| id.parse().ok())
-        .expect("a leader listed");
-    let survivor = (0..3).find(|&i| i + 1 != leader).unwrap();
+    let leader = m.leader(0).expect("a leader listed");
+    let survivor = (0..3).find(|&i| i != leader).unwrap();
     for i in (0..3).filter(|&i| i != survivor) {
         m.kill(i);
     }

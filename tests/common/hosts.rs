@@ -139,6 +139,82 @@ impl Hosts {
         let _ = self.children[n].kill();
         let _ = self.children[n].wait();
     }
+
+    /// Sends `signal` (`STOP`, `CONT`) to the process numbered `n`. Drop's
+    /// SIGKILL ends a stopped process too.
+    pub fn signal(&self, n: usize, signal: &str) {
+        let pid = self.children[n].id().to_string();
+        let ok = Command::new("kill").args(["-s", signal, &pid]).status();
+        assert!(ok.is_ok_and(|s| s.success()), "kill -s {signal} {pid}");
+    }
+
+    /// Cuts host `i` off the bridge (its link goes down): a partition of
+    /// that host from all others. [`Hosts::reconnect`] ends it.
+    pub fn disconnect(&self, i: usize) {
+        ip(&[
+            "-n",
+            &self.switch,
+            "link",
+            "set",
+            &format!("p{}", i + 1),
+            "down",
+        ]);
+    }
+
+    pub fn reconnect(&self, i: usize) {
+        ip(&[
+            "-n",
+            &self.switch,
+            "link",
+            "set",
+            &format!("p{}", i + 1),
+            "up",
+        ]);
+    }
+
+    /// Makes host `i`'s link slow and lossy: 1 Mbit/s through a token
+    /// bucket (packets queue, so delay grows with load) and 5% of packets
+    /// dropped each way. The kernels this runs on may lack `sch_netem`, so
+    /// delay comes from the rate limit and loss from nftables. Both live in
+    /// the host's namespace; [`Hosts::unslow`] removes them.
+    pub fn slow(&self, i: usize) {
+        let ns = &self.hosts[i].netns;
+        let tc = Command::new("tc")
+            .args(["-n", ns, "qdisc", "replace", "dev", "eth0", "root", "tbf"])
+            .args(["rate", "1mbit", "burst", "16kb", "latency", "400ms"])
+            .status();
+        assert!(tc.is_ok_and(|s| s.success()), "tc tbf on {ns}");
+        let rules = "table inet weft_fault {\n\
+             chain in { type filter hook input priority 0; numgen random mod 100 < 5 drop; }\n\
+             chain out { type filter hook output priority 0; numgen random mod 100 < 5 drop; }\n}\n";
+        let mut nft = Command::new("ip")
+            .args(["netns", "exec", ns, "nft", "-f", "-"])
+            .stdin(Stdio::piped())
+            .spawn()
+            .expect("nft");
+        std::io::Write::write_all(&mut nft.stdin.take().unwrap(), rules.as_bytes()).unwrap();
+        assert!(
+            nft.wait().is_ok_and(|s| s.success()),
+            "nft loss rules on {ns}"
+        );
+    }
+
+    pub fn unslow(&self, i: usize) {
+        let ns = &self.hosts[i].netns;
+        ip(&[
+            "netns",
+            "exec",
+            ns,
+            "nft",
+            "delete",
+            "table",
+            "inet",
+            "weft_fault",
+        ]);
+        let _ = Command::new("tc")
+            .args(["-n", ns, "qdisc", "del", "dev", "eth0", "root"])
+            .status();
+    }
 }
 
 impl Drop for Hosts {
@@ -223,6 +299,33 @@ impl Members {
         if let Some(p) = self.procs[i].take() {
             self.hosts.kill(p);
         }
+    }
+
+    /// Starts member `i` again on its data (after [`Members::kill`]).
+    pub fn restart(&mut self, i: usize) {
+        assert!(self.procs[i].is_none(), "member {} still runs", i + 1);
+        self.spawn_member(i, &[]);
+    }
+
+    /// SIGSTOPs member `i`: it holds its sockets but answers nothing.
+    pub fn pause(&self, i: usize) {
+        self.hosts
+            .signal(self.procs[i].expect("member runs"), "STOP");
+    }
+
+    pub fn resume(&self, i: usize) {
+        self.hosts
+            .signal(self.procs[i].expect("member runs"), "CONT");
+    }
+
+    /// The member (0-based) that `weft member list` on member `via` names
+    /// the Raft leader, if any.
+    pub fn leader(&self, via: usize) -> Option<usize> {
+        self.weft(via, &["member", "list"])
+            .lines()
+            .find(|l| l.split_whitespace().nth(2) == Some("leader"))
+            .and_then(|l| l.split_whitespace().next()?.parse::<usize>().ok())
+            .map(|id| id - 1)
     }
 
     pub fn url(&self, i: usize) -> String {

@@ -85,7 +85,7 @@ impl From<Outcome> for OpOutcome {
 
 enum Leader {
     Me,
-    Other(String),
+    Other(NodeId, String),
     Unknown,
 }
 
@@ -105,7 +105,7 @@ impl Proposer {
         match m.current_leader {
             Some(id) if id == self.me => Leader::Me,
             Some(id) => match m.membership_config.membership().get_node(&id) {
-                Some(BasicNode { addr }) => Leader::Other(addr.clone()),
+                Some(BasicNode { addr }) => Leader::Other(id, addr.clone()),
                 None => Leader::Unknown,
             },
             None => Leader::Unknown,
@@ -115,8 +115,20 @@ impl Proposer {
     /// The leader's URL when another member leads.
     pub fn leader_addr(&self) -> Option<String> {
         match self.leader() {
-            Leader::Other(addr) => Some(addr),
+            Leader::Other(_, addr) => Some(addr),
             Leader::Me | Leader::Unknown => None,
+        }
+    }
+
+    /// Resolves once this member no longer takes `leader` to lead.
+    async fn replaced(&self, leader: NodeId) {
+        let mut metrics = self.raft.metrics();
+        if metrics
+            .wait_for(|m| m.current_leader != Some(leader))
+            .await
+            .is_err()
+        {
+            std::future::pending::<()>().await;
         }
     }
 
@@ -154,9 +166,17 @@ impl Proposer {
                     Ok(None) => {}
                     Err(e) => return all(e),
                 },
-                Leader::Other(addr) => {
-                    let sent: Result<Answer<Vec<Outcome>>, _> =
-                        self.net.send(&addr, RPC_PROPOSE, &req, COMMIT_WAIT).await;
+                Leader::Other(id, addr) => {
+                    let sent: Result<Answer<Vec<Outcome>>, _> = tokio::select! {
+                        sent = self.net.send(&addr, RPC_PROPOSE, &req, COMMIT_WAIT) => sent,
+                        // A leader cut off from this member (and likely from
+                        // the quorum) would hold the caller for COMMIT_WAIT:
+                        // once Raft moves on, answer at once.
+                        () = self.replaced(id) => Err(SendError::Uncertain(format!(
+                            "the leader {addr} was replaced while the write was in flight; \
+                             it may still commit"
+                        ))),
+                    };
                     match sent {
                         Ok(Answer::Done(out)) => {
                             let out: Vec<OpOutcome> = out.into_iter().map(Into::into).collect();
@@ -228,9 +248,12 @@ impl Proposer {
                         Err(_) => return Err(Self::no_quorum()),
                     }
                 }
-                Leader::Other(addr) => {
-                    let sent: Result<Answer<Result<u64, String>>, _> =
-                        self.net.send(&addr, RPC_READ_INDEX, &(), COMMIT_WAIT).await;
+                Leader::Other(id, addr) => {
+                    let sent: Result<Answer<Result<u64, String>>, _> = tokio::select! {
+                        sent = self.net.send(&addr, RPC_READ_INDEX, &(), COMMIT_WAIT) => sent,
+                        // A read may simply ask the new leader.
+                        () = self.replaced(id) => Err(SendError::NotSent(addr.clone())),
+                    };
                     match sent {
                         Ok(Answer::Done(Ok(index))) => return self.wait_applied(index).await,
                         Ok(Answer::Done(Err(m))) => return Err(StoreError::Unavailable(m)),

@@ -151,14 +151,29 @@ pub(super) async fn delete_one(
     opts: &DeleteOptions,
 ) -> Result<Deleted, Status> {
     let res = ctx.target.res;
+    // As in an update (write.rs `update_with`): this member's own state is
+    // good for an attempt, only a linearized read for NotFound or Conflict.
+    let mut fresh = false;
     for _ in 0..8 {
-        let (rev, cur) = ctx.current(name, false).await?;
+        let (rev, cur) = match ctx.current(name, fresh).await {
+            Err(s) if s.code == 404 && !fresh => {
+                fresh = true;
+                continue;
+            }
+            read => read?,
+        };
         let uid = cur
             .pointer("/metadata/uid")
             .and_then(Value::as_str)
             .unwrap_or("")
             .to_string();
-        check_preconditions(opts, &uid, rev)?;
+        if let Err(e) = check_preconditions(opts, &uid, rev) {
+            if fresh {
+                return Err(e);
+            }
+            fresh = true;
+            continue;
+        }
         let finalizers = finalizers_for(&cur, opts);
         let pod_grace = grace_period(res.kind, &cur, opts);
         let ns_held = res.kind == "Namespace"
@@ -212,7 +227,10 @@ pub(super) async fn delete_one(
                 Ok((_, stored)) => {
                     return Ok(Deleted::Object(stored.unwrap_or_default()));
                 }
-                Err(StoreError::Precondition(Failed::Conflict { .. })) => continue,
+                Err(StoreError::Precondition(Failed::Conflict { .. })) => {
+                    fresh = true;
+                    continue;
+                }
                 Err(e) => return Err(store_error(res, name, e)),
             }
         }
@@ -236,7 +254,7 @@ pub(super) async fn delete_one(
                     Deleted::Gone(success_status(res, name, &uid))
                 });
             }
-            Err(StoreError::Precondition(Failed::Conflict { .. })) => continue,
+            Err(StoreError::Precondition(Failed::Conflict { .. })) => fresh = true,
             Err(e) => return Err(store_error(res, name, e)),
         }
     }

@@ -92,10 +92,26 @@ where
 {
     let name = ctx.name().to_string();
     let res = ctx.target.res;
+    // The first read is this member's own state, which may lag the
+    // leader's. It is good for an attempt (the write's precondition is
+    // checked where it commits) but not for an answer: NotFound, Conflict
+    // and "nothing to change" come only from a linearized read, as
+    // kube-apiserver's GuaranteedUpdate refreshes a cached object first.
+    let mut fresh = false;
     for _ in 0..8 {
-        let (rev, cur) = ctx.current(&name, false).await?;
+        let (rev, cur) = match ctx.current(&name, fresh).await {
+            Err(s) if s.code == 404 && !fresh => {
+                fresh = true;
+                continue;
+            }
+            read => read?,
+        };
         let (new, pinned) = change(&cur)?;
         if pinned.is_some_and(|p| p != rev) {
+            if !fresh {
+                fresh = true;
+                continue;
+            }
             return Err(Status::conflict(res.group, res.plural, &name));
         }
         let (mut obj, warnings) = admit(ctx, new, Some(&cur))?;
@@ -106,6 +122,10 @@ where
         // A no-op update writes nothing and keeps the resourceVersion, as in Kubernetes.
         meta_mut(&mut obj).insert("resourceVersion".into(), json!(rev.to_string()));
         if obj == cur {
+            if !fresh {
+                fresh = true;
+                continue;
+            }
             return Ok((cur, warnings));
         }
         match ctx
@@ -123,7 +143,9 @@ where
                 finish_if_released(ctx, &name, &stored).await?;
                 return Ok((stored, warnings));
             }
-            Err(StoreError::Precondition(Failed::Conflict { .. })) if pinned.is_none() => continue,
+            Err(StoreError::Precondition(Failed::Conflict { .. })) if pinned.is_none() => {
+                fresh = true;
+            }
             Err(e) => return Err(store_error(res, &name, e)),
         }
     }
@@ -240,14 +262,18 @@ pub(super) async fn patch(
                 .map_err(|e| store_error(res, ctx.name(), e))?
                 .is_none()
         {
-            let (mut obj, warnings) = admit(ctx, patch_doc, None)?;
+            let (mut obj, warnings) = admit(ctx, patch_doc.clone(), None)?;
             ensure_namespace(ctx).await?;
             allocate(ctx, &mut obj, None).await?;
             if ctx.dry_run() {
                 return Ok(created(obj, warnings));
             }
-            let stored = ctx.put(ctx.name(), obj, Precondition::Absent).await?;
-            return Ok(created(stored, warnings));
+            match ctx.put(ctx.name(), obj, Precondition::Absent).await {
+                Ok(stored) => return Ok(created(stored, warnings)),
+                // Created meanwhile, or this member's state lagged: patch it.
+                Err(s) if s.reason == "AlreadyExists" => {}
+                Err(s) => return Err(s),
+            }
         }
     }
     let sub = ctx.target.sub.clone();
