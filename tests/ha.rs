@@ -332,3 +332,77 @@ fn a_node_agent_moves_to_another_member_when_its_member_dies() {
     );
     assert_eq!(ready, "True");
 }
+
+/// Five members survive two deaths (the leader's among them): writes go on.
+/// With a third gone the two left are no quorum: a write through either,
+/// the leader that lost its quorum included, is answered 503 at once
+/// (kubectl's log shows each response), and kubectl, which retries a 503
+/// that carries Retry-After, gives up within its retries: never a hang.
+#[test]
+fn five_members_survive_two_deaths_and_refuse_writes_without_quorum() {
+    let mut m = Members::start(5);
+    let first = m.leader(0).expect("a leader");
+    let other = (first + 1) % 5;
+    m.kill(first);
+    m.kill(other);
+    let alive: Vec<usize> = (0..5).filter(|&i| i != first && i != other).collect();
+    for (n, &i) in alive.iter().enumerate() {
+        m.kubectl_stdin(
+            i,
+            &["apply", "-f", "-"],
+            &configmap(&format!("three-of-five-{n}")),
+        );
+    }
+    // Kill a follower of the new leader: the leader is left with one follower.
+    let leader = m.leader(alive[0]).expect("a new leader");
+    assert!(alive.contains(&leader), "the leader {leader} is a survivor");
+    let third = *alive.iter().find(|&&i| i != leader).unwrap();
+    m.kill(third);
+    let left: Vec<usize> = alive.into_iter().filter(|&i| i != third).collect();
+    // Past the leader's quorum timeout (2 × the 300 ms election timeout).
+    std::thread::sleep(Duration::from_secs(1));
+    for i in left {
+        let role = if i == leader { "leader" } else { "follower" };
+        let started = Instant::now();
+        let out = m
+            .kubectl_cmd(
+                i,
+                &["create", "configmap", &format!("no-quorum-{i}"), "-v=6"],
+            )
+            .stdin(Stdio::null())
+            .output()
+            .expect("kubectl");
+        let took = started.elapsed();
+        let log = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "a write committed without a quorum");
+        // client-go logs "POST https://… 503 Service Unavailable in N milliseconds".
+        let answers: Vec<u64> = log
+            .lines()
+            .filter(|l| l.contains("POST") && l.contains("503 Service Unavailable in"))
+            .filter_map(|l| {
+                l.rsplit(" in ")
+                    .next()?
+                    .split_whitespace()
+                    .next()?
+                    .parse()
+                    .ok()
+            })
+            .collect();
+        eprintln!(
+            "write through the {role} (member {}) without quorum: {} answers of 503 in {answers:?} ms, kubectl gave up after {took:?}: {}",
+            i + 1,
+            answers.len(),
+            log.lines().last().unwrap_or("")
+        );
+        assert!(!answers.is_empty(), "no 503 from the {role}:\n{log}");
+        assert!(
+            answers.iter().all(|&ms| ms < 1000),
+            "the {role} took {answers:?} ms to answer"
+        );
+        assert!(took < Duration::from_secs(20), "kubectl was held {took:?}");
+        assert!(
+            log.contains("no quorum"),
+            "the error does not say why:\n{log}"
+        );
+    }
+}

@@ -62,9 +62,8 @@ impl From<OpOutcome> for Outcome {
         match r {
             Ok(a) => Outcome::Applied(a),
             Err(StoreError::Precondition(f)) => Outcome::Failed(f),
-            Err(e @ (StoreError::Unavailable(_) | StoreError::NoQuorum(_))) => {
-                Outcome::Unavailable(e.to_string())
-            }
+            Err(StoreError::Unavailable(m)) => Outcome::Unavailable(m),
+            Err(e @ StoreError::NoQuorum(_)) => Outcome::Unavailable(e.to_string()),
             Err(StoreError::Uncertain(m)) => Outcome::Uncertain(m),
             Err(e) => Outcome::Internal(e.to_string()),
         }
@@ -96,6 +95,9 @@ pub(crate) struct Proposer {
     pub net: Network,
     pub me: NodeId,
     pub counters: crate::metrics::RaftCounters,
+    /// A leader that no quorum acknowledged for this long takes itself to
+    /// be cut off (the longest election timeout, as etcd's CheckQuorum).
+    pub quorum_timeout: Duration,
 }
 
 impl Proposer {
@@ -199,6 +201,7 @@ impl Proposer {
     /// `Ok(None)`: this member stopped leading before the entry was
     /// appended (or it was truncated away), so it did not commit; try again.
     async fn commit_here(&self, req: Request) -> Result<Option<Vec<OpOutcome>>, StoreError> {
+        self.check_quorum()?;
         match tokio::time::timeout(COMMIT_WAIT, self.raft.client_write(req)).await {
             Ok(Ok(resp)) => {
                 let index = resp.log_id.index;
@@ -241,6 +244,7 @@ impl Proposer {
         loop {
             match self.leader() {
                 Leader::Me => {
+                    self.check_quorum()?;
                     match tokio::time::timeout(COMMIT_WAIT, self.raft.ensure_linearizable()).await {
                         Ok(Ok(_)) => return Ok(()),
                         Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_)))) => {}
@@ -272,6 +276,7 @@ impl Proposer {
     /// The leader's read index, confirmed by a heartbeat to a quorum.
     /// `Ok(None)`: this member no longer leads.
     pub async fn read_index_here(&self) -> Result<Option<u64>, StoreError> {
+        self.check_quorum()?;
         match tokio::time::timeout(COMMIT_WAIT, self.raft.get_read_log_id()).await {
             Ok(Ok((read, applied))) => {
                 let index = read.max(applied).map(|l| l.index).unwrap_or(0);
@@ -280,6 +285,21 @@ impl Proposer {
             Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_)))) => Ok(None),
             Ok(Err(e)) => Err(e.into()),
             Err(_) => Err(Self::no_quorum()),
+        }
+    }
+
+    /// A leader cut off from its quorum (its followers dead or unreachable)
+    /// could only hold its callers for the whole commit wait: it refuses at
+    /// once, before proposing anything, so the caller gets a retryable 503.
+    fn check_quorum(&self) -> Result<(), StoreError> {
+        let since = self.raft.metrics().borrow().millis_since_quorum_ack;
+        match since {
+            Some(ms) if ms > self.quorum_timeout.as_millis() as u64 => {
+                Err(StoreError::Unavailable(format!(
+                    "this leader has heard from no quorum of members for {ms} ms"
+                )))
+            }
+            _ => Ok(()),
         }
     }
 

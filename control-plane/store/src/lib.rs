@@ -351,6 +351,7 @@ impl Store {
             net: cfg.network,
             me: cfg.node_id,
             counters,
+            quorum_timeout: 2 * cfg.timing.election,
         };
         let (writes, rx) = tokio::sync::mpsc::unbounded_channel();
         tokio::spawn(batch_writes(proposer.clone(), rx));
