@@ -359,7 +359,7 @@ fn five_members_survive_two_deaths_and_refuse_writes_without_quorum() {
     let third = *alive.iter().find(|&&i| i != leader).unwrap();
     m.kill(third);
     let left: Vec<usize> = alive.into_iter().filter(|&i| i != third).collect();
-    // Past the leader's quorum timeout (2 × the 300 ms election timeout).
+    // Past the leader's quorum timeout (2.5 × the 150 ms election timeout).
     std::thread::sleep(Duration::from_secs(1));
     for i in left {
         let role = if i == leader { "leader" } else { "follower" };

@@ -165,11 +165,11 @@ mod tests {
                 .raft_timing()
         };
         let t = parse(&[]).unwrap();
-        assert_eq!(t.heartbeat, Duration::from_millis(100));
-        assert_eq!(t.election, Duration::from_millis(300));
+        assert_eq!(t.heartbeat, Duration::from_millis(50));
+        assert_eq!(t.election, Duration::from_millis(150));
         let t = parse(&["--heartbeat-interval", "250ms", "--election-timeout", "2s"]).unwrap();
         assert_eq!(t.election, Duration::from_secs(2));
-        let e = parse(&["--election-timeout", "200ms"]).unwrap_err();
+        let e = parse(&["--election-timeout", "100ms"]).unwrap_err();
         assert!(e.to_string().contains("at least three times"), "{e}");
     }
 

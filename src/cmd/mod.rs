@@ -64,13 +64,13 @@ pub struct MemberArgs {
     #[arg(long)]
     pub node_id: Option<u64>,
     /// How often the Raft leader heartbeats its followers (etcd's name).
-    #[arg(long, default_value = "100ms", value_parser = parse_duration)]
+    #[arg(long, default_value = "50ms", value_parser = parse_duration)]
     pub heartbeat_interval: Duration,
     /// How long a follower waits without a heartbeat before it campaigns;
-    /// each term draws from [this, twice this). Raise both on slow links
-    /// or disks: an election timeout near the fsync or round-trip time
-    /// makes elections churn.
-    #[arg(long, default_value = "300ms", value_parser = parse_duration)]
+    /// each term draws from [this, 1.5 × this), after a leader lease of
+    /// 1.5 × this. Raise both on slow links or disks: an election timeout
+    /// near the fsync or round-trip time makes elections churn.
+    #[arg(long, default_value = "150ms", value_parser = parse_duration)]
     pub election_timeout: Duration,
 }
 

@@ -46,7 +46,7 @@ impl Api {
     }
 
     /// Moves this thread into member `m`'s namespace and builds a client.
-    fn client(&self, m: usize) -> (tokio::runtime::Runtime, reqwest::Client) {
+    pub fn client(&self, m: usize) -> (tokio::runtime::Runtime, reqwest::Client) {
         let ns = std::fs::File::open(format!("/run/netns/{}", self.members[m].netns))
             .expect("open the member's namespace");
         rustix::thread::move_into_link_name_space(

@@ -96,7 +96,8 @@ pub(crate) struct Proposer {
     pub me: NodeId,
     pub counters: crate::metrics::RaftCounters,
     /// A leader that no quorum acknowledged for this long takes itself to
-    /// be cut off (the longest election timeout, as etcd's CheckQuorum).
+    /// be cut off, as etcd's CheckQuorum: by then its followers may have
+    /// elected another.
     pub quorum_timeout: Duration,
 }
 

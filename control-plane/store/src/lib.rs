@@ -241,7 +241,10 @@ pub struct StoreConfig<'a> {
 /// How often the leader heartbeats and how long a follower waits without
 /// one before it campaigns (etcd's `--heartbeat-interval` and
 /// `--election-timeout`). The election timeout is drawn from
-/// `[election, 2 × election)` per term, so members rarely campaign at once.
+/// `[election, 1.5 × election)` per term, so members rarely campaign at
+/// once. openraft adds its leader lease (the longest draw) while a leader
+/// was known, so a dead leader is replaced 2.5–3 × `election` after its
+/// last heartbeat.
 #[derive(Debug, Clone, Copy)]
 pub struct RaftTiming {
     pub heartbeat: std::time::Duration,
@@ -249,12 +252,20 @@ pub struct RaftTiming {
 }
 
 impl Default for RaftTiming {
-    /// For a LAN: an election in 0.3–0.6 s once the leader is gone.
+    /// For a LAN: a dead leader replaced within 375–450 ms.
     fn default() -> Self {
         RaftTiming {
-            heartbeat: std::time::Duration::from_millis(100),
-            election: std::time::Duration::from_millis(300),
+            heartbeat: std::time::Duration::from_millis(50),
+            election: std::time::Duration::from_millis(150),
         }
+    }
+}
+
+impl RaftTiming {
+    /// The longest election timeout a term draws, and openraft's leader
+    /// lease: followers refuse votes for this long after a heartbeat.
+    pub fn election_max(&self) -> std::time::Duration {
+        self.election * 3 / 2
     }
 }
 
@@ -332,7 +343,7 @@ impl Store {
             cluster_name: "weft".into(),
             heartbeat_interval: cfg.timing.heartbeat.as_millis() as u64,
             election_timeout_min: cfg.timing.election.as_millis() as u64,
-            election_timeout_max: 2 * cfg.timing.election.as_millis() as u64,
+            election_timeout_max: cfg.timing.election_max().as_millis() as u64,
             // Snapshots bound the log; the state machine itself is already durable.
             snapshot_policy: SnapshotPolicy::LogsSinceLast(50_000),
             max_in_snapshot_log_to_keep: 10_000,
@@ -351,7 +362,8 @@ impl Store {
             net: cfg.network,
             me: cfg.node_id,
             counters,
-            quorum_timeout: 2 * cfg.timing.election,
+            // Past this, followers may have elected another leader.
+            quorum_timeout: cfg.timing.election_max() + cfg.timing.election,
         };
         let (writes, rx) = tokio::sync::mpsc::unbounded_channel();
         tokio::spawn(batch_writes(proposer.clone(), rx));
