@@ -191,10 +191,21 @@ fn row(what: &str, rate: f64, lat: &mut [Duration]) {
 fn failover(m: &mut Members, api: &Api, kills: usize) -> Vec<Duration> {
     let mut took = Vec::new();
     for k in 0..kills {
-        let via = (0..3)
-            .find(|&i| m.leader(i).is_some())
-            .expect("a live member");
-        let leader = m.leader(via).expect("a leader");
+        // All three serve linearizable reads (so they caught up) before a kill.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        for i in 0..3 {
+            while !get_ok(api, i, PROBE) {
+                assert!(
+                    Instant::now() < deadline,
+                    "member {} does not serve before kill {}; its log:\n{}",
+                    i + 1,
+                    k + 1,
+                    m.log(i)
+                );
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+        let leader = m.leader(0).expect("a leader");
         let survivor = (leader + 1) % 3;
         let (go, killed_rx) = std::sync::mpsc::channel::<()>();
         let writer = {
@@ -213,8 +224,13 @@ fn failover(m: &mut Members, api: &Api, kills: usize) -> Vec<Duration> {
                     assert!(warm.is_ok_and(|r| r.status() == 200), "warm-up read");
                     killed_rx.recv().unwrap();
                     let mut n = 0;
+                    let killed = Instant::now();
+                    let mut last = String::new();
                     loop {
                         n += 1;
+                        if killed.elapsed() > Duration::from_secs(30) {
+                            return Err(last);
+                        }
                         let sent = http
                             .post(&url)
                             .bearer_auth(&api.token)
@@ -222,8 +238,16 @@ fn failover(m: &mut Members, api: &Api, kills: usize) -> Vec<Duration> {
                             .json(&body(&format!("failover-{k}-{n}")))
                             .send()
                             .await;
-                        if sent.is_ok_and(|r| r.status() == 201) {
-                            return Instant::now();
+                        match sent {
+                            Ok(r) if r.status() == 201 => return Ok(Instant::now()),
+                            Ok(r) => {
+                                last = format!(
+                                    "{}: {}",
+                                    r.status(),
+                                    r.text().await.unwrap_or_default()
+                                )
+                            }
+                            Err(e) => last = format!("{e:?}"),
                         }
                         tokio::time::sleep(Duration::from_millis(5)).await;
                     }
@@ -234,7 +258,16 @@ fn failover(m: &mut Members, api: &Api, kills: usize) -> Vec<Duration> {
         m.kill(leader);
         let killed = Instant::now();
         go.send(()).unwrap();
-        let acked = writer.join().unwrap();
+        let acked = match writer.join().unwrap() {
+            Ok(t) => t,
+            Err(last) => panic!(
+                "no write acknowledged through member {} 30 s after kill {}; the last answer: {last}\nits log:\n{}\nthe other survivor's log:\n{}",
+                survivor + 1,
+                k + 1,
+                m.log(survivor),
+                m.log((leader + 2) % 3)
+            ),
+        };
         took.push(acked.saturating_duration_since(killed));
         println!(
             "  kill {}: member {} → first write through member {} after {}",
@@ -243,18 +276,8 @@ fn failover(m: &mut Members, api: &Api, kills: usize) -> Vec<Duration> {
             survivor + 1,
             ms(took[k])
         );
-        // Back to three before the next kill: restart, and wait until the
-        // restarted member serves a linearized read (it caught up).
+        // Back to three before the next kill (checked at the loop's top).
         m.restart(leader);
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !get_ok(api, leader, PROBE) {
-            assert!(
-                Instant::now() < deadline,
-                "member {} did not come back",
-                leader + 1
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
     }
     took
 }

@@ -353,6 +353,10 @@ fn five_members_survive_two_deaths_and_refuse_writes_without_quorum() {
             &configmap(&format!("three-of-five-{n}")),
         );
     }
+    // A `weft` client given a dead member first moves on to the next.
+    let servers = format!("{},{}", m.url(first), m.url(alive[0]));
+    let list = m.weft(alive[0], &["member", "--server", &servers, "list"]);
+    assert_eq!(list.lines().count(), 1 + 5, "{list}");
     // Kill a follower of the new leader: the leader is left with one follower.
     let leader = m.leader(alive[0]).expect("a new leader");
     assert!(alive.contains(&leader), "the leader {leader} is a survivor");

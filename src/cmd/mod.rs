@@ -126,6 +126,11 @@ pub struct ClientArgs {
     /// Namespace (default: the kubeconfig context's).
     #[arg(short = 'n', long)]
     pub namespace: Option<String>,
+    /// API servers to use in place of the kubeconfig's, comma-separated
+    /// (members of its cluster): a server that refuses or does not answer
+    /// the connection is left for the next.
+    #[arg(long, value_delimiter = ',')]
+    pub server: Vec<String>,
 }
 
 impl ClientArgs {
@@ -135,7 +140,8 @@ impl ClientArgs {
             .clone()
             .unwrap_or_else(|| default_data_dir().join("kubeconfig"));
         let mut c = Client::from_kubeconfig(&path)
-            .with_context(|| format!("loading kubeconfig {}", path.display()))?;
+            .with_context(|| format!("loading kubeconfig {}", path.display()))?
+            .with_servers(self.server.clone());
         if let Some(ns) = &self.namespace {
             c.namespace = ns.clone();
         }

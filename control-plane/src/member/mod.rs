@@ -246,7 +246,20 @@ impl ControlPlane {
             api.store.ask_to_join(server, me, cfg.ready_timeout).await?;
         }
         api.store.wait_ready(cfg.ready_timeout).await?;
-        weft_apiserver::bootstrap(&api, addr).await?;
+        // A leader restarted after a crash takes itself for the leader (its
+        // vote survives) until the others answer with a newer term, so its
+        // first bootstrap may find no quorum: retry until it settles.
+        let deadline = tokio::time::Instant::now() + cfg.ready_timeout;
+        loop {
+            match weft_apiserver::bootstrap(&api, addr).await {
+                Ok(()) => break,
+                Err(e) if e.is_retryable() && tokio::time::Instant::now() < deadline => {
+                    tracing::info!("bootstrap objects not written yet ({e}); retrying");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
         let (leading_tx, leading) = signal::channel(false);
         let leadership = cfg.run_controllers.then(|| {
             let registry = api.registry.clone();

@@ -347,7 +347,11 @@ impl Store {
             // Snapshots bound the log; the state machine itself is already durable.
             snapshot_policy: SnapshotPolicy::LogsSinceLast(50_000),
             max_in_snapshot_log_to_keep: 10_000,
-            max_payload_entries: 1_000,
+            // openraft 0.9 gives each AppendEntries one heartbeat interval
+            // to complete: a lagging follower catches up in steps small
+            // enough for that (an entry holds up to MAX_BATCH writes), or
+            // it never does.
+            max_payload_entries: 8,
             ..Default::default()
         }
         .validate()?;

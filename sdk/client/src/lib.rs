@@ -3,10 +3,14 @@
 //! primary clients.
 
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 pub use reqwest::Method;
 use serde_json::Value;
 use weft_api::{Resource, Status, resources};
+
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -33,7 +37,10 @@ impl ClientError {
 #[derive(Clone)]
 pub struct Client {
     http: reqwest::Client,
-    server: String,
+    /// Every API server this client may use (members of one cluster), and
+    /// the one it uses now: it moves on when one stops answering.
+    servers: Arc<[String]>,
+    current: Arc<AtomicUsize>,
     token: Option<String>,
     pub namespace: String,
 }
@@ -81,7 +88,8 @@ impl Client {
             .get("server")
             .and_then(Value::as_str)
             .ok_or_else(|| cfg_err("cluster has no server"))?;
-        let mut builder = reqwest::Client::builder();
+        // A member that does not answer the handshake soon is taken for dead.
+        let mut builder = reqwest::Client::builder().connect_timeout(CONNECT_TIMEOUT);
         if let Some(ca) = cluster
             .get("certificate-authority-data")
             .and_then(Value::as_str)
@@ -101,7 +109,8 @@ impl Client {
         }
         Ok(Client {
             http: builder.build()?,
-            server: server.trim_end_matches('/').to_string(),
+            servers: [server.trim_end_matches('/').to_string()].into(),
+            current: Arc::default(),
             token: user
                 .and_then(|u| u.get("token"))
                 .and_then(Value::as_str)
@@ -114,8 +123,23 @@ impl Client {
         })
     }
 
+    /// Uses `servers` (members of the kubeconfig's cluster, same CA and
+    /// credentials) in place of the kubeconfig's one server.
+    pub fn with_servers(mut self, servers: Vec<String>) -> Client {
+        if !servers.is_empty() {
+            let servers: Vec<String> = servers
+                .into_iter()
+                .map(|s| s.trim_end_matches('/').to_string())
+                .collect();
+            self.servers = servers.into();
+            self.current = Arc::default();
+        }
+        self
+    }
+
+    /// The server in use.
     pub fn server(&self) -> &str {
-        &self.server
+        &self.servers[self.current.load(Ordering::Relaxed) % self.servers.len()]
     }
 
     /// One request; a non-2xx answer becomes `ClientError::Api` with the server's Status.
@@ -126,17 +150,38 @@ impl Client {
         body: Option<(&str, Vec<u8>)>,
         accept: Option<&str>,
     ) -> Result<Value, ClientError> {
-        let mut req = self.http.request(method, format!("{}{path}", self.server));
-        if let Some(t) = &self.token {
-            req = req.bearer_auth(t);
-        }
-        if let Some(a) = accept {
-            req = req.header("Accept", a);
-        }
-        if let Some((ct, bytes)) = body {
-            req = req.header("Content-Type", ct).body(bytes);
-        }
-        let resp = req.send().await?;
+        let mut tries = self.servers.len();
+        let resp = loop {
+            let at = self.current.load(Ordering::Relaxed);
+            let mut req = self.http.request(
+                method.clone(),
+                format!("{}{path}", self.servers[at % self.servers.len()]),
+            );
+            if let Some(t) = &self.token {
+                req = req.bearer_auth(t);
+            }
+            if let Some(a) = accept {
+                req = req.header("Accept", a);
+            }
+            if let Some((ct, bytes)) = &body {
+                req = req.header("Content-Type", *ct).body(bytes.clone());
+            }
+            match req.send().await {
+                Ok(resp) => break resp,
+                // Not connected: nothing reached the member, so any request
+                // may go to the next one (k3s agents' client-side balancing).
+                Err(e) if e.is_connect() && tries > 1 => {
+                    tries -= 1;
+                    let _ = self.current.compare_exchange(
+                        at,
+                        at.wrapping_add(1),
+                        Ordering::Relaxed,
+                        Ordering::Relaxed,
+                    );
+                }
+                Err(e) => return Err(e.into()),
+            }
+        };
         let code = resp.status();
         let text = resp.text().await?;
         let v: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
