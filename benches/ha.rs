@@ -32,29 +32,11 @@ use std::time::{Duration, Instant};
 use common::hosts::Members;
 use serde_json::json;
 use stats::{ms, pct};
-use traffic::{Api, Member};
+use traffic::Api;
 
 const PATH: &str = "/api/v1/namespaces/default/configmaps";
 /// The object the GETs read.
 const PROBE: &str = "linearizable-get";
-
-fn api_of(m: &Members) -> Api {
-    let read = |p: &str| std::fs::read(m.dirs[0].join(p)).expect(p);
-    Api {
-        members: (0..m.dirs.len())
-            .map(|i| Member {
-                url: m.url(i),
-                netns: m.hosts.hosts[i].netns.clone(),
-            })
-            .collect(),
-        ca_pem: read("pki/ca.crt"),
-        token: String::from_utf8(read("tokens/admin"))
-            .unwrap()
-            .trim()
-            .to_string(),
-        t0: Instant::now(),
-    }
-}
 
 fn body(name: &str) -> serde_json::Value {
     json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name},
@@ -295,12 +277,12 @@ fn main() {
     );
 
     let one = Members::start(1);
-    let api1 = api_of(&one);
+    let api1 = Api::of(&one);
     let (r1, mut l1) = creates(&api1, &[0], 64, count, limit);
     drop(one);
 
     let mut m = Members::start(3);
-    let api = api_of(&m);
+    let api = Api::of(&m);
     let leader = m.leader(0).expect("a leader");
     let follower = (leader + 1) % 3;
     let (r3, mut l3) = creates(&api, &[leader], 64, count, limit);

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use common::hosts::Members;
 use history::{History, NEVER, Ret};
-use traffic::{Api, Member};
+use traffic::Api;
 
 /// One fault per run, on the Raft leader (where faults hurt most).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -46,24 +46,6 @@ fn seed() -> u64 {
     match std::env::var("WEFT_ROBUSTNESS_SEED") {
         Ok(s) => s.parse().expect("WEFT_ROBUSTNESS_SEED is a number"),
         Err(_) => rand::random(),
-    }
-}
-
-fn api_of(m: &Members) -> Api {
-    let read = |p: &str| std::fs::read(m.dirs[0].join(p)).expect(p);
-    Api {
-        members: (0..m.dirs.len())
-            .map(|i| Member {
-                url: m.url(i),
-                netns: m.hosts.hosts[i].netns.clone(),
-            })
-            .collect(),
-        ca_pem: read("pki/ca.crt"),
-        token: String::from_utf8(read("tokens/admin"))
-            .unwrap()
-            .trim()
-            .to_string(),
-        t0: Instant::now(),
     }
 }
 
@@ -130,7 +112,7 @@ fn run(fault: Fault) -> (History, Timeline, Members) {
         "robustness {fault:?}: seed {seed} (WEFT_ROBUSTNESS_SEED={seed} repeats its traffic)"
     );
     let mut m = Members::start(3);
-    let api = api_of(&m);
+    let api = Api::of(&m);
     let target = m.leader(0).expect("a leader");
     let survivor = (target + 1) % 3;
     if fault == Fault::Kill {

@@ -15,6 +15,8 @@ use rand::{Rng, SeedableRng, rngs::StdRng};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
+use crate::common::hosts::Members;
+
 use super::history::{Call, Event, EventType, History, List, NEVER, Nanos, Op, Ret, Seen, Stream};
 
 /// How to reach one member.
@@ -41,6 +43,25 @@ const KEYS: usize = 12;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(4);
 
 impl Api {
+    /// The members of `m`, with its CA and admin token; time zero is now.
+    pub fn of(m: &Members) -> Api {
+        let read = |p: &str| std::fs::read(m.dirs[0].join(p)).expect(p);
+        Api {
+            members: (0..m.dirs.len())
+                .map(|i| Member {
+                    url: m.url(i),
+                    netns: m.hosts.hosts[i].netns.clone(),
+                })
+                .collect(),
+            ca_pem: read("pki/ca.crt"),
+            token: String::from_utf8(read("tokens/admin"))
+                .unwrap()
+                .trim()
+                .to_string(),
+            t0: Instant::now(),
+        }
+    }
+
     fn now(&self) -> Nanos {
         self.t0.elapsed().as_nanos() as Nanos
     }
@@ -128,23 +149,8 @@ pub fn client(api: Api, id: usize, member: usize, seed: u64, until: Instant) -> 
                     Some((StatusCode::NOT_FOUND, _)) => Ret::NotFound,
                     _ => Ret::Unknown,
                 };
-                let end = if ret == Ret::Unknown {
-                    NEVER
-                } else {
-                    api.now()
-                };
-                ops.push(Op {
-                    client: id,
-                    member,
-                    call: Call::Get { key: key.clone() },
-                    ret,
-                    start,
-                    end,
-                });
-                if end == NEVER {
-                    // The member may be down: retry soon, not in a tight loop.
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
+                let call = Call::Get { key: key.clone() };
+                record(&api, &mut ops, (id, member), call, ret, start).await;
                 if current.is_none() {
                     continue;
                 }
@@ -198,25 +204,36 @@ pub fn client(api: Api, id: usize, member: usize, seed: u64, until: Instant) -> 
                 (_, Some((StatusCode::CONFLICT, _))) => Ret::Conflict,
                 _ => Ret::Unknown,
             };
-            let end = if ret == Ret::Unknown {
-                NEVER
-            } else {
-                api.now()
-            };
-            ops.push(Op {
-                client: id,
-                member,
-                call,
-                ret,
-                start,
-                end,
-            });
-            if end == NEVER {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
+            record(&api, &mut ops, (id, member), call, ret, start).await;
         }
     });
     ops
+}
+
+/// Records a call that `client` sent to `member`; one without an answer
+/// may take effect any time later, and is followed by a pause (the member
+/// may be down: retry soon, not in a tight loop).
+async fn record(
+    api: &Api,
+    ops: &mut Vec<Op>,
+    (client, member): (usize, usize),
+    call: Call,
+    ret: Ret,
+    start: Nanos,
+) {
+    let unknown = ret == Ret::Unknown;
+    let end = if unknown { NEVER } else { api.now() };
+    ops.push(Op {
+        client,
+        member,
+        call,
+        ret,
+        start,
+        end,
+    });
+    if unknown {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// Lists the ConfigMaps on `member`: None if it did not answer with a list.
