@@ -151,25 +151,17 @@ impl Hosts {
     /// Cuts host `i` off the bridge (its link goes down): a partition of
     /// that host from all others. [`Hosts::reconnect`] ends it.
     pub fn disconnect(&self, i: usize) {
-        ip(&[
-            "-n",
-            &self.switch,
-            "link",
-            "set",
-            &format!("p{}", i + 1),
-            "down",
-        ]);
+        self.port(i, "down");
     }
 
     pub fn reconnect(&self, i: usize) {
-        ip(&[
-            "-n",
-            &self.switch,
-            "link",
-            "set",
-            &format!("p{}", i + 1),
-            "up",
-        ]);
+        self.port(i, "up");
+    }
+
+    /// Sets host `i`'s port on the bridge `up` or `down`.
+    fn port(&self, i: usize, state: &str) {
+        let port = format!("p{}", i + 1);
+        ip(&["-n", &self.switch, "link", "set", &port, state]);
     }
 
     /// Makes host `i`'s link slow and lossy: 1 Mbit/s through a token

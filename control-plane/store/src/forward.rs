@@ -82,6 +82,15 @@ impl From<Outcome> for OpOutcome {
     }
 }
 
+/// Resolves once the leader this member knows of is no longer `was`
+/// (never, once Raft has stopped).
+pub(crate) async fn leader_changed(raft: &WeftRaft, was: Option<NodeId>) {
+    let mut metrics = raft.metrics();
+    if metrics.wait_for(|m| m.current_leader != was).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
 enum Leader {
     Me,
     Other(NodeId, String),
@@ -120,18 +129,6 @@ impl Proposer {
         match self.leader() {
             Leader::Other(_, addr) => Some(addr),
             Leader::Me | Leader::Unknown => None,
-        }
-    }
-
-    /// Resolves once this member no longer takes `leader` to lead.
-    async fn replaced(&self, leader: NodeId) {
-        let mut metrics = self.raft.metrics();
-        if metrics
-            .wait_for(|m| m.current_leader != Some(leader))
-            .await
-            .is_err()
-        {
-            std::future::pending::<()>().await;
         }
     }
 
@@ -175,7 +172,7 @@ impl Proposer {
                         // A leader cut off from this member (and likely from
                         // the quorum) would hold the caller for COMMIT_WAIT:
                         // once Raft moves on, answer at once.
-                        () = self.replaced(id) => Err(SendError::Uncertain(format!(
+                        () = leader_changed(&self.raft, Some(id)) => Err(SendError::Uncertain(format!(
                             "the leader {addr} was replaced while the write was in flight; \
                              it may still commit"
                         ))),
@@ -257,7 +254,7 @@ impl Proposer {
                     let sent: Result<Answer<Result<u64, String>>, _> = tokio::select! {
                         sent = self.net.send(&addr, RPC_READ_INDEX, &(), COMMIT_WAIT) => sent,
                         // A read may simply ask the new leader.
-                        () = self.replaced(id) => Err(SendError::NotSent(addr.clone())),
+                        () = leader_changed(&self.raft, Some(id)) => Err(SendError::NotSent(addr.clone())),
                     };
                     match sent {
                         Ok(Answer::Done(Ok(index))) => return self.wait_applied(index).await,

@@ -432,10 +432,7 @@ impl Store {
     /// Resolves once the leader this member knows of is no longer `was`
     /// (never, once Raft has stopped).
     pub async fn leader_changed(&self, was: Option<NodeId>) {
-        let mut metrics = self.raft.metrics();
-        if metrics.wait_for(|m| m.current_leader != was).await.is_err() {
-            std::future::pending::<()>().await;
-        }
+        forward::leader_changed(&self.raft, was).await
     }
 
     /// Proposes one write through Raft (at the leader, forwarded if this
