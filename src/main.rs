@@ -23,9 +23,9 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run an all-in-one local cluster: the control plane and one node agent.
-    Up(cmd::up::Args),
+    Up(Box<cmd::up::Args>),
     /// Run the control plane alone: API server and Raft store member.
-    ControlPlane(cmd::control_plane::Args),
+    ControlPlane(Box<cmd::control_plane::Args>),
     /// Create or update objects from manifest files (YAML or JSON).
     Apply(cmd::apply::Args),
     /// List or show objects.
@@ -38,6 +38,8 @@ enum Command {
     Node(cmd::node::Args),
     /// List or remove the control plane's Raft members.
     Member(cmd::member::Args),
+    /// Back up the cluster's objects, restore them, and manage scheduled backups.
+    Snapshot(cmd::snapshot::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -60,14 +62,15 @@ fn main() -> anyhow::Result<()> {
         .build()?;
     rt.block_on(async {
         match cli.command {
-            Command::Up(a) => cmd::up::run(a).await,
-            Command::ControlPlane(a) => cmd::control_plane::run(a).await,
+            Command::Up(a) => cmd::up::run(*a).await,
+            Command::ControlPlane(a) => cmd::control_plane::run(*a).await,
             Command::Apply(a) => cmd::apply::run(a).await,
             Command::Get(a) => cmd::get::run(a).await,
             Command::Delete(a) => cmd::delete::run(a).await,
             Command::Push(a) => cmd::push::run(a).await,
             Command::Node(a) => cmd::node::run(a).await,
             Command::Member(a) => cmd::member::run(a).await,
+            Command::Snapshot(a) => cmd::snapshot::run(a).await,
         }
     })
 }

@@ -53,6 +53,16 @@ impl Args {
         }
         cfg.node_id = node_id(&cfg.data_dir, self.member.node_id, cfg.join.is_some())?;
         cfg.raft_timing = self.member.raft_timing()?;
+        cfg.cluster_reset = self.member.cluster_reset;
+        if cfg.cluster_reset && !cfg.peers.is_empty() {
+            bail!("--cluster-reset makes a one-member cluster: it cannot take --peers");
+        }
+        cfg.snapshot_count = self.member.snapshot_count;
+        cfg.backups.interval = self.member.snapshot_interval;
+        cfg.backups.retention = self.member.snapshot_retention;
+        if let Some(dir) = &self.member.snapshot_dir {
+            cfg.backups.dir = dir.clone();
+        }
         self.controllers.apply(&mut cfg);
         if !cfg.peers.is_empty() && !cfg.peers.contains_key(&cfg.node_id) {
             bail!(

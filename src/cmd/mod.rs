@@ -7,6 +7,7 @@ pub mod get;
 pub mod member;
 pub mod node;
 pub mod push;
+pub mod snapshot;
 pub mod up;
 
 use std::path::PathBuf;
@@ -72,6 +73,24 @@ pub struct MemberArgs {
     /// near the fsync or round-trip time makes elections churn.
     #[arg(long, default_value = "150ms", value_parser = parse_duration)]
     pub election_timeout: Duration,
+    /// After quorum loss: start this member's data as a new one-member
+    /// cluster, with every write it holds (etcd's --force-new-cluster).
+    /// Once, then restart without it; other members join again afresh.
+    #[arg(long, conflicts_with = "server")]
+    pub cluster_reset: bool,
+    /// Raft log entries between snapshots; older entries are then purged,
+    /// and a member that far behind catches up by snapshot install.
+    #[arg(long, default_value_t = 10_000)]
+    pub snapshot_count: u64,
+    /// How often this member saves a backup into --snapshot-dir (0 turns it off).
+    #[arg(long, default_value = "12h", value_parser = parse_duration)]
+    pub snapshot_interval: Duration,
+    /// How many scheduled backups to keep.
+    #[arg(long, default_value_t = 5)]
+    pub snapshot_retention: usize,
+    /// Where scheduled backups go (default: DATA_DIR/snapshots).
+    #[arg(long)]
+    pub snapshot_dir: Option<PathBuf>,
 }
 
 impl MemberArgs {

@@ -232,6 +232,8 @@ pub struct Members {
     cache: tempfile::TempDir,
     /// Each member's process (a [`Hosts::spawn`] number), if running.
     procs: Vec<Option<usize>>,
+    /// Flags every member starts with.
+    flags: Vec<String>,
 }
 
 impl Members {
@@ -243,6 +245,11 @@ impl Members {
     /// `n` hosts; the first `formed` run members of one cluster, the others
     /// are free for [`Members::join`].
     pub fn start_of(n: usize, formed: usize) -> Members {
+        Self::start_with(n, formed, &[])
+    }
+
+    /// [`Members::start_of`], every member started with `flags`.
+    pub fn start_with(n: usize, formed: usize, flags: &[&str]) -> Members {
         let hosts = Hosts::create(n);
         let tmp = tempfile::tempdir().expect("tempdir");
         let dirs = (0..n)
@@ -254,6 +261,7 @@ impl Members {
             _tmp: tmp,
             cache: tempfile::tempdir().expect("cache dir"),
             procs: vec![None; n],
+            flags: flags.iter().map(|f| f.to_string()).collect(),
         };
         m.spawn_member(0, &["--cluster-init"]);
         if let Err(log) = m.wait_serving(0) {
@@ -281,9 +289,39 @@ impl Members {
     /// Member `i` tries to join with `token`: Ok once it serves, or its log
     /// if it exits first.
     pub fn try_join(&mut self, i: usize, token: &str) -> Result<(), String> {
-        let server = self.url(0);
+        self.try_join_via(i, 0, token)
+    }
+
+    /// Member `i` tries to join through member `via`.
+    pub fn try_join_via(&mut self, i: usize, via: usize, token: &str) -> Result<(), String> {
+        let server = self.url(via);
         self.spawn_member(i, &["--server", &server, "--token", token]);
         self.wait_serving(i)
+    }
+
+    /// Deletes member `i`'s data directory (it must not run).
+    pub fn wipe(&mut self, i: usize) {
+        assert!(self.procs[i].is_none(), "member {} still runs", i + 1);
+        let _ = std::fs::remove_dir_all(&self.dirs[i]);
+    }
+
+    /// Waits until member `i` answers `/readyz` (a leader known, the store caught up).
+    pub fn wait_ready(&self, i: usize) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let out = self.kubectl(i, &["get", "--raw", "/readyz"]);
+            if out.status.success() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "member {} not ready in 60 s: {}\nlog:\n{}",
+                i + 1,
+                String::from_utf8_lossy(&out.stderr),
+                self.log(i)
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
     }
 
     /// SIGKILLs member `i`.
@@ -334,6 +372,7 @@ impl Members {
             .arg(dir)
             .args(["--listen", &format!("{}:6443", self.hosts.hosts[i].ip)])
             .args(["--node-id", &(i + 1).to_string()])
+            .args(&self.flags)
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())

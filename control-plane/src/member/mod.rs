@@ -3,6 +3,7 @@
 //! controllers. `ControlPlane::start` wires them; `shutdown` takes them
 //! down in the reverse order, within a deadline.
 
+pub mod backups;
 pub mod join;
 pub mod leader;
 pub mod mirror;
@@ -64,12 +65,16 @@ pub struct ControlPlaneConfig {
     pub lease_duration: Duration,
     pub services: services::ServiceNetwork,
     pub raft_timing: weft_store::RaftTiming,
+    /// Raft log entries between snapshots (then the log is purged).
+    pub snapshot_count: u64,
+    /// Start a one-member cluster from this member's data (`--cluster-reset`).
+    pub cluster_reset: bool,
+    pub backups: backups::BackupSchedule,
 }
 
 impl ControlPlaneConfig {
     pub fn new(data_dir: PathBuf, listen: SocketAddr) -> Self {
         ControlPlaneConfig {
-            data_dir,
             listen,
             insecure: false,
             node_id: 1,
@@ -84,6 +89,14 @@ impl ControlPlaneConfig {
             lease_duration: Duration::from_secs(15),
             services: services::ServiceNetwork::default(),
             raft_timing: Default::default(),
+            snapshot_count: 10_000,
+            cluster_reset: false,
+            backups: backups::BackupSchedule {
+                interval: Duration::from_secs(12 * 3600),
+                retention: 5,
+                dir: data_dir.join("snapshots"),
+            },
+            data_dir,
         }
     }
 }
@@ -117,6 +130,7 @@ pub struct ControlPlane {
     pub leading: signal::Receiver<bool>,
     shutdown: signal::Sender<bool>,
     server: JoinHandle<()>,
+    backups: JoinHandle<()>,
     leadership: Option<Leadership>,
 }
 
@@ -202,7 +216,9 @@ impl ControlPlane {
                 .add_root_certificate(reqwest::Certificate::from_pem(pki.ca_pem.as_bytes())?)
                 .identity(reqwest::Identity::from_pem(pki.identity_pem().as_bytes())?);
         }
-        let members = if cfg.join.is_some() {
+        let members = if cfg.cluster_reset {
+            BTreeMap::from([(cfg.node_id, url.clone())])
+        } else if cfg.join.is_some() {
             // A joiner never bootstraps: the cluster it joins adds it.
             BTreeMap::new()
         } else if cfg.peers.is_empty() {
@@ -217,6 +233,8 @@ impl ControlPlane {
             watch_window: cfg.watch_window,
             network: Network::new(client.build()?, token.clone()),
             timing: cfg.raft_timing,
+            snapshot_count: cfg.snapshot_count,
+            reset: cfg.cluster_reset,
         })
         .await?;
 
@@ -260,6 +278,11 @@ impl ControlPlane {
                 Err(e) => return Err(e.into()),
             }
         }
+        let backups = tokio::spawn(backups::run(
+            api.store.clone(),
+            cfg.backups.clone(),
+            shutdown_rx.clone(),
+        ));
         let (leading_tx, leading) = signal::channel(false);
         let leadership = cfg.run_controllers.then(|| {
             let registry = api.registry.clone();
@@ -298,6 +321,7 @@ impl ControlPlane {
             leading,
             shutdown: shutdown_tx,
             server,
+            backups,
             leadership,
         })
     }
@@ -345,6 +369,8 @@ impl ControlPlane {
                 tracing::warn!("the scheduler and controllers did not stop within {deadline:?}");
             }
         }
+        // A backup in progress ends with the store; its file is written whole or not at all.
+        self.backups.abort();
         if tokio::time::timeout_at(end, self.server).await.is_err() {
             tracing::warn!("api server did not stop within {deadline:?}");
         }

@@ -4,6 +4,7 @@
 //! Keys are `group \0 resource \0 namespace \0 name` (namespace empty for
 //! cluster-scoped objects), so a namespace or a whole resource is one prefix.
 
+pub mod backup;
 pub mod events;
 pub mod forward;
 pub mod log_store;
@@ -148,6 +149,10 @@ pub enum StoreError {
     Rocks(#[from] rocksdb::Error),
     #[error("store I/O: {0}")]
     Io(#[from] std::io::Error),
+    #[error("storage: {0}")]
+    Storage(#[source] Box<openraft::StorageError<NodeId>>),
+    #[error("backup: {0}")]
+    Backup(#[from] backup::BackupError),
 }
 
 impl StoreError {
@@ -178,6 +183,12 @@ impl StoreError {
 }
 
 // openraft's errors are large; boxed, a `Result<_, StoreError>` stays small.
+impl From<openraft::StorageError<NodeId>> for StoreError {
+    fn from(e: openraft::StorageError<NodeId>) -> Self {
+        StoreError::Storage(Box::new(e))
+    }
+}
+
 impl From<Fatal<NodeId>> for StoreError {
     fn from(e: Fatal<NodeId>) -> Self {
         StoreError::Fatal(Box::new(e))
@@ -236,6 +247,12 @@ pub struct StoreConfig<'a> {
     pub watch_window: usize,
     pub network: Network,
     pub timing: RaftTiming,
+    /// Log entries between snapshots; a snapshot lets the log be purged
+    /// (etcd's `--snapshot-count`).
+    pub snapshot_count: u64,
+    /// Make this member's store a one-member cluster's before starting
+    /// (`--cluster-reset`, after quorum loss); `members` must name only it.
+    pub reset: bool,
 }
 
 /// How often the leader heartbeats and how long a follower waits without
@@ -312,7 +329,7 @@ async fn batch_writes(
 
 pub use weft_cluster::keys::{key, prefix};
 
-fn open_db(dir: &Path) -> Result<rocksdb::DB, rocksdb::Error> {
+pub(crate) fn open_db(dir: &Path) -> Result<rocksdb::DB, rocksdb::Error> {
     let mut opts = rocksdb::Options::default();
     opts.create_if_missing(true);
     opts.create_missing_column_families(true);
@@ -327,14 +344,21 @@ pub fn open_storage(
 ) -> Result<(LogStore, StateMachine), StoreError> {
     std::fs::create_dir_all(dir)?;
     let db = Arc::new(open_db(&dir.join("db"))?);
-    Ok((
-        LogStore::new(db.clone()),
-        StateMachine::open(db, watch_window)?,
-    ))
+    let sm = StateMachine::open(db.clone(), watch_window)?;
+    let counters = sm.shared().counters.clone();
+    Ok((LogStore::with_counters(db, counters), sm))
 }
 
 impl Store {
     pub async fn open(cfg: StoreConfig<'_>) -> Result<Store, StoreError> {
+        if cfg.reset {
+            let r = backup::reset(cfg.dir).await?;
+            tracing::warn!(
+                applied = r.applied,
+                revision = r.revision,
+                "cluster reset: this member's store now starts a one-member cluster; start it without --cluster-reset from now on"
+            );
+        }
         let (log, sm) = open_storage(cfg.dir, cfg.watch_window)?;
         let shared = sm.shared();
         let counters = log.counters();
@@ -345,8 +369,11 @@ impl Store {
             election_timeout_min: cfg.timing.election.as_millis() as u64,
             election_timeout_max: cfg.timing.election_max().as_millis() as u64,
             // Snapshots bound the log; the state machine itself is already durable.
-            snapshot_policy: SnapshotPolicy::LogsSinceLast(50_000),
-            max_in_snapshot_log_to_keep: 10_000,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(cfg.snapshot_count.max(1)),
+            // A follower this far behind catches up from the log, not a snapshot.
+            max_in_snapshot_log_to_keep: cfg.snapshot_count / 10,
+            // A snapshot chunk is one HTTP request; a slow one is not a dead member.
+            install_snapshot_timeout: 10_000,
             // openraft 0.9 gives each AppendEntries one heartbeat interval
             // to complete: a lagging follower catches up in steps small
             // enough for that (an entry holds up to MAX_BATCH writes), or
@@ -386,9 +413,48 @@ impl Store {
                 .iter()
                 .map(|(id, addr)| (*id, BasicNode { addr: addr.clone() }))
                 .collect();
+            // State that no log entry made: a restored backup, or a reset.
+            let seeded = store.sm.revision() > 0;
             store.raft.initialize(nodes).await?;
+            if seeded {
+                store.seed_snapshot().await?;
+            }
         }
         Ok(store)
+    }
+
+    /// A store started from a backup or a reset holds objects that no log
+    /// entry made, so replaying the log cannot give them to a member that
+    /// joins later: a snapshot of them, with the log purged under it,
+    /// makes every joiner install it first.
+    async fn seed_snapshot(&self) -> Result<(), StoreError> {
+        let wait = Some(Duration::from_secs(60));
+        let me = self.node_id;
+        // The new leader's first entry applied: the snapshot covers the membership.
+        self.raft
+            .wait(wait)
+            .metrics(
+                |m| m.current_leader == Some(me) && m.last_applied.is_some(),
+                "this member leads its new cluster",
+            )
+            .await?;
+        self.raft.trigger().snapshot().await?;
+        let m = self
+            .raft
+            .wait(wait)
+            .metrics(|m| m.snapshot.is_some(), "the seed snapshot")
+            .await?;
+        let upto = m.snapshot.expect("waited for").index;
+        self.raft.trigger().purge_log(upto).await?;
+        self.raft
+            .wait(wait)
+            .metrics(
+                |m| m.purged.is_some_and(|p| p.index >= upto),
+                "the log purged under the seed snapshot",
+            )
+            .await?;
+        tracing::info!(index = upto, "seeded a snapshot of the restored objects");
+        Ok(())
     }
 
     pub fn raft(&self) -> &WeftRaft {
@@ -460,6 +526,17 @@ impl Store {
     /// resourceVersion), on the leader and on followers alike.
     pub async fn linearize(&self) -> Result<(), StoreError> {
         self.proposer.linearize().await
+    }
+
+    /// A backup of every object as of a linearized read: it holds every
+    /// write acknowledged before the call (see [`backup`]).
+    pub async fn backup(&self) -> Result<Vec<u8>, StoreError> {
+        self.linearize().await?;
+        let sm = self.sm.clone();
+        let me = self.node_id;
+        Ok(tokio::task::spawn_blocking(move || sm.backup(me))
+            .await
+            .map_err(std::io::Error::other)??)
     }
 
     pub fn get(&self, key: &str) -> Result<Option<(u64, Value)>, StoreError> {

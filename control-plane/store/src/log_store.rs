@@ -48,10 +48,11 @@ fn synced() -> WriteOptions {
 
 impl LogStore {
     pub fn new(db: Arc<DB>) -> Self {
-        LogStore {
-            db,
-            counters: RaftCounters::default(),
-        }
+        Self::with_counters(db, RaftCounters::default())
+    }
+
+    pub fn with_counters(db: Arc<DB>, counters: RaftCounters) -> Self {
+        LogStore { db, counters }
     }
 
     /// The counters this log store feeds (fsync latency, commit index).

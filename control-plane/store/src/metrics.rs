@@ -25,6 +25,10 @@ pub struct RaftCounters {
     pub commit_index: Gauge,
     /// One synced rocksdb write per append of log entries.
     pub fsync_seconds: Histogram,
+    /// Snapshots this member built (each lets the log be purged).
+    pub snapshots_built: Counter,
+    /// Snapshots installed from the leader: this member was behind the purged log.
+    pub snapshots_installed: Counter,
 }
 
 impl Default for RaftCounters {
@@ -35,6 +39,8 @@ impl Default for RaftCounters {
             commit_index: Gauge::default(),
             // 50 µs to about 1.6 s.
             fsync_seconds: Histogram::new(exponential_buckets(0.00005, 2.0, 16)),
+            snapshots_built: Counter::default(),
+            snapshots_installed: Counter::default(),
         }
     }
 }
@@ -60,6 +66,16 @@ impl RaftCounters {
             "weft_raft_log_fsync_duration_seconds",
             "Synced writes of appended Raft log entries",
             self.fsync_seconds.clone(),
+        );
+        registry.register(
+            "weft_raft_snapshots_built",
+            "Raft snapshots this member built, after which its log was purged",
+            self.snapshots_built.clone(),
+        );
+        registry.register(
+            "weft_raft_snapshots_installed",
+            "Raft snapshots installed from the leader by a member behind its purged log",
+            self.snapshots_installed.clone(),
         );
     }
 }

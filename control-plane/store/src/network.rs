@@ -35,6 +35,8 @@ pub const RPC_READ_INDEX: &str = "/internal/raft/read-index";
 pub const RPC_JOIN: &str = "/internal/raft/join";
 pub const RPC_REMOVE: &str = "/internal/raft/remove";
 pub const RPC_MEMBERS: &str = "/internal/raft/members";
+/// A backup file of this member's store (`weft snapshot save`).
+pub const RPC_BACKUP: &str = "/internal/raft/backup";
 
 #[derive(Clone)]
 pub struct Network {
@@ -197,6 +199,7 @@ pub fn routes<S: Clone + Send + Sync + 'static>(store: Store) -> Router<S> {
         .route(RPC_JOIN, post(rpc_join))
         .route(RPC_REMOVE, post(rpc_remove))
         .route(RPC_MEMBERS, post(rpc_members))
+        .route(RPC_BACKUP, post(rpc_backup))
         // Snapshots and entry batches are far larger than API bodies.
         .layer(DefaultBodyLimit::max(256 * 1024 * 1024))
         .with_state(store)
@@ -303,4 +306,20 @@ async fn rpc_members(State(store): State<Store>) -> Json<Result<Vec<Member>, Str
         Ok(s.members_here())
     })
     .await
+}
+
+async fn rpc_backup(State(store): State<Store>) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    match store.backup().await {
+        Ok(bytes) => ([("content-type", "application/octet-stream")], bytes).into_response(),
+        Err(e) => (
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            Json(serde_json::json!({
+                "kind": "Status", "apiVersion": "v1", "status": "Failure",
+                "reason": "ServiceUnavailable", "code": 503,
+                "message": format!("taking a backup: {e}"),
+            })),
+        )
+            .into_response(),
+    }
 }

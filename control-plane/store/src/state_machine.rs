@@ -19,12 +19,13 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::events::{Event, EventLog, EventType};
+use super::metrics::RaftCounters;
 use super::{CF_OBJECTS, CF_SM, Failed, NodeId, Op, OpResult, Precondition, Response, TypeConfig};
 
-const KEY_APPLIED: &[u8] = b"applied";
-const KEY_MEMBERSHIP: &[u8] = b"membership";
-const KEY_REVISION: &[u8] = b"revision";
-const KEY_SNAPSHOT: &[u8] = b"snapshot";
+pub(crate) const KEY_APPLIED: &[u8] = b"applied";
+pub(crate) const KEY_MEMBERSHIP: &[u8] = b"membership";
+pub(crate) const KEY_REVISION: &[u8] = b"revision";
+pub(crate) const KEY_SNAPSHOT: &[u8] = b"snapshot";
 
 /// A page of a list: (revision, (key, object) pairs, whether more remain).
 pub type Page = (u64, Vec<(String, Value)>, bool);
@@ -35,6 +36,7 @@ pub struct SmShared {
     db: Arc<DB>,
     revision: AtomicU64,
     pub(crate) events: EventLog,
+    pub(crate) counters: RaftCounters,
 }
 
 #[derive(Clone)]
@@ -64,7 +66,7 @@ fn sm_err(e: impl std::error::Error + 'static) -> StorageError<NodeId> {
     StorageIOError::write_state_machine(&e).into()
 }
 
-fn synced() -> WriteOptions {
+pub(crate) fn synced() -> WriteOptions {
     let mut o = WriteOptions::default();
     o.set_sync(true);
     o
@@ -94,13 +96,22 @@ struct StoredSnapshot {
 }
 
 impl SmShared {
-    fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
+    pub(crate) fn db(&self) -> &DB {
+        &self.db
+    }
+
+    #[cfg(test)]
+    pub(crate) fn db_arc(&self) -> Arc<DB> {
+        self.db.clone()
+    }
+
+    pub(crate) fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
         self.db
             .cf_handle(name)
             .expect("column family created at open")
     }
 
-    fn meta<T: serde::de::DeserializeOwned>(
+    pub(crate) fn meta<T: serde::de::DeserializeOwned>(
         &self,
         key: &[u8],
     ) -> Result<Option<T>, StorageError<NodeId>> {
@@ -167,7 +178,7 @@ impl SmShared {
 
     /// Applies a batch of committed entries as one synced WriteBatch and returns
     /// the per-entry responses plus the events to publish.
-    fn apply_batch(
+    pub(crate) fn apply_batch(
         &self,
         entries: Vec<Entry<TypeConfig>>,
     ) -> Result<(Vec<Response>, Vec<Event>), StorageError<NodeId>> {
@@ -345,6 +356,7 @@ impl SmShared {
                 &synced(),
             )
             .map_err(sm_err)?;
+        self.counters.snapshots_built.inc();
         Ok(Snapshot {
             meta,
             snapshot: Box::new(Cursor::new(data)),
@@ -395,6 +407,12 @@ impl SmShared {
         self.db.write_opt(batch, &synced()).map_err(sm_err)?;
         self.revision.store(header.revision, Ordering::Release);
         self.events.reset(header.revision);
+        self.counters.snapshots_installed.inc();
+        tracing::info!(
+            revision = header.revision,
+            last_log = ?meta.last_log_id,
+            "installed a snapshot from the leader"
+        );
         Ok(())
     }
 }
@@ -403,7 +421,7 @@ fn corrupt() -> std::io::Error {
     std::io::Error::other("corrupt snapshot")
 }
 
-fn push_chunk(out: &mut Vec<u8>, bytes: &[u8]) {
+pub(crate) fn push_chunk(out: &mut Vec<u8>, bytes: &[u8]) {
     out.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
     out.extend_from_slice(bytes);
 }
@@ -449,6 +467,7 @@ impl StateMachine {
                 db,
                 revision: AtomicU64::new(revision),
                 events: EventLog::new(window, revision),
+                counters: RaftCounters::default(),
             }),
         })
     }

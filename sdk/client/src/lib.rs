@@ -150,6 +150,19 @@ impl Client {
         body: Option<(&str, Vec<u8>)>,
         accept: Option<&str>,
     ) -> Result<Value, ClientError> {
+        let bytes = self.request_bytes(method, path, body, accept).await?;
+        Ok(serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned())))
+    }
+
+    /// [`Client::request`] for an answer that is not JSON: its bytes.
+    pub async fn request_bytes(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<(&str, Vec<u8>)>,
+        accept: Option<&str>,
+    ) -> Result<bytes::Bytes, ClientError> {
         let mut tries = self.servers.len();
         let resp = loop {
             let at = self.current.load(Ordering::Relaxed);
@@ -183,11 +196,12 @@ impl Client {
             }
         };
         let code = resp.status();
-        let text = resp.text().await?;
-        let v: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        let bytes = resp.bytes().await?;
         if code.is_success() {
-            return Ok(v);
+            return Ok(bytes);
         }
+        let v: Value = serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
         Err(ClientError::Api(Status::from_json(&v).unwrap_or_else(
             || {
                 Status::new(
