@@ -22,8 +22,8 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::state_machine::{
-    KEY_APPLIED, KEY_MEMBERSHIP, KEY_REVISION, KEY_SNAPSHOT, SmShared, StateMachine, push_chunk,
-    synced,
+    Chunks, KEY_APPLIED, KEY_MEMBERSHIP, KEY_REVISION, KEY_SNAPSHOT, SmShared, StateMachine,
+    push_chunk, synced,
 };
 use super::{CF_LOG, CF_OBJECTS, CF_RAFT, CF_SM, NodeId, StoreError, TypeConfig};
 
@@ -66,25 +66,6 @@ pub enum BackupError {
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// Reads length-prefixed chunks; `None` at the end or at a short chunk.
-struct Chunks<'a> {
-    data: &'a [u8],
-}
-
-impl<'a> Chunks<'a> {
-    fn next_chunk(&mut self) -> Result<Option<&'a [u8]>, BackupError> {
-        if self.data.is_empty() {
-            return Ok(None);
-        }
-        let short = || BackupError::Malformed("a record runs past the end".into());
-        let (len, rest) = self.data.split_at_checked(4).ok_or_else(short)?;
-        let len = u32::from_be_bytes(len.try_into().expect("4 bytes")) as usize;
-        let (chunk, rest) = rest.split_at_checked(len).ok_or_else(short)?;
-        self.data = rest;
-        Ok(Some(chunk))
-    }
 }
 
 impl SmShared {
@@ -148,18 +129,17 @@ pub fn verify(data: &[u8]) -> Result<(BackupInfo, Records<'_>), BackupError> {
     if version != VERSION {
         return Err(BackupError::Version(version));
     }
-    let mut chunks = Chunks {
-        data: &content[12..],
-    };
+    let body = &content[12..];
+    let mut chunks = Chunks { data: body, pos: 0 };
     let header = chunks
-        .next_chunk()?
+        .next()
         .ok_or_else(|| BackupError::Malformed("no header".into()))?;
     let info: BackupInfo = serde_json::from_slice(header)
         .map_err(|e| BackupError::Malformed(format!("header: {e}")))?;
     let mut records = Vec::new();
-    while let Some(key) = chunks.next_chunk()? {
+    while let Some(key) = chunks.next() {
         let value = chunks
-            .next_chunk()?
+            .next()
             .ok_or_else(|| BackupError::Malformed("a key without a value".into()))?;
         if super::state_machine::decode(value).is_none() {
             return Err(BackupError::Malformed(format!(
@@ -168,6 +148,9 @@ pub fn verify(data: &[u8]) -> Result<(BackupInfo, Records<'_>), BackupError> {
             )));
         }
         records.push((key, value));
+    }
+    if chunks.pos != body.len() {
+        return Err(BackupError::Malformed("a record runs past the end".into()));
     }
     if records.len() as u64 != info.objects {
         return Err(BackupError::Malformed(format!(

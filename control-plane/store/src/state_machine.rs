@@ -89,10 +89,27 @@ struct SnapshotHeader {
     membership: StoredMembership<NodeId, openraft::BasicNode>,
 }
 
-#[derive(Serialize, Deserialize)]
-struct StoredSnapshot {
-    meta: SnapshotMeta<NodeId, openraft::BasicNode>,
-    data: Vec<u8>,
+/// The current Raft snapshot as kept under `KEY_SNAPSHOT`: its meta as a
+/// JSON chunk, then its data as is (JSON would spell each byte as a number).
+fn encode_snapshot(meta: &SnapshotMeta<NodeId, openraft::BasicNode>, data: &[u8]) -> Vec<u8> {
+    let meta = serde_json::to_vec(meta).expect("snapshot meta serializes");
+    let mut out = Vec::with_capacity(4 + meta.len() + data.len());
+    push_chunk(&mut out, &meta);
+    out.extend_from_slice(data);
+    out
+}
+
+fn decode_snapshot(bytes: &[u8]) -> Result<Snapshot<TypeConfig>, StorageError<NodeId>> {
+    let mut chunks = Chunks {
+        data: bytes,
+        pos: 0,
+    };
+    let meta = chunks.next().ok_or_else(|| sm_err(corrupt()))?;
+    let meta = serde_json::from_slice(meta).map_err(sm_err)?;
+    Ok(Snapshot {
+        meta,
+        snapshot: Box::new(Cursor::new(bytes[chunks.pos..].to_vec())),
+    })
 }
 
 impl SmShared {
@@ -344,15 +361,11 @@ impl SmShared {
             last_membership: membership,
             snapshot_id: format!("{}-{revision}", last_applied.map(|l| l.index).unwrap_or(0)),
         };
-        let stored = StoredSnapshot {
-            meta: meta.clone(),
-            data: data.clone(),
-        };
         self.db
             .put_cf_opt(
                 self.cf(CF_SM),
                 KEY_SNAPSHOT,
-                serde_json::to_vec(&stored).map_err(sm_err)?,
+                encode_snapshot(&meta, &data),
                 &synced(),
             )
             .map_err(sm_err)?;
@@ -395,15 +408,7 @@ impl SmShared {
             KEY_MEMBERSHIP,
             serde_json::to_vec(&meta.last_membership).map_err(sm_err)?,
         );
-        let stored = StoredSnapshot {
-            meta: meta.clone(),
-            data,
-        };
-        batch.put_cf(
-            sm,
-            KEY_SNAPSHOT,
-            serde_json::to_vec(&stored).map_err(sm_err)?,
-        );
+        batch.put_cf(sm, KEY_SNAPSHOT, encode_snapshot(meta, &data));
         self.db.write_opt(batch, &synced()).map_err(sm_err)?;
         self.revision.store(header.revision, Ordering::Release);
         self.events.reset(header.revision);
@@ -426,9 +431,11 @@ pub(crate) fn push_chunk(out: &mut Vec<u8>, bytes: &[u8]) {
     out.extend_from_slice(bytes);
 }
 
-struct Chunks<'a> {
-    data: &'a [u8],
-    pos: usize,
+/// Reads `push_chunk`'s length-prefixed chunks; ends at the end of the
+/// data or at a chunk that runs past it (then `pos` is short of the end).
+pub(crate) struct Chunks<'a> {
+    pub(crate) data: &'a [u8],
+    pub(crate) pos: usize,
 }
 
 impl<'a> Iterator for Chunks<'a> {
@@ -547,11 +554,15 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     async fn get_current_snapshot(
         &mut self,
     ) -> Result<Option<Snapshot<TypeConfig>>, StorageError<NodeId>> {
-        let stored: Option<StoredSnapshot> = self.shared.meta(KEY_SNAPSHOT)?;
-        Ok(stored.map(|s| Snapshot {
-            meta: s.meta,
-            snapshot: Box::new(Cursor::new(s.data)),
-        }))
+        let shared = &self.shared;
+        let Some(bytes) = shared
+            .db
+            .get_pinned_cf(shared.cf(CF_SM), KEY_SNAPSHOT)
+            .map_err(sm_err)?
+        else {
+            return Ok(None);
+        };
+        decode_snapshot(&bytes).map(Some)
     }
 }
 
