@@ -130,6 +130,10 @@ impl ControllerArgs {
 
 /// A duration as Kubernetes flags write them: `40s`, `5m`, `1h30m`, `500ms`.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    // A bare zero needs no unit, as in Go's time.ParseDuration.
+    if s == "0" {
+        return Ok(Duration::ZERO);
+    }
     let d: jiff::SignedDuration = s
         .parse()
         .map_err(|e| format!("{s:?} is not a duration: {e}"))?;
@@ -224,3 +228,18 @@ pub async fn shutdown_signal() {
 
 /// How long a clean shutdown may take before we give up waiting.
 pub const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(10);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_as_kubernetes_flags_write_them() {
+        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("12h"), Ok(Duration::from_secs(12 * 3600)));
+        assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
+        assert!(parse_duration("12").is_err());
+        assert!(parse_duration("-1s").is_err());
+    }
+}
