@@ -293,6 +293,47 @@ fn a_survivor_of_quorum_loss_is_reset_into_a_new_cluster_with_every_write() {
         "header and two members:\n{listed}"
     );
     let names = m.kubectl_ok(fresh, &["get", "configmaps", "-o", "name"]);
+    let fresh_names = names.clone();
+
+    // The third member comes back with the old cluster's data and a higher
+    // term: the new cluster refuses its Raft messages (another cluster id),
+    // so it neither takes over nor rolls back the new cluster's log.
+    let stale = (survivor + 2) % 3;
+    m.restart(stale);
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        m.leader(survivor),
+        Some(survivor),
+        "the survivor still leads"
+    );
+    assert_eq!(m.weft(survivor, &["member", "list"]).lines().count(), 3);
+    m.kubectl_ok(survivor, &["create", "configmap", "after-stale"]);
+    // Even with no leader lease to shield it (its leader restarting), the
+    // new cluster does not vote for the stale member.
+    m.kill(survivor);
+    m.restart(survivor);
+    m.wait_ready(survivor);
+    std::thread::sleep(Duration::from_secs(2));
+    let leader = m.leader(fresh);
+    assert!(
+        leader == Some(survivor) || leader == Some(fresh),
+        "the new cluster leads itself: {leader:?}"
+    );
+    for i in [survivor, fresh] {
+        let names = m.kubectl_ok(i, &["get", "configmaps", "-o", "name"]);
+        assert!(
+            names.contains("configmap/after-stale") && names.contains("configmap/acked-3"),
+            "member {}: {names}",
+            i + 1
+        );
+    }
+    assert!(
+        m.log(survivor).contains("another cluster") || m.log(fresh).contains("another cluster"),
+        "the stale member was refused; stale log:\n{}\nfresh log:\n{}",
+        m.log(stale),
+        m.log(fresh)
+    );
+    let names = fresh_names;
     assert!(
         names.contains("configmap/acked-24") && names.contains("configmap/after-reset"),
         "the fresh member has the cluster's objects:\n{names}\nlog:\n{}",

@@ -7,6 +7,7 @@
 pub mod backup;
 pub mod events;
 pub mod forward;
+pub mod identity;
 pub mod log_store;
 pub mod membership;
 pub mod metrics;
@@ -405,6 +406,7 @@ impl Store {
             writes,
             proposer,
         };
+        store.load_cluster_id()?;
         let initialized = store.raft.is_initialized().await?;
         // The lowest id bootstraps the cluster; the others wait to be contacted.
         if !initialized && cfg.members.keys().next() == Some(&cfg.node_id) {
@@ -415,6 +417,7 @@ impl Store {
                 .collect();
             // State that no log entry made: a restored backup, or a reset.
             let seeded = store.sm.revision() > 0;
+            store.new_cluster_id()?;
             store.raft.initialize(nodes).await?;
             if seeded {
                 store.seed_snapshot().await?;

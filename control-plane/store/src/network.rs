@@ -5,6 +5,7 @@
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Json, State};
+use axum::http::HeaderMap;
 use axum::routing::post;
 use openraft::BasicNode;
 use openraft::error::{
@@ -38,12 +39,17 @@ pub const RPC_MEMBERS: &str = "/internal/raft/members";
 /// A backup file of this member's store (`weft snapshot save`).
 pub const RPC_BACKUP: &str = "/internal/raft/backup";
 
+/// The header that carries the sender's cluster id on every call.
+pub const CLUSTER_ID_HEADER: &str = "weft-cluster-id";
+
 #[derive(Clone)]
 pub struct Network {
     client: reqwest::Client,
     token: String,
     /// When each peer last answered a Raft RPC (`weft member list`).
     contacts: Arc<Mutex<BTreeMap<NodeId, Instant>>>,
+    /// This member's cluster, once known ([`crate::identity`]).
+    pub(crate) cluster_id: Arc<std::sync::OnceLock<String>>,
 }
 
 /// Why a call to another member brought no answer.
@@ -61,6 +67,7 @@ impl Network {
             client,
             token,
             contacts: Default::default(),
+            cluster_id: Default::default(),
         }
     }
 
@@ -79,21 +86,20 @@ impl Network {
         body: &Req,
         timeout: std::time::Duration,
     ) -> Result<Resp, SendError> {
-        let res = self
+        let mut req = self
             .client
             .post(format!("{}{path}", base.trim_end_matches('/')))
-            .bearer_auth(&self.token)
-            .timeout(timeout)
-            .json(body)
-            .send()
-            .await
-            .map_err(|e| {
-                if e.is_connect() || e.is_builder() {
-                    SendError::NotSent(e.to_string())
-                } else {
-                    SendError::Uncertain(format!("{base}: {e}"))
-                }
-            })?;
+            .bearer_auth(&self.token);
+        if let Some(id) = self.cluster_id.get() {
+            req = req.header(CLUSTER_ID_HEADER, id);
+        }
+        let res = req.timeout(timeout).json(body).send().await.map_err(|e| {
+            if e.is_connect() || e.is_builder() {
+                SendError::NotSent(e.to_string())
+            } else {
+                SendError::Uncertain(format!("{base}: {e}"))
+            }
+        })?;
         // Refused before the handler ran (authentication, a starting server).
         if !res.status().is_success() {
             return Err(SendError::NotSent(format!(
@@ -205,25 +211,36 @@ pub fn routes<S: Clone + Send + Sync + 'static>(store: Store) -> Router<S> {
         .with_state(store)
 }
 
+type Refused = (axum::http::StatusCode, String);
+
 async fn rpc_append(
     State(store): State<Store>,
+    headers: HeaderMap,
     Json(req): Json<AppendEntriesRequest<TypeConfig>>,
-) -> Json<Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>> {
-    Json(store.raft().append_entries(req).await)
+) -> Result<Json<Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>>, Refused> {
+    store.admit(&headers)?;
+    Ok(Json(store.raft().append_entries(req).await))
 }
 
 async fn rpc_vote(
     State(store): State<Store>,
+    headers: HeaderMap,
     Json(req): Json<VoteRequest<NodeId>>,
-) -> Json<Result<VoteResponse<NodeId>, RaftError<NodeId>>> {
-    Json(store.raft().vote(req).await)
+) -> Result<Json<Result<VoteResponse<NodeId>, RaftError<NodeId>>>, Refused> {
+    store.admit(&headers)?;
+    Ok(Json(store.raft().vote(req).await))
 }
 
 async fn rpc_snapshot(
     State(store): State<Store>,
+    headers: HeaderMap,
     Json(req): Json<InstallSnapshotRequest<TypeConfig>>,
-) -> Json<Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>> {
-    Json(store.raft().install_snapshot(req).await)
+) -> Result<
+    Json<Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>>,
+    Refused,
+> {
+    store.admit(&headers)?;
+    Ok(Json(store.raft().install_snapshot(req).await))
 }
 
 /// A follower's proposal: queued with this leader's own writes (one group
