@@ -28,6 +28,10 @@ use super::state_machine::{
 use super::{CF_LOG, CF_OBJECTS, CF_RAFT, CF_SM, NodeId, StoreError, TypeConfig};
 
 const MAGIC: &[u8; 8] = b"WEFTSNAP";
+/// Set by a restore or a reset, cleared once the member has seeded a Raft
+/// snapshot of the objects no log entry made ([`crate::Store::open`]); a
+/// crash in between seeds again on the next start.
+pub(crate) const KEY_NEEDS_SEED: &[u8] = b"needs_seed";
 const VERSION: u32 = 1;
 const CHECKSUM_LEN: usize = 32;
 
@@ -186,6 +190,7 @@ pub fn restore(data: &[u8], dir: &Path, bump: u64) -> Result<BackupInfo, BackupE
         }
     }
     batch.put_cf(sm, KEY_REVISION, (info.revision + bump).to_be_bytes());
+    batch.put_cf(sm, KEY_NEEDS_SEED, b"");
     db.write_opt(batch, &synced())?;
     db.flush_wal(true)?;
     Ok(info)
@@ -239,6 +244,7 @@ pub async fn reset(dir: &Path) -> Result<ResetInfo, StoreError> {
         for key in [KEY_APPLIED, KEY_MEMBERSHIP, KEY_SNAPSHOT] {
             batch.delete_cf(sm, key);
         }
+        batch.put_cf(sm, KEY_NEEDS_SEED, b"");
         db2.write_opt(batch, &synced())?;
         Ok(shared.revision())
     })
@@ -384,6 +390,7 @@ mod tests {
         let db = Arc::new(super::super::open_db(&dst.path().join("store/db")).unwrap());
         let restored = StateMachine::open(db, 10).unwrap().shared();
         assert_eq!(restored.revision(), 1005);
+        assert!(restored.meta_key_exists(KEY_NEEDS_SEED).unwrap());
         let (rev, obj) = restored.get("\0configmaps\0default\0o3").unwrap().unwrap();
         assert_eq!(rev, 3);
         assert_eq!(obj["metadata"]["name"], "o3");
@@ -482,6 +489,7 @@ mod tests {
                 .unwrap()
                 .is_none()
         );
+        assert!(shared.meta_key_exists(KEY_NEEDS_SEED).unwrap());
         let (rev, _) = shared.get("\0configmaps\0default\0late2").unwrap().unwrap();
         assert_eq!(rev, 4);
         assert!(

@@ -415,13 +415,11 @@ impl Store {
                 .iter()
                 .map(|(id, addr)| (*id, BasicNode { addr: addr.clone() }))
                 .collect();
-            // State that no log entry made: a restored backup, or a reset.
-            let seeded = store.sm.revision() > 0;
             store.new_cluster_id()?;
             store.raft.initialize(nodes).await?;
-            if seeded {
-                store.seed_snapshot().await?;
-            }
+        }
+        if store.sm.meta_key_exists(backup::KEY_NEEDS_SEED)? {
+            store.seed_snapshot().await?;
         }
         Ok(store)
     }
@@ -429,7 +427,8 @@ impl Store {
     /// A store started from a backup or a reset holds objects that no log
     /// entry made, so replaying the log cannot give them to a member that
     /// joins later: a snapshot of them, with the log purged under it,
-    /// makes every joiner install it first.
+    /// makes every joiner install it first. Runs before the API serves,
+    /// so no member can join before it.
     async fn seed_snapshot(&self) -> Result<(), StoreError> {
         let wait = Some(Duration::from_secs(60));
         let me = self.node_id;
@@ -456,6 +455,7 @@ impl Store {
                 "the log purged under the seed snapshot",
             )
             .await?;
+        self.sm.delete_meta_key(backup::KEY_NEEDS_SEED)?;
         tracing::info!(index = upto, "seeded a snapshot of the restored objects");
         Ok(())
     }

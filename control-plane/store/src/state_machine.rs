@@ -128,6 +128,14 @@ impl SmShared {
             .expect("column family created at open")
     }
 
+    pub(crate) fn meta_key_exists(&self, key: &[u8]) -> Result<bool, rocksdb::Error> {
+        Ok(self.db.get_pinned_cf(self.cf(CF_SM), key)?.is_some())
+    }
+
+    pub(crate) fn delete_meta_key(&self, key: &[u8]) -> Result<(), rocksdb::Error> {
+        self.db.delete_cf_opt(self.cf(CF_SM), key, &synced())
+    }
+
     pub(crate) fn meta<T: serde::de::DeserializeOwned>(
         &self,
         key: &[u8],
