@@ -8,6 +8,7 @@ pub mod env;
 pub mod http;
 pub mod keyed_lock;
 pub mod logs;
+pub mod podnet;
 pub mod probes;
 pub mod proxy;
 pub mod runtime;

@@ -63,7 +63,7 @@ impl Args {
         if let Some(dir) = &self.member.snapshot_dir {
             cfg.backups.dir = dir.clone();
         }
-        self.controllers.apply(&mut cfg);
+        self.controllers.apply(&mut cfg)?;
         if !cfg.peers.is_empty() && !cfg.peers.contains_key(&cfg.node_id) {
             bail!(
                 "--peers must include this member's own --node-id {}",

@@ -119,12 +119,30 @@ pub struct ControllerArgs {
     /// How long the leader's Lease lasts without renewal (failover time).
     #[arg(long, default_value = "15s", value_parser = parse_duration)]
     pub leader_elect_lease_duration: Duration,
+    /// The range every Node's podCIDR is carved from (node IPAM, as
+    /// kube-controller-manager's --allocate-node-cidrs): nodes started with
+    /// `--pod-network routed` take their pod IPs from their block.
+    #[arg(long)]
+    pub cluster_cidr: Option<ipnet::Ipv4Net>,
+    /// The prefix length of each Node's block of --cluster-cidr.
+    #[arg(long, default_value_t = 24)]
+    pub node_cidr_mask_size: u8,
 }
 
 impl ControllerArgs {
-    pub fn apply(&self, cfg: &mut weft_control_plane::ControlPlaneConfig) {
+    pub fn apply(&self, cfg: &mut weft_control_plane::ControlPlaneConfig) -> anyhow::Result<()> {
         cfg.controllers.node_monitor_grace_period = self.node_monitor_grace_period;
         cfg.lease_duration = self.leader_elect_lease_duration;
+        if let Some(cidr) = self.cluster_cidr {
+            // Checked here, so a bad mask stops the start instead of the controller.
+            weft_control_plane::controllers::node_ipam::NodeIpamController::new(
+                cidr,
+                self.node_cidr_mask_size,
+            )
+            .map_err(anyhow::Error::msg)?;
+            cfg.controllers.cluster_cidr = Some((cidr.trunc(), self.node_cidr_mask_size));
+        }
+        Ok(())
     }
 }
 

@@ -26,8 +26,20 @@ pub struct Args {
     /// The range pod IPs come from (loopback by default: no privileges needed).
     #[arg(long, default_value = "127.10.0.0/16")]
     pub pod_cidr: String,
+    /// How Wasm pods get their IPs: `loopback` takes them from --pod-cidr
+    /// (one host, no privileges); `routed` from this Node's podCIDR, which
+    /// the control plane allocates from its --cluster-cidr, made local on
+    /// this host (root; docs/networking.md).
+    #[arg(long, value_enum, default_value_t = PodNetwork::Loopback)]
+    pub pod_network: PodNetwork,
     #[command(flatten)]
     pub status: StatusArgs,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, PartialEq, Eq)]
+pub enum PodNetwork {
+    Loopback,
+    Routed,
 }
 
 /// Node agent settings shared by `up` and `node` (kubelet's names).
@@ -66,6 +78,10 @@ pub struct StatusArgs {
     /// more wait their turn, so one slow pull delays no other pod.
     #[arg(long, default_value_t = 64)]
     pub max_parallel_starts: usize,
+    /// This node's address towards the others (kubelet's name): its Node's
+    /// InternalIP and its pods' hostIP. Default: the agent's listen address.
+    #[arg(long)]
+    pub node_ip: Option<std::net::IpAddr>,
     /// Labels for this node's Node object, as KEY=VALUE, comma separated.
     #[arg(long, value_delimiter = ',', value_parser = label)]
     pub node_labels: Vec<(String, String)>,
@@ -80,6 +96,7 @@ impl StatusArgs {
         cfg.retry_after = self.restart_backoff;
         cfg.max_parallel_starts = self.max_parallel_starts;
         cfg.labels.extend(self.node_labels.iter().cloned());
+        cfg.node_ip = self.node_ip;
     }
 
     /// The agent's containerd settings, unless turned off.
@@ -156,7 +173,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         args.certificate_authority.as_deref(),
     )?;
     let mut cfg = AgentConfig::new(args.name, args.data_dir);
-    cfg.pod_cidr = args.pod_cidr;
+    cfg.pod_cidr = match args.pod_network {
+        PodNetwork::Loopback => args.pod_cidr,
+        // Empty: the agent takes the Node's allocated podCIDR.
+        PodNetwork::Routed => String::new(),
+    };
     args.status.apply(&mut cfg);
     cfg.token = args.token;
     let node = agent::start(client, cfg)

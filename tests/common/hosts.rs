@@ -403,6 +403,11 @@ impl Members {
     /// A `weft node` agent named `name` on host `i`, given the members
     /// `servers` (in that order) and its Lease renewed every second.
     pub fn spawn_agent(&mut self, i: usize, name: &str, servers: &[usize]) {
+        self.spawn_agent_with(i, name, servers, &[]);
+    }
+
+    /// [`Members::spawn_agent`] with extra `weft node` flags.
+    pub fn spawn_agent_with(&mut self, i: usize, name: &str, servers: &[usize], flags: &[&str]) {
         let urls: Vec<String> = servers.iter().map(|&s| self.url(s)).collect();
         let dir = self.dirs[i].join(format!("agent-{name}"));
         std::fs::create_dir_all(&dir).unwrap();
@@ -420,6 +425,7 @@ impl Members {
                 "--node-status-update-frequency",
                 "1s",
             ])
+            .args(flags)
             .env("WEFT_TOKEN", token.trim())
             .stdin(Stdio::null())
             .stdout(Stdio::null())

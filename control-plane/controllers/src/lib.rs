@@ -11,6 +11,7 @@ pub mod endpoints;
 pub mod gc;
 pub mod job;
 pub mod namespace;
+pub mod node_ipam;
 pub mod node_lifecycle;
 pub mod replicaset;
 
@@ -44,12 +45,15 @@ pub trait Controller: Send + Sync + 'static {
 pub struct ControllerConfig {
     /// How long a node may go without a heartbeat before it is Unknown (kube: 40 s).
     pub node_monitor_grace_period: Duration,
+    /// Node IPAM: the cluster CIDR and each Node's prefix length (off without).
+    pub cluster_cidr: Option<(ipnet::Ipv4Net, u8)>,
 }
 
 impl Default for ControllerConfig {
     fn default() -> Self {
         ControllerConfig {
             node_monitor_grace_period: Duration::from_secs(40),
+            cluster_cidr: None,
         }
     }
 }
@@ -57,7 +61,7 @@ impl Default for ControllerConfig {
 /// Every controller Weft runs. `fit` judges where DaemonSet pods belong
 /// (the scheduler's node-level filters).
 pub fn all(cfg: &ControllerConfig, fit: Arc<dyn NodeFit>) -> Vec<Arc<dyn Controller>> {
-    vec![
+    let mut all: Vec<Arc<dyn Controller>> = vec![
         Arc::new(replicaset::ReplicaSetController),
         Arc::new(deployment::DeploymentController),
         Arc::new(daemonset::DaemonSetController { fit }),
@@ -69,7 +73,14 @@ pub fn all(cfg: &ControllerConfig, fit: Arc<dyn NodeFit>) -> Vec<Arc<dyn Control
         Arc::new(endpoints::EndpointsController),
         Arc::new(gc::GarbageCollector),
         Arc::new(namespace::NamespaceController),
-    ]
+    ];
+    if let Some((cidr, mask)) = cfg.cluster_cidr {
+        all.push(Arc::new(node_ipam::NodeIpamController {
+            cluster_cidr: cidr,
+            mask,
+        }));
+    }
+    all
 }
 
 /// Runs every controller until `stop`, once the cache has synced.

@@ -63,6 +63,12 @@ pub enum AgentError {
     PodCidr(String),
     #[error("API client configuration: {0}")]
     Client(String),
+    #[error(
+        "node {node} got no podCIDR within {waited:?}: start the control plane with --cluster-cidr, or give this node --pod-cidr"
+    )]
+    NoPodCidr { node: String, waited: Duration },
+    #[error(transparent)]
+    PodNet(#[from] crate::podnet::PodNetError),
     #[error("the agent endpoint on {addr}: {source}")]
     Endpoint {
         addr: SocketAddr,
@@ -119,8 +125,14 @@ pub fn client_of(
 pub struct AgentConfig {
     pub name: String,
     pub data_dir: PathBuf,
-    /// Pod IPs come from here. Loopback by default, so pods need no privileges.
+    /// Pod IPs come from here. Loopback by default, so pods need no
+    /// privileges. Empty: the Node's podCIDR, which the control plane's node
+    /// IPAM allocates (`--pod-network routed`).
     pub pod_cidr: String,
+    /// This node's address towards the others (kubelet's `--node-ip`):
+    /// the Node's InternalIP and its pods' hostIP. Default: the agent's
+    /// listen address.
+    pub node_ip: Option<std::net::IpAddr>,
     pub heartbeat: Duration,
     /// Wait before retrying a pod that failed to start (ImagePullBackOff).
     pub retry_after: Duration,
@@ -144,6 +156,11 @@ pub struct AgentConfig {
 }
 
 impl AgentConfig {
+    /// The Node's InternalIP.
+    pub fn node_ip(&self) -> std::net::IpAddr {
+        self.node_ip.unwrap_or(self.listen.ip())
+    }
+
     /// Where container logs are kept (kubelet's layout).
     pub fn logs_dir(&self) -> PathBuf {
         self.data_dir.join("logs")
@@ -154,6 +171,7 @@ impl AgentConfig {
             name,
             data_dir,
             pod_cidr: "127.10.0.0/16".into(),
+            node_ip: None,
             heartbeat: Duration::from_secs(10),
             retry_after: Duration::from_secs(10),
             listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
@@ -192,6 +210,8 @@ fn now_micro() -> String {
 pub struct AgentHandle {
     stop: signal::Sender<bool>,
     tasks: tokio::task::JoinSet<()>,
+    /// A routed node's podCIDR, made local on this host while it runs.
+    routed_cidr: Option<String>,
 }
 
 impl AgentHandle {
@@ -202,12 +222,19 @@ impl AgentHandle {
         if tokio::time::timeout(deadline, all).await.is_err() {
             tracing::warn!("node agent did not stop within {deadline:?}");
         }
+        if let Some(cidr) = &self.routed_cidr
+            && let Err(e) = crate::podnet::remove_local(cidr).await
+        {
+            tracing::warn!("{e}");
+        }
     }
 }
 
 pub async fn start(client: kube::Client, cfg: AgentConfig) -> Result<AgentHandle, AgentError> {
-    let pool =
-        IpPool::parse(&cfg.pod_cidr).ok_or_else(|| AgentError::PodCidr(cfg.pod_cidr.clone()))?;
+    let routed = cfg.pod_cidr.is_empty();
+    if !routed && IpPool::parse(&cfg.pod_cidr).is_none() {
+        return Err(AgentError::PodCidr(cfg.pod_cidr.clone()));
+    }
     let host = Arc::new(Host::new(HostConfig::new(cfg.data_dir.join("cwasm")))?);
     let artifacts = Arc::new(ArtifactStore::new(cfg.data_dir.join("artifacts"))?);
     let endpoint_err = |source| AgentError::Endpoint {
@@ -244,6 +271,14 @@ pub async fn start(client: kube::Client, cfg: AgentConfig) -> Result<AgentHandle
     };
     let containerd_version = containerd.as_ref().map(|c| c.version.clone());
     node::register(&client, &cfg, containerd_version.as_deref()).await?;
+    if routed {
+        cfg.pod_cidr = node::allocated_pod_cidr(&client, &cfg.name, POD_CIDR_WAIT).await?;
+        crate::podnet::make_local(&cfg.pod_cidr).await?;
+        tracing::info!(pod_cidr = %cfg.pod_cidr, "pod IPs come from this node's podCIDR");
+    }
+    let pool =
+        IpPool::parse(&cfg.pod_cidr).ok_or_else(|| AgentError::PodCidr(cfg.pod_cidr.clone()))?;
+    let routed_cidr = routed.then(|| cfg.pod_cidr.clone());
     let (stop, stopped) = signal::channel(false);
     let local = Arc::new(LocalHandlers::default());
     let proxy = Proxy::new(local.clone());
@@ -299,5 +334,12 @@ pub async fn start(client: kube::Client, cfg: AgentConfig) -> Result<AgentHandle
     let api = Arc::new(effects::KubeApi::new(client, cfg.name.clone()));
     let (pod_loop, inbox) = pods::PodLoop::new(cfg, Arc::new(runtime), api, pool, exits);
     tasks.spawn(pod_loop.run(stopped, watch, inbox).instrument(span));
-    Ok(AgentHandle { stop, tasks })
+    Ok(AgentHandle {
+        stop,
+        tasks,
+        routed_cidr,
+    })
 }
+
+/// How long a routed node waits for the control plane to allocate its podCIDR.
+const POD_CIDR_WAIT: Duration = Duration::from_secs(60);

@@ -31,9 +31,12 @@ pub(super) async fn register(
     for (k, v) in &cfg.labels {
         labels[k.as_str()] = json!(v);
     }
-    let node = json!({"apiVersion": "v1", "kind": "Node",
-        "metadata": {"name": cfg.name, "labels": labels},
-        "spec": {"podCIDR": cfg.pod_cidr, "podCIDRs": [cfg.pod_cidr]}});
+    let mut node = json!({"apiVersion": "v1", "kind": "Node",
+        "metadata": {"name": cfg.name, "labels": labels}});
+    // A routed node's range is the control plane's to allocate.
+    if !cfg.pod_cidr.is_empty() {
+        node["spec"] = json!({"podCIDR": cfg.pod_cidr, "podCIDRs": [cfg.pod_cidr]});
+    }
     nodes
         .patch(
             &cfg.name,
@@ -78,12 +81,39 @@ fn node_status(cfg: &AgentConfig, containerd: Option<&str>) -> Value {
             cond("PIDPressure", "False", "KubeletHasSufficientPID", "weft node agent has sufficient PID available"),
             cond("Ready", "True", "KubeletReady", "weft node agent is posting ready status"),
         ],
-        "addresses": [{"type": "InternalIP", "address": cfg.listen.ip().to_string()}, {"type": "Hostname", "address": cfg.name}],
+        "addresses": [{"type": "InternalIP", "address": cfg.node_ip().to_string()}, {"type": "Hostname", "address": cfg.name}],
         "daemonEndpoints": {"kubeletEndpoint": {"Port": cfg.listen.port()}},
         "nodeInfo": {"kubeletVersion": "v1.32.0-weft", "kubeProxyVersion": "", "osImage": "weft", "kernelVersion": "",
                      "containerRuntimeVersion": runtime, "operatingSystem": std::env::consts::OS,
                      "architecture": weft_api::go_arch(),
                      "machineID": "", "systemUUID": "", "bootID": ""}}})
+}
+
+/// Waits until the Node has a podCIDR (node IPAM allocates it).
+pub(super) async fn allocated_pod_cidr(
+    client: &kube::Client,
+    name: &str,
+    wait: Duration,
+) -> Result<String, AgentError> {
+    let nodes: Api<Node> = Api::all(client.clone());
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let cidr = nodes
+            .get_opt(name)
+            .await?
+            .and_then(|n| n.spec?.pod_cidr)
+            .filter(|c| !c.is_empty());
+        if let Some(c) = cidr {
+            return Ok(c);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(AgentError::NoPodCidr {
+                node: name.to_string(),
+                waited: wait,
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 async fn heartbeat(

@@ -282,7 +282,7 @@ impl<W: Workload, A: AgentApi> PodLoop<W, A> {
 
     fn status_of(&self, uid: &str) -> Option<Value> {
         match self.pods.get(uid) {
-            Some(Phase::Running(a)) => Some(a.status()),
+            Some(Phase::Running(a)) => Some(a.status(&self.cfg.node_ip().to_string())),
             _ => None,
         }
     }
@@ -685,7 +685,7 @@ impl<W: Workload, A: AgentApi> PodLoop<W, A> {
             volumes,
             slots,
         };
-        let status = report.then(|| active.status());
+        let status = report.then(|| active.status(&self.cfg.node_ip().to_string()));
         self.pods.insert(key.uid.clone(), Phase::Running(active));
         if let Some(status) = status {
             self.status.write(&key, status);

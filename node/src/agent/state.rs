@@ -122,12 +122,13 @@ impl Active {
     }
 
     /// The status of the running pod: each container's state, readiness and restarts.
-    pub(super) fn status(&self) -> Value {
+    /// `host_ip` is the node's InternalIP.
+    pub(super) fn status(&self, host_ip: &str) -> Value {
         let statuses: Vec<Value> = self.slots.iter().map(container_status).collect();
         let all_ready = self.slots.iter().all(|s| s.run.is_some() && s.ready);
         let (ts, ip) = (super::now(), self.ip.to_string());
         json!({"status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}],
-            "hostIP": "127.0.0.1", "hostIPs": [{"ip": "127.0.0.1"}], "startTime": self.started_at,
+            "hostIP": host_ip, "hostIPs": [{"ip": host_ip}], "startTime": self.started_at,
             "conditions": [cond("PodScheduled", true, &ts), cond("Initialized", true, &ts),
                            cond("ContainersReady", all_ready, &ts), cond("Ready", all_ready, &ts)],
             "containerStatuses": statuses}})
