@@ -1,7 +1,8 @@
 //! Pod networking across hosts (docs/networking.md), on hosts made of
 //! network namespaces the test creates: node IPAM gives every routed node a
-//! block of the cluster CIDR, and each agent makes its block local on its
-//! host so Wasm pods bind their IPs there.
+//! block of the cluster CIDR; each agent makes its block local on its host
+//! (Wasm pods bind their IPs there) and routes every peer's block to the
+//! peer (host-gw).
 
 mod common;
 
@@ -27,17 +28,19 @@ fn overlap(a: (u32, u32), b: (u32, u32)) -> bool {
 }
 
 #[test]
-fn routed_nodes_get_disjoint_blocks_of_the_cluster_cidr_made_local_on_their_hosts() {
+fn routed_nodes_get_disjoint_blocks_and_reach_each_others_by_host_gw_routes() {
     let mut m = Members::start_with(3, 3, &["--cluster-cidr", CLUSTER_CIDR]);
-    for i in 0..3 {
-        let ip = m.hosts.hosts[i].ip.clone();
-        m.spawn_agent_with(
-            i,
-            &format!("node-{}", i + 1),
-            &[i],
-            &["--pod-network", "routed", "--node-ip", &ip],
-        );
-    }
+    let agents: Vec<usize> = (0..3)
+        .map(|i| {
+            let ip = m.hosts.hosts[i].ip.clone();
+            m.spawn_agent_with(
+                i,
+                &format!("node-{}", i + 1),
+                &[i],
+                &["--pod-network", "routed", "--node-ip", &ip],
+            )
+        })
+        .collect();
 
     // Every node registers and gets a block.
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -94,31 +97,101 @@ fn routed_nodes_get_disjoint_blocks_of_the_cluster_cidr_made_local_on_their_host
         assert_eq!(row[col], m.hosts.hosts[i].ip, "node-{}:\n{wide}", i + 1);
     }
 
-    // Each host treats its own block as local (pods bind there), and only its own.
+    // Each host treats its own block as local (pods bind there), and routes
+    // every other block to the host that owns it (host-gw).
+    let route_get = |i: usize, cidr: &str| {
+        let out = m
+            .hosts
+            .command(i, "ip")
+            .args(["route", "get", &addr_in(cidr, 7)])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let wait_for = |what: &str, ok: &dyn Fn() -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !ok() {
+            assert!(Instant::now() < deadline, "{what}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
     for i in 0..3 {
         let own = &blocks[&format!("node-{}", i + 1)];
-        let probe = |cidr: &str| {
-            let (net, _) = parse(cidr);
-            let ip = std::net::Ipv4Addr::from(net + 7).to_string();
-            let out = m
-                .hosts
-                .command(i, "ip")
-                .args(["route", "get", &ip])
-                .output()
-                .unwrap();
-            String::from_utf8_lossy(&out.stdout).into_owned()
-        };
         assert!(
-            probe(own).starts_with("local "),
+            route_get(i, own).starts_with("local "),
             "host {}: {}",
             i + 1,
-            probe(own)
+            route_get(i, own)
         );
-        let other = &blocks[&format!("node-{}", (i + 1) % 3 + 1)];
-        assert!(
-            !probe(other).starts_with("local "),
-            "host {} does not own {other}",
-            i + 1
-        );
+        for j in (0..3).filter(|&j| j != i) {
+            let other = &blocks[&format!("node-{}", j + 1)];
+            let via = format!("via {} ", m.hosts.hosts[j].ip);
+            wait_for(&format!("host {} routes {other} {via}", i + 1), &|| {
+                route_get(i, other).contains(&via)
+            });
+        }
     }
+
+    // The data path: a socket bound on an address of host 3's block (as a
+    // Wasm pod's) answers a client on host 1, with no NAT in between.
+    let pod_ip = addr_in(&blocks["node-3"], 9);
+    let server = format!(
+        "import socket\ns=socket.socket()\ns.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\ns.bind(('{pod_ip}',8080))\ns.listen()\nc,a=s.accept()\nc.sendall(('from '+a[0]).encode())\nc.close()"
+    );
+    let mut listener = m
+        .hosts
+        .command(2, "python3")
+        .args(["-c", &server])
+        .spawn()
+        .unwrap();
+    let client = format!(
+        "import socket,time\nfor _ in range(50):\n  try:\n    s=socket.create_connection(('{pod_ip}',8080),timeout=2);print(s.recv(100).decode());break\n  except OSError: time.sleep(0.1)"
+    );
+    let out = m
+        .hosts
+        .command(0, "python3")
+        .args(["-c", &client])
+        .output()
+        .unwrap();
+    eprintln!(
+        "client said: {}",
+        String::from_utf8_lossy(&out.stdout).trim()
+    );
+    let _ = listener.kill();
+    let _ = listener.wait();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("from {}", m.hosts.hosts[0].ip),
+        "host 1 reached {pod_ip} on host 3, which saw host 1's own address: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // A clean stop takes the node's routes with it; a deleted Node's block
+    // leaves the other hosts' tables.
+    m.hosts.signal(agents[2], "TERM");
+    wait_for("agent 3 removed its routes", &|| {
+        route_show(&m, 2).is_empty()
+    });
+    m.kubectl_ok(0, &["delete", "node", "node-3"]);
+    for i in 0..2 {
+        wait_for(&format!("host {} forgets node-3's block", i + 1), &|| {
+            !route_show(&m, i).contains(blocks["node-3"].as_str())
+        });
+    }
+}
+
+/// The address `offset` into `cidr`.
+fn addr_in(cidr: &str, offset: u32) -> String {
+    std::net::Ipv4Addr::from(parse(cidr).0 + offset).to_string()
+}
+
+/// Weft's routes on host `i` (its own protocol number), both tables.
+fn route_show(m: &Members, i: usize) -> String {
+    let out = m
+        .hosts
+        .command(i, "ip")
+        .args(["route", "show", "table", "all", "proto", "87"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }

@@ -1,44 +1,240 @@
-//! The host side of a routed node's pod network (`--pod-network routed`).
-//! A Wasm pod is a set of sockets in the agent, not an interface: its IP
-//! is made an address of this host by one `local` route over the node's
-//! podCIDR (the kernel then delivers every address of the block here, as
-//! it does 127.0.0.0/8), so the agent binds each pod's IP without an
-//! interface per pod, and a peer that routes the block to this host
-//! reaches every pod in it. Needs CAP_NET_ADMIN; loopback mode needs none.
+//! The host side of a routed node's pod network (`--pod-network routed`),
+//! programmed through netlink.
+//!
+//! * **Its own block is local.** A Wasm pod is a set of sockets in the
+//!   agent, not an interface: one `local` route over the node's podCIDR makes
+//!   every address of the block an address of this host (as 127.0.0.0/8
+//!   is), so the agent binds each pod's IP without an interface per pod.
+//! * **Every peer's block is routed to the peer (host-gw).** For each other
+//!   Node with a podCIDR and an InternalIP, a route `podCIDR via InternalIP`,
+//!   as flannel's host-gw backend does: pod-to-pod traffic crosses hosts
+//!   unencapsulated and un-NATed, so the hosts must share an L2 segment.
+//!
+//! Every route carries Weft's own protocol number ([`PROTO`]), so an agent
+//! finds the routes a killed predecessor left and corrects them, and never
+//! touches a route it did not make. Needs CAP_NET_ADMIN.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+
+use futures::TryStreamExt;
+use ipnet::Ipv4Net;
+use rtnetlink::RouteMessageBuilder;
+use rtnetlink::packet_route::route::{
+    RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
+};
+
+/// The routing protocol number Weft's routes carry (`ip route show proto 87`).
+pub const PROTO: u8 = 87;
+/// The kernel's `local` table (linux/rtnetlink.h), where local routes live.
+const RT_TABLE_LOCAL: u8 = 255;
 
 #[derive(Debug, thiserror::Error)]
-#[error("making the pod network {cidr} local to this host (ip route {verb}): {message}")]
+#[error("pod network: {what}: {source}")]
 pub struct PodNetError {
-    cidr: String,
-    verb: &'static str,
-    message: String,
+    what: String,
+    #[source]
+    source: rtnetlink::Error,
 }
 
-/// `ip route replace local CIDR dev lo`: idempotent, so a restarted agent
-/// finds its route as it left it.
-pub async fn make_local(cidr: &str) -> Result<(), PodNetError> {
-    ip_route("replace", cidr).await
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("pod network: opening a netlink socket: {0}")]
+    Socket(#[from] std::io::Error),
+    #[error(transparent)]
+    Netlink(#[from] PodNetError),
 }
 
-/// Removes the route [`make_local`] added.
-pub async fn remove_local(cidr: &str) -> Result<(), PodNetError> {
-    ip_route("del", cidr).await
+/// Peers' blocks and where they are: podCIDR → the peer's InternalIP.
+pub type PeerRoutes = BTreeMap<Ipv4Net, Ipv4Addr>;
+
+/// A netlink handle on this host's routing tables.
+#[derive(Clone)]
+pub struct PodNet {
+    handle: rtnetlink::Handle,
+    /// The loopback interface's index.
+    lo: u32,
 }
 
-async fn ip_route(verb: &'static str, cidr: &str) -> Result<(), PodNetError> {
-    let err = |message: String| PodNetError {
-        cidr: cidr.to_string(),
-        verb,
-        message,
-    };
-    let out = tokio::process::Command::new("ip")
-        .args(["route", verb, "local", cidr, "dev", "lo"])
-        .output()
-        .await
-        .map_err(|e| err(format!("running ip: {e}")))?;
-    if out.status.success() {
+fn failed(what: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> PodNetError {
+    let what = what.into();
+    move |source| PodNetError { what, source }
+}
+
+impl PodNet {
+    pub async fn connect() -> Result<PodNet, ConnectError> {
+        let (connection, handle, _) = rtnetlink::new_connection()?;
+        tokio::spawn(connection);
+        let lo = handle
+            .link()
+            .get()
+            .match_name("lo".to_string())
+            .execute()
+            .try_next()
+            .await
+            .map_err(failed("finding the loopback interface"))?
+            .map(|l| l.header.index)
+            .unwrap_or(1);
+        Ok(PodNet { handle, lo })
+    }
+
+    fn local_route(&self, block: Ipv4Net) -> RouteMessage {
+        let mut route = RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(block.network(), block.prefix_len())
+            .output_interface(self.lo)
+            .kind(RouteType::Local)
+            .scope(RouteScope::Host)
+            .protocol(RouteProtocol::Other(PROTO))
+            .build();
+        route.header.table = RT_TABLE_LOCAL;
+        route
+    }
+
+    /// Makes every address of `block` local to this host (idempotent).
+    pub async fn make_local(&self, block: Ipv4Net) -> Result<(), PodNetError> {
+        self.handle
+            .route()
+            .add(self.local_route(block))
+            .replace()
+            .execute()
+            .await
+            .map_err(failed(format!("making {block} local")))
+    }
+
+    /// Undoes [`PodNet::make_local`].
+    pub async fn remove_local(&self, block: Ipv4Net) -> Result<(), PodNetError> {
+        self.handle
+            .route()
+            .del(self.local_route(block))
+            .execute()
+            .await
+            .map_err(failed(format!("removing the local route of {block}")))
+    }
+
+    /// The peer routes Weft has in the main table now.
+    pub async fn peer_routes(&self) -> Result<PeerRoutes, PodNetError> {
+        let dump = RouteMessageBuilder::<Ipv4Addr>::new().build();
+        let routes: Vec<RouteMessage> = self
+            .handle
+            .route()
+            .get(dump)
+            .execute()
+            .try_collect()
+            .await
+            .map_err(failed("listing routes"))?;
+        Ok(routes
+            .iter()
+            .filter(|r| {
+                r.header.protocol == RouteProtocol::Other(PROTO)
+                    && r.header.table == RouteHeader::RT_TABLE_MAIN
+            })
+            .filter_map(|r| {
+                let mut dst = None;
+                let mut via = None;
+                for a in &r.attributes {
+                    match a {
+                        RouteAttribute::Destination(RouteAddress::Inet(d)) => dst = Some(*d),
+                        RouteAttribute::Gateway(RouteAddress::Inet(g)) => via = Some(*g),
+                        _ => {}
+                    }
+                }
+                let block = Ipv4Net::new(dst?, r.header.destination_prefix_length).ok()?;
+                Some((block, via?))
+            })
+            .collect())
+    }
+
+    /// Makes Weft's peer routes exactly `want`: adds what is missing,
+    /// moves what points elsewhere, removes what no Node holds any more.
+    pub async fn sync_peer_routes(&self, want: &PeerRoutes) -> Result<(), PodNetError> {
+        let have = self.peer_routes().await?;
+        for (block, via) in &have {
+            if want.get(block) != Some(via) {
+                let route = peer_route(*block, *via);
+                self.handle
+                    .route()
+                    .del(route)
+                    .execute()
+                    .await
+                    .map_err(failed(format!("removing the route to {block}")))?;
+            }
+        }
+        for (block, via) in want {
+            if have.get(block) != Some(via) {
+                self.handle
+                    .route()
+                    .add(peer_route(*block, *via))
+                    .replace()
+                    .execute()
+                    .await
+                    .map_err(failed(format!("routing {block} via {via}")))?;
+            }
+        }
         Ok(())
-    } else {
-        Err(err(String::from_utf8_lossy(&out.stderr).trim().to_string()))
+    }
+}
+
+fn peer_route(block: Ipv4Net, via: Ipv4Addr) -> RouteMessage {
+    RouteMessageBuilder::<Ipv4Addr>::new()
+        .destination_prefix(block.network(), block.prefix_len())
+        .gateway(via)
+        .protocol(RouteProtocol::Other(PROTO))
+        .build()
+}
+
+/// What every Node says about itself: its name, podCIDR and InternalIP.
+pub struct NodeAddress<'a> {
+    pub name: &'a str,
+    pub pod_cidr: Option<&'a str>,
+    pub internal_ip: Option<&'a str>,
+}
+
+/// The routes this node (`me`) wants: every other Node's block via its
+/// InternalIP. A Node without either, or with unparsable ones, gets none.
+pub fn wanted_routes<'a>(me: &str, nodes: impl IntoIterator<Item = NodeAddress<'a>>) -> PeerRoutes {
+    nodes
+        .into_iter()
+        .filter(|n| n.name != me)
+        .filter_map(|n| {
+            let block: Ipv4Net = n.pod_cidr?.parse().ok()?;
+            let via: Ipv4Addr = n.internal_ip?.parse().ok()?;
+            Some((block.trunc(), via))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peers_blocks_route_via_their_internal_ips_and_this_node_is_left_out() {
+        let nodes = [
+            NodeAddress {
+                name: "a",
+                pod_cidr: Some("10.244.0.0/24"),
+                internal_ip: Some("10.0.0.1"),
+            },
+            NodeAddress {
+                name: "b",
+                pod_cidr: Some("10.244.1.0/24"),
+                internal_ip: Some("10.0.0.2"),
+            },
+            NodeAddress {
+                name: "c",
+                pod_cidr: None,
+                internal_ip: Some("10.0.0.3"),
+            },
+            NodeAddress {
+                name: "d",
+                pod_cidr: Some("10.244.3.0/24"),
+                internal_ip: Some("not-an-ip"),
+            },
+        ];
+        let want = wanted_routes("a", nodes);
+        assert_eq!(
+            want,
+            PeerRoutes::from([("10.244.1.0/24".parse().unwrap(), Ipv4Addr::new(10, 0, 0, 2))])
+        );
     }
 }

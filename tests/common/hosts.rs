@@ -407,7 +407,14 @@ impl Members {
     }
 
     /// [`Members::spawn_agent`] with extra `weft node` flags.
-    pub fn spawn_agent_with(&mut self, i: usize, name: &str, servers: &[usize], flags: &[&str]) {
+    /// Returns the agent's [`Hosts::spawn`] number.
+    pub fn spawn_agent_with(
+        &mut self,
+        i: usize,
+        name: &str,
+        servers: &[usize],
+        flags: &[&str],
+    ) -> usize {
         let urls: Vec<String> = servers.iter().map(|&s| self.url(s)).collect();
         let dir = self.dirs[i].join(format!("agent-{name}"));
         std::fs::create_dir_all(&dir).unwrap();
@@ -430,7 +437,7 @@ impl Members {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log);
-        self.hosts.spawn(cmd);
+        self.hosts.spawn(cmd)
     }
 
     /// `weft ARGS` on host `i` against member `i`.

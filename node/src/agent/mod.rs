@@ -14,6 +14,7 @@ mod ipam;
 mod mirrors;
 mod node;
 mod pods;
+mod routes;
 mod servers;
 mod starts;
 mod state;
@@ -36,6 +37,7 @@ use weft_wasm_host::{Host, HostConfig};
 use crate::artifacts::ArtifactStore;
 use crate::containerd::{ContainerdConfig, ContainerdRuntime};
 use crate::logs::{self, Live};
+use crate::podnet::PodNet;
 use crate::proxy::{LocalHandlers, Proxy};
 use crate::runtime::Runtimes;
 use crate::server::{self, ServerState};
@@ -69,6 +71,8 @@ pub enum AgentError {
     NoPodCidr { node: String, waited: Duration },
     #[error(transparent)]
     PodNet(#[from] crate::podnet::PodNetError),
+    #[error(transparent)]
+    PodNetConnect(#[from] crate::podnet::ConnectError),
     #[error("the agent endpoint on {addr}: {source}")]
     Endpoint {
         addr: SocketAddr,
@@ -211,7 +215,7 @@ pub struct AgentHandle {
     stop: signal::Sender<bool>,
     tasks: tokio::task::JoinSet<()>,
     /// A routed node's podCIDR, made local on this host while it runs.
-    routed_cidr: Option<String>,
+    routed: Option<(PodNet, ipnet::Ipv4Net)>,
 }
 
 impl AgentHandle {
@@ -222,8 +226,9 @@ impl AgentHandle {
         if tokio::time::timeout(deadline, all).await.is_err() {
             tracing::warn!("node agent did not stop within {deadline:?}");
         }
-        if let Some(cidr) = &self.routed_cidr
-            && let Err(e) = crate::podnet::remove_local(cidr).await
+        // The peer routes went with the routes task; the local block goes last.
+        if let Some((net, block)) = &self.routed
+            && let Err(e) = net.remove_local(*block).await
         {
             tracing::warn!("{e}");
         }
@@ -271,14 +276,21 @@ pub async fn start(client: kube::Client, cfg: AgentConfig) -> Result<AgentHandle
     };
     let containerd_version = containerd.as_ref().map(|c| c.version.clone());
     node::register(&client, &cfg, containerd_version.as_deref()).await?;
-    if routed {
+    let routed = if routed {
         cfg.pod_cidr = node::allocated_pod_cidr(&client, &cfg.name, POD_CIDR_WAIT).await?;
-        crate::podnet::make_local(&cfg.pod_cidr).await?;
-        tracing::info!(pod_cidr = %cfg.pod_cidr, "pod IPs come from this node's podCIDR");
-    }
+        let block: ipnet::Ipv4Net = cfg
+            .pod_cidr
+            .parse()
+            .map_err(|_| AgentError::PodCidr(cfg.pod_cidr.clone()))?;
+        let net = PodNet::connect().await?;
+        net.make_local(block).await?;
+        tracing::info!(pod_cidr = %block, "pod IPs come from this node's podCIDR");
+        Some((net, block))
+    } else {
+        None
+    };
     let pool =
         IpPool::parse(&cfg.pod_cidr).ok_or_else(|| AgentError::PodCidr(cfg.pod_cidr.clone()))?;
-    let routed_cidr = routed.then(|| cfg.pod_cidr.clone());
     let (stop, stopped) = signal::channel(false);
     let local = Arc::new(LocalHandlers::default());
     let proxy = Proxy::new(local.clone());
@@ -308,6 +320,17 @@ pub async fn start(client: kube::Client, cfg: AgentConfig) -> Result<AgentHandle
         )
         .instrument(span.clone()),
     );
+    if let Some((net, _)) = &routed {
+        tasks.spawn(
+            routes::run(
+                client.clone(),
+                cfg.name.clone(),
+                net.clone(),
+                stopped.clone(),
+            )
+            .instrument(span.clone()),
+        );
+    }
     if let Some(dir) = cfg.pod_manifest_path.clone() {
         tasks.spawn(
             mirrors::sync_loop(client.clone(), cfg.name.clone(), dir, stopped.clone())
@@ -337,7 +360,7 @@ pub async fn start(client: kube::Client, cfg: AgentConfig) -> Result<AgentHandle
     Ok(AgentHandle {
         stop,
         tasks,
-        routed_cidr,
+        routed,
     })
 }
 
