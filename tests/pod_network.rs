@@ -5,6 +5,8 @@
 //! peer (host-gw).
 
 mod common;
+#[path = "../wasm-host/tests/guests/mod.rs"]
+mod guests;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -27,8 +29,10 @@ fn overlap(a: (u32, u32), b: (u32, u32)) -> bool {
     a.0 & mask == b.0 & mask
 }
 
-#[test]
-fn routed_nodes_get_disjoint_blocks_and_reach_each_others_by_host_gw_routes() {
+/// Three members with node IPAM on three hosts, and on each host a routed
+/// agent `node-N`; returns them, the agents' process numbers and each
+/// node's block once all three have one.
+fn routed_cluster() -> (Members, Vec<usize>, BTreeMap<String, String>) {
     let mut m = Members::start_with(3, 3, &["--cluster-cidr", CLUSTER_CIDR]);
     let agents: Vec<usize> = (0..3)
         .map(|i| {
@@ -41,8 +45,12 @@ fn routed_nodes_get_disjoint_blocks_and_reach_each_others_by_host_gw_routes() {
             )
         })
         .collect();
+    let blocks = blocks(&m);
+    (m, agents, blocks)
+}
 
-    // Every node registers and gets a block.
+/// Waits (bounded) until the three Nodes have podCIDRs; checks them.
+fn blocks(m: &Members) -> BTreeMap<String, String> {
     let deadline = Instant::now() + Duration::from_secs(60);
     let nodes: Vec<Value> = loop {
         let list: Value =
@@ -78,6 +86,12 @@ fn routed_nodes_get_disjoint_blocks_and_reach_each_others_by_host_gw_routes() {
             assert!(!overlap(*x, *y), "disjoint blocks: {blocks:?}");
         }
     }
+    blocks
+}
+
+#[test]
+fn routed_nodes_get_disjoint_blocks_and_reach_each_others_by_host_gw_routes() {
+    let (m, agents, blocks) = routed_cluster();
 
     eprintln!("blocks: {blocks:?}");
     // kubectl shows each node's host address as INTERNAL-IP.
@@ -194,4 +208,117 @@ fn route_show(m: &Members, i: usize) -> String {
         .output()
         .unwrap();
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `python3 -c` on host `i`: its stdout, trimmed.
+fn python(m: &Members, i: usize, script: &str) -> String {
+    let out = m
+        .hosts
+        .command(i, "python3")
+        .args(["-c", script])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[test]
+fn wasm_pods_on_three_hosts_answer_every_host_at_their_pod_ips() {
+    let (mut m, _agents, blocks) = routed_cluster();
+    // Each host pulls from a registry on its own loopback (agents speak
+    // plain HTTP to loopback registries only).
+    let dir = tempfile::tempdir().unwrap();
+    let wasm = dir.path().join("hello.wasm");
+    std::fs::write(&wasm, guests::sample("hello")).unwrap();
+    let image = "127.0.0.1:5000/samples/hello:1";
+    for i in 0..3 {
+        let registry =
+            common::registry::Registry::config(&dir.path().join(format!("r{i}")), "127.0.0.1:5000");
+        let cmd = {
+            let mut c = m.hosts.command(i, common::registry::Registry::binary());
+            c.arg("serve")
+                .arg(&registry)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null());
+            c
+        };
+        m.hosts.spawn(cmd);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let out = m
+                .hosts
+                .command(i, env!("CARGO_BIN_EXE_weft"))
+                .arg("push")
+                .arg(&wasm)
+                .arg(image)
+                .output()
+                .unwrap();
+            if out.status.success() {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "weft push on host {}: {}",
+                i + 1,
+                String::from_utf8_lossy(&out.stderr)
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    for i in 0..3 {
+        let pod = format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: hello-{n}}}\nspec:\n  nodeName: node-{n}\n  containers:\n  - name: app\n    image: {image}\n    ports: [{{containerPort: 8080}}]\n",
+            n = i + 1
+        );
+        m.kubectl_stdin(0, &["apply", "-f", "-"], &pod);
+    }
+    let mut pods = Vec::new();
+    for i in 0..3 {
+        let name = format!("pod/hello-{}", i + 1);
+        let ready = m.kubectl(
+            0,
+            &["wait", "--for=condition=Ready", &name, "--timeout=60s"],
+        );
+        assert!(
+            ready.status.success(),
+            "{name} Ready: {}",
+            String::from_utf8_lossy(&ready.stderr)
+        );
+        let ips = m.kubectl_ok(
+            0,
+            &[
+                "get",
+                &name,
+                "-o",
+                "jsonpath={.status.podIP} {.status.hostIP}",
+            ],
+        );
+        let (pod_ip, host_ip) = ips.split_once(' ').unwrap();
+        let block = parse(&blocks[&format!("node-{}", i + 1)]);
+        assert!(
+            overlap((parse(&format!("{pod_ip}/32")).0, 32), block),
+            "{name}'s IP {pod_ip} is in its node's block {block:?}"
+        );
+        assert_eq!(host_ip, m.hosts.hosts[i].ip, "{name}'s hostIP");
+        pods.push(pod_ip.to_string());
+    }
+    // Every host reaches every pod, its own and the others', by pod IP.
+    for h in 0..3 {
+        for (p, ip) in pods.iter().enumerate() {
+            let said = python(
+                &m,
+                h,
+                &format!(
+                    "import urllib.request\nprint(urllib.request.urlopen('http://{ip}:8080/',timeout=5).read().decode())"
+                ),
+            );
+            // The sample names the pod that answered.
+            assert_eq!(
+                said,
+                format!("Hello from hello-{}", p + 1),
+                "host {} → hello-{} at {ip}",
+                h + 1,
+                p + 1
+            );
+        }
+    }
 }

@@ -12,11 +12,26 @@ pub struct Registry {
 }
 
 impl Registry {
-    pub fn start() -> Registry {
-        let bin = ["/usr/bin/docker-registry", "/usr/sbin/docker-registry"]
+    /// Debian's docker-registry binary.
+    pub fn binary() -> &'static str {
+        ["/usr/bin/docker-registry", "/usr/sbin/docker-registry"]
             .into_iter()
             .find(|p| std::path::Path::new(p).exists())
-            .expect("docker-registry is not installed: ./dev installs Debian's docker-registry");
+            .expect("docker-registry is not installed: ./dev installs Debian's docker-registry")
+    }
+
+    /// Writes a registry configuration under `dir` (storage there too),
+    /// serving on `addr`; returns its path.
+    #[allow(dead_code)] // not every test file starts registries of its own
+    pub fn config(dir: &std::path::Path, addr: &str) -> std::path::PathBuf {
+        std::fs::create_dir_all(dir).unwrap();
+        let config = dir.join("config.yml");
+        std::fs::write(&config, format!("version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {addr}\n", dir.join("data").display())).unwrap();
+        config
+    }
+
+    pub fn start() -> Registry {
+        let bin = Self::binary();
         let dir = tempfile::tempdir().unwrap();
         let port = TcpListener::bind("127.0.0.1:0")
             .unwrap()
@@ -24,8 +39,7 @@ impl Registry {
             .unwrap()
             .port();
         let addr = format!("127.0.0.1:{port}");
-        let config = dir.path().join("config.yml");
-        std::fs::write(&config, format!("version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {addr}\n", dir.path().join("data").display())).unwrap();
+        let config = Self::config(dir.path(), &addr);
         let child = Command::new(bin)
             .arg("serve")
             .arg(&config)
