@@ -222,7 +222,7 @@ fn python(m: &Members, i: usize, script: &str) -> String {
 }
 
 #[test]
-fn wasm_pods_on_three_hosts_answer_every_host_at_their_pod_ips() {
+fn wasm_pods_on_three_hosts_answer_every_host_by_pod_ip_and_cluster_ip() {
     let (mut m, _agents, blocks) = routed_cluster();
     // Each host pulls from a registry on its own loopback (agents speak
     // plain HTTP to loopback registries only).
@@ -266,7 +266,7 @@ fn wasm_pods_on_three_hosts_answer_every_host_at_their_pod_ips() {
     }
     for i in 0..3 {
         let pod = format!(
-            "apiVersion: v1\nkind: Pod\nmetadata: {{name: hello-{n}}}\nspec:\n  nodeName: node-{n}\n  containers:\n  - name: app\n    image: {image}\n    ports: [{{containerPort: 8080}}]\n",
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: hello-{n}, labels: {{app: hello}}}}\nspec:\n  nodeName: node-{n}\n  containers:\n  - name: app\n    image: {image}\n    ports: [{{containerPort: 8080}}]\n",
             n = i + 1
         );
         m.kubectl_stdin(0, &["apply", "-f", "-"], &pod);
@@ -320,5 +320,42 @@ fn wasm_pods_on_three_hosts_answer_every_host_at_their_pod_ips() {
                 p + 1
             );
         }
+    }
+
+    // A Service over the three: each host's proxy spreads requests to its
+    // ClusterIP over endpoints on all three hosts.
+    m.kubectl_stdin(
+        0,
+        &["apply", "-f", "-"],
+        "apiVersion: v1\nkind: Service\nmetadata: {name: hello}\nspec:\n  selector: {app: hello}\n  ports: [{port: 80, targetPort: 8080}]\n",
+    );
+    let cluster_ip = m.kubectl_ok(
+        0,
+        &[
+            "get",
+            "service",
+            "hello",
+            "-o",
+            "jsonpath={.spec.clusterIP}",
+        ],
+    );
+    let all: std::collections::BTreeSet<String> =
+        (1..=3).map(|n| format!("Hello from hello-{n}")).collect();
+    for h in 0..3 {
+        // Bounded: 60 requests, each with a timeout; the proxies may need a
+        // moment to learn the endpoints.
+        let said = python(
+            &m,
+            h,
+            &format!(
+                "import urllib.request,time\nseen=set()\nfor _ in range(60):\n  try: seen.add(urllib.request.urlopen('http://{cluster_ip}:80/',timeout=2).read().decode().strip())\n  except OSError: time.sleep(0.1)\nprint('|'.join(sorted(seen)))"
+            ),
+        );
+        let seen: std::collections::BTreeSet<String> = said
+            .split('|')
+            .filter(|s| !s.is_empty())
+            .map(String::from)
+            .collect();
+        assert_eq!(seen, all, "host {} through {cluster_ip}", h + 1);
     }
 }
