@@ -19,7 +19,6 @@ mod common;
 #[path = "common/stats.rs"]
 mod stats;
 
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -30,13 +29,10 @@ use stats::{ms, pct};
 
 const PATH: &str = "/api/v1/namespaces/default/configmaps";
 
+/// `weft ARGS`, which must succeed; how long it took.
 fn weft(args: &[&str]) -> Duration {
     let t = Instant::now();
-    let out = Command::new(env!("CARGO_BIN_EXE_weft"))
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run weft");
+    let out = common::weft(args);
     assert!(
         out.status.success(),
         "weft {}: {}",

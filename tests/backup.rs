@@ -6,11 +6,11 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
-use common::TestCluster;
 use common::hosts::Members;
+use common::{TestCluster, weft};
 use serde_json::Value;
 
 fn configmaps(prefix: &str, n: usize) -> String {
@@ -22,14 +22,6 @@ fn configmaps(prefix: &str, n: usize) -> String {
         })
         .collect::<Vec<_>>()
         .join("---\n")
-}
-
-fn weft(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_weft"))
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run weft")
 }
 
 /// Objects of `json` (a kubectl list) by kind/namespace/name.

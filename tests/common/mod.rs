@@ -39,6 +39,16 @@ pub fn kubectl_path() -> PathBuf {
     PathBuf::from(p)
 }
 
+/// `weft ARGS` on this host, without standard input.
+#[allow(dead_code)] // not every test file runs the CLI itself
+pub fn weft(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_weft"))
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run weft")
+}
+
 /// `weft push`es `wasm` as `{registry}/{repo}` and returns that image reference.
 pub fn push(registry: &registry::Registry, wasm: &[u8], repo: &str) -> String {
     let dir = tempfile::tempdir().unwrap();

@@ -32,13 +32,9 @@ pub async fn save_and_prune(
     store: &Store,
     schedule: &BackupSchedule,
 ) -> Result<PathBuf, ScheduledBackupError> {
-    let data = store.backup().await?;
+    let backup = store.backup().await?;
     let dir = SnapshotDir::new(&schedule.dir);
-    let created = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let path = dir.save(&data, store.node_id(), created)?;
+    let path = dir.save(&backup.data, backup.info.member, backup.info.created)?;
     for old in dir.prune(schedule.retention.max(1))? {
         tracing::info!(file = %old.path.display(), "pruned an old snapshot");
     }

@@ -68,13 +68,27 @@ pub enum BackupError {
     Rocks(#[from] rocksdb::Error),
 }
 
+/// Seconds since the Unix epoch.
+pub(crate) fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// A backup file's bytes and what its header says.
+pub struct Backup {
+    pub info: BackupInfo,
+    pub data: Vec<u8>,
+}
+
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 impl SmShared {
     /// Every object and the revision, from one consistent rocksdb snapshot.
-    pub(crate) fn backup(&self, member: NodeId) -> Result<Vec<u8>, BackupError> {
+    pub(crate) fn backup(&self, member: NodeId) -> Result<Backup, BackupError> {
         let snap = self.db().snapshot();
         let revision = snap
             .get_cf(self.cf(CF_SM), KEY_REVISION)?
@@ -91,10 +105,7 @@ impl SmShared {
         let info = BackupInfo {
             revision,
             objects,
-            created: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0),
+            created: unix_now(),
             member,
         };
         let header = serde_json::to_vec(&info).expect("plain struct serializes");
@@ -105,7 +116,7 @@ impl SmShared {
         out.extend_from_slice(&body);
         let sum = Sha256::digest(&out);
         out.extend_from_slice(&sum);
-        Ok(out)
+        Ok(Backup { info, data: out })
     }
 }
 
@@ -380,7 +391,7 @@ mod tests {
     #[test]
     fn a_backup_restores_with_its_revision_moved_on() {
         let src = tempfile::tempdir().unwrap();
-        let data = store_with(src.path(), 5).shared().backup(7).unwrap();
+        let data = store_with(src.path(), 5).shared().backup(7).unwrap().data;
         let (info, records) = verify(&data).unwrap();
         assert_eq!((info.revision, info.objects, info.member), (5, 5, 7));
         assert_eq!(records.len(), 5);
@@ -402,7 +413,7 @@ mod tests {
     #[test]
     fn corrupt_and_truncated_backups_are_refused_before_anything_is_written() {
         let src = tempfile::tempdir().unwrap();
-        let data = store_with(src.path(), 3).shared().backup(1).unwrap();
+        let data = store_with(src.path(), 3).shared().backup(1).unwrap().data;
         let dst = tempfile::tempdir().unwrap();
         let target = dst.path().join("store");
 

@@ -64,10 +64,7 @@ impl Store {
             Some(mine) if mine == theirs => Ok(()),
             Some(mine) => {
                 static LAST_WARNED: AtomicU64 = AtomicU64::new(0);
-                let now = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.as_secs())
-                    .unwrap_or(0);
+                let now = super::backup::unix_now();
                 // A stale member sends every heartbeat: one line per 10 s.
                 if now >= LAST_WARNED.load(Ordering::Relaxed) + 10 {
                     LAST_WARNED.store(now, Ordering::Relaxed);

@@ -533,7 +533,7 @@ impl Store {
 
     /// A backup of every object as of a linearized read: it holds every
     /// write acknowledged before the call (see [`backup`]).
-    pub async fn backup(&self) -> Result<Vec<u8>, StoreError> {
+    pub async fn backup(&self) -> Result<backup::Backup, StoreError> {
         self.linearize().await?;
         let sm = self.sm.clone();
         let me = self.node_id;

@@ -328,7 +328,7 @@ async fn rpc_members(State(store): State<Store>) -> Json<Result<Vec<Member>, Str
 async fn rpc_backup(State(store): State<Store>) -> axum::response::Response {
     use axum::response::IntoResponse;
     match store.backup().await {
-        Ok(bytes) => ([("content-type", "application/octet-stream")], bytes).into_response(),
+        Ok(b) => ([("content-type", "application/octet-stream")], b.data).into_response(),
         Err(e) => (
             axum::http::StatusCode::SERVICE_UNAVAILABLE,
             Json(serde_json::json!({
