@@ -35,7 +35,7 @@ enum Command {
     /// Publish a .wasm file to an OCI registry as a Wasm artifact.
     Push(cmd::push::Args),
     /// Run a node agent on its own, against a control plane.
-    Node(cmd::node::Args),
+    Node(Box<cmd::node::Args>),
     /// List or remove the control plane's Raft members.
     Member(cmd::member::Args),
     /// Back up the cluster's objects, restore them, and manage scheduled backups.
@@ -68,7 +68,7 @@ fn main() -> anyhow::Result<()> {
             Command::Get(a) => cmd::get::run(a).await,
             Command::Delete(a) => cmd::delete::run(a).await,
             Command::Push(a) => cmd::push::run(a).await,
-            Command::Node(a) => cmd::node::run(a).await,
+            Command::Node(a) => cmd::node::run(*a).await,
             Command::Member(a) => cmd::member::run(a).await,
             Command::Snapshot(a) => cmd::snapshot::run(a).await,
         }

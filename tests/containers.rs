@@ -103,7 +103,7 @@ fn container_deployment_serves_logs_is_replaced_and_survives_an_agent_restart() 
         &[
             "sh",
             "-c",
-            "echo serving on 8080; exec httpd -f -p 8080 -h /www",
+            "cat /etc/resolv.conf; echo serving on 8080; exec httpd -f -p 8080 -h /www",
         ],
     );
     let mut flags = net.flags(&containerd);
@@ -140,6 +140,22 @@ fn container_deployment_serves_logs_is_replaced_and_survives_an_agent_restart() 
     let first = pods.split_whitespace().next().unwrap().to_string();
     let logs = c.kubectl_ok(&["logs", &first]);
     assert!(logs.contains("serving on 8080"), "logs: {logs:?}");
+    // Its resolv.conf is kubelet's for ClusterFirst: the cluster DNS first.
+    let dns = c.kubectl_ok(&[
+        "get",
+        "service",
+        "kube-dns",
+        "-n",
+        "kube-system",
+        "-o",
+        "jsonpath={.spec.clusterIP}",
+    ]);
+    assert!(
+        logs.starts_with(&format!(
+            "nameserver {dns}\nsearch default.svc.cluster.local svc.cluster.local cluster.local"
+        )) && logs.contains("options ndots:5\n"),
+        "logs: {logs:?}"
+    );
     // Events tell the pull.
     let events = c.kubectl_ok(&[
         "get",

@@ -66,6 +66,13 @@ pub struct StatusArgs {
     /// Where the standard CNI plugins are (Debian's containernetworking-plugins).
     #[arg(long, default_value = "/usr/lib/cni")]
     pub cni_plugin_dir: PathBuf,
+    /// The DNS server containers' resolv.conf names (kubelet's name;
+    /// default: the kube-dns Service's ClusterIP, looked up at start).
+    #[arg(long)]
+    pub cluster_dns: Option<std::net::IpAddr>,
+    /// The cluster's DNS domain, for containers' search path.
+    #[arg(long, default_value = "cluster.local")]
+    pub cluster_domain: String,
     /// Lets pods run privileged containers.
     #[arg(long)]
     pub allow_privileged: bool,
@@ -108,6 +115,10 @@ impl StatusArgs {
                 bridge: self.cni_bridge.clone(),
                 cni_plugin_dir: self.cni_plugin_dir.clone(),
                 allow_privileged: self.allow_privileged,
+                dns: weft_node::containerd::resolv::ClusterDns {
+                    server: self.cluster_dns,
+                    domain: self.cluster_domain.clone(),
+                },
             }
         })
     }

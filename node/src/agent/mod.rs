@@ -255,6 +255,11 @@ pub async fn start(client: kube::Client, cfg: AgentConfig) -> Result<AgentHandle
     cfg.listen = endpoint;
     let (exits_tx, exits) = mpsc::unbounded_channel();
     let live = Arc::new(Live::default());
+    if let Some(c) = cfg.containerd.as_mut()
+        && c.dns.server.is_none()
+    {
+        c.dns.server = node::cluster_dns(&client).await;
+    }
     let containerd = match &cfg.containerd {
         Some(c) => match ContainerdRuntime::connect(
             c,

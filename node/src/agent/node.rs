@@ -9,7 +9,7 @@ use kube::api::{Api, Patch, PatchParams};
 use serde_json::{Value, json};
 use tokio::sync::watch as signal;
 use weft_api::k8s_openapi::api::coordination::v1::Lease;
-use weft_api::k8s_openapi::api::core::v1::Node;
+use weft_api::k8s_openapi::api::core::v1::{Node, Service};
 use weft_api::k8s_openapi::api::node::v1::RuntimeClass;
 
 use super::{AgentConfig, AgentError, CONTAINERD_LABEL, FIELD_MANAGER, WASM_LABEL, now, now_micro};
@@ -87,6 +87,18 @@ fn node_status(cfg: &AgentConfig, containerd: Option<&str>) -> Value {
                      "containerRuntimeVersion": runtime, "operatingSystem": std::env::consts::OS,
                      "architecture": weft_api::go_arch(),
                      "machineID": "", "systemUUID": "", "bootID": ""}}})
+}
+
+/// The kube-dns Service's ClusterIP, if there is one (containers' nameserver).
+pub(super) async fn cluster_dns(client: &kube::Client) -> Option<std::net::IpAddr> {
+    let services: Api<Service> = Api::namespaced(client.clone(), "kube-system");
+    match services.get_opt("kube-dns").await {
+        Ok(s) => s?.spec?.cluster_ip?.parse().ok(),
+        Err(e) => {
+            tracing::warn!("looking up kube-dns for containers' resolv.conf: {e}");
+            None
+        }
+    }
 }
 
 /// Waits until the Node has a podCIDR (node IPAM allocates it).

@@ -10,6 +10,7 @@
 pub mod cni;
 mod conn;
 pub mod pull;
+pub mod resolv;
 pub mod spec;
 
 pub use conn::Conn;
@@ -70,6 +71,10 @@ pub struct ContainerdConfig {
     pub bridge: String,
     pub cni_plugin_dir: PathBuf,
     pub allow_privileged: bool,
+    /// What containers' /etc/resolv.conf names (kubelet's --cluster-dns and
+    /// --cluster-domain); without a server the agent looks up the kube-dns
+    /// Service when it starts.
+    pub dns: resolv::ClusterDns,
 }
 
 impl Default for ContainerdConfig {
@@ -80,6 +85,10 @@ impl Default for ContainerdConfig {
             bridge: "weft0".into(),
             cni_plugin_dir: "/usr/lib/cni".into(),
             allow_privileged: false,
+            dns: resolv::ClusterDns {
+                server: None,
+                domain: "cluster.local".into(),
+            },
         }
     }
 }
@@ -94,6 +103,7 @@ pub struct ContainerdRuntime {
     log_max_size: u64,
     exits: mpsc::UnboundedSender<Exited>,
     allow_privileged: bool,
+    dns: resolv::ClusterDns,
     pub version: String,
 }
 
@@ -137,6 +147,7 @@ impl ContainerdRuntime {
             log_max_size,
             exits,
             allow_privileged: cfg.allow_privileged,
+            dns: cfg.dns.clone(),
             version,
         })
     }
@@ -271,6 +282,10 @@ impl ContainerdRuntime {
         let uid = pod.metadata.uid.clone().unwrap_or_default();
         let volumes = preopens(c, &spec.volumes)?;
         let env = spec.env.get(&c.name).cloned().unwrap_or_default();
+        let resolv_conf = self.pod_dir(&uid).join("resolv.conf");
+        let host = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+        std::fs::write(&resolv_conf, resolv::resolv_conf(pod, &self.dns, &host))
+            .map_err(|e| WorkloadError::Config(format!("writing resolv.conf: {e}")))?;
         let oci = spec::build(
             pod,
             c,
@@ -281,6 +296,7 @@ impl ContainerdRuntime {
                 netns: cni::netns_path(&uid),
                 cgroups_path: format!("/weft/{id}"),
                 allow_privileged: self.allow_privileged,
+                resolv_conf: Some(resolv_conf.clone()),
             },
         )
         .map_err(|e| WorkloadError::Config(e.0))?;

@@ -45,6 +45,8 @@ pub struct Inputs<'a> {
     pub netns: PathBuf,
     pub cgroups_path: String,
     pub allow_privileged: bool,
+    /// Mounted at /etc/resolv.conf ([`super::resolv`]).
+    pub resolv_conf: Option<PathBuf>,
 }
 
 /// Why a spec could not be built (`CreateContainerConfigError`).
@@ -249,6 +251,14 @@ pub fn build(pod: &Pod, c: &Container, inputs: &Inputs) -> Result<Spec, SpecErro
         m.set_options(Some(opts));
         mounts.push(m);
     }
+    if let Some(path) = &inputs.resolv_conf {
+        let mut m = Mount::default();
+        m.set_destination(PathBuf::from("/etc/resolv.conf"));
+        m.set_typ(Some("bind".into()));
+        m.set_source(Some(path.clone()));
+        m.set_options(Some(vec!["bind".into(), "rprivate".into(), "rw".into()]));
+        mounts.push(m);
+    }
     spec.set_mounts(Some(mounts));
 
     let mut linux = spec.linux().clone().unwrap_or_default();
@@ -378,6 +388,7 @@ mod tests {
             netns: "/run/netns/weft-x".into(),
             cgroups_path: "/weft/x".into(),
             allow_privileged: false,
+            resolv_conf: None,
         }
     }
 
