@@ -15,6 +15,9 @@ use common::hosts::Members;
 use serde_json::Value;
 
 const CLUSTER_CIDR: &str = "10.244.0.0/16";
+/// A Service range that is not loopback, so every host's proxy serves it
+/// to others as to itself.
+const SERVICE_CIDR: &str = "10.96.0.0/16";
 
 /// An IPv4 CIDR as (network, prefix length).
 fn parse(cidr: &str) -> (u32, u32) {
@@ -33,7 +36,16 @@ fn overlap(a: (u32, u32), b: (u32, u32)) -> bool {
 /// agent `node-N`; returns them, the agents' process numbers and each
 /// node's block once all three have one.
 fn routed_cluster() -> (Members, Vec<usize>, BTreeMap<String, String>) {
-    let mut m = Members::start_with(3, 3, &["--cluster-cidr", CLUSTER_CIDR]);
+    let mut m = Members::start_with(
+        3,
+        3,
+        &[
+            "--cluster-cidr",
+            CLUSTER_CIDR,
+            "--service-cidr",
+            SERVICE_CIDR,
+        ],
+    );
     let agents: Vec<usize> = (0..3)
         .map(|i| {
             let ip = m.hosts.hosts[i].ip.clone();
@@ -41,7 +53,14 @@ fn routed_cluster() -> (Members, Vec<usize>, BTreeMap<String, String>) {
                 i,
                 &format!("node-{}", i + 1),
                 &[i],
-                &["--pod-network", "routed", "--node-ip", &ip],
+                &[
+                    "--pod-network",
+                    "routed",
+                    "--node-ip",
+                    &ip,
+                    "--service-cidr",
+                    SERVICE_CIDR,
+                ],
             )
         })
         .collect();
@@ -339,6 +358,10 @@ fn wasm_pods_on_three_hosts_answer_every_host_by_pod_ip_and_cluster_ip() {
             "jsonpath={.spec.clusterIP}",
         ],
     );
+    assert!(
+        overlap(parse(&format!("{cluster_ip}/32")), parse(SERVICE_CIDR)),
+        "ClusterIP {cluster_ip} from {SERVICE_CIDR}"
+    );
     let all: std::collections::BTreeSet<String> =
         (1..=3).map(|n| format!("Hello from hello-{n}")).collect();
     for h in 0..3 {
@@ -357,5 +380,17 @@ fn wasm_pods_on_three_hosts_answer_every_host_by_pod_ip_and_cluster_ip() {
             .map(String::from)
             .collect();
         assert_eq!(seen, all, "host {} through {cluster_ip}", h + 1);
+    }
+
+    // Cluster DNS on every host answers for the Service with its ClusterIP
+    // (a plain A query to kube-dns's ClusterIP, 10th of the range).
+    let query = "import socket\nq=b'\\x12\\x34\\x01\\x00\\x00\\x01\\x00\\x00\\x00\\x00\\x00\\x00'+b''.join(bytes([len(p)])+p.encode() for p in 'hello.default.svc.cluster.local'.split('.'))+b'\\x00\\x00\\x01\\x00\\x01'\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\ns.settimeout(1)\nfor _ in range(20):\n  try:\n    s.sendto(q,('10.96.0.10',53));r=s.recv(512);print(socket.inet_ntoa(r[-4:]));break\n  except OSError: pass";
+    for h in 0..3 {
+        assert_eq!(
+            python(&m, h, query),
+            cluster_ip,
+            "host {} asks kube-dns",
+            h + 1
+        );
     }
 }

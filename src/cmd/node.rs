@@ -32,6 +32,11 @@ pub struct Args {
     /// this host (root; docs/networking.md).
     #[arg(long, value_enum, default_value_t = PodNetwork::Loopback)]
     pub pod_network: PodNetwork,
+    /// With `--pod-network routed`: the control plane's --service-cidr,
+    /// made local on this host so its proxy serves ClusterIPs (and cluster
+    /// DNS) to the host and to pods (a non-loopback range).
+    #[arg(long)]
+    pub service_cidr: Option<ipnet::Ipv4Net>,
     #[command(flatten)]
     pub status: StatusArgs,
 }
@@ -184,6 +189,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         args.certificate_authority.as_deref(),
     )?;
     let mut cfg = AgentConfig::new(args.name, args.data_dir);
+    cfg.service_cidr = args.service_cidr;
     cfg.pod_cidr = match args.pod_network {
         PodNetwork::Loopback => args.pod_cidr,
         // Empty: the agent takes the Node's allocated podCIDR.

@@ -137,6 +137,9 @@ pub struct AgentConfig {
     /// the Node's InternalIP and its pods' hostIP. Default: the agent's
     /// listen address.
     pub node_ip: Option<std::net::IpAddr>,
+    /// The Service range, made local on a routed node's host (as its pod
+    /// block is), so the proxy binds ClusterIPs there and pods reach them.
+    pub service_cidr: Option<ipnet::Ipv4Net>,
     pub heartbeat: Duration,
     /// Wait before retrying a pod that failed to start (ImagePullBackOff).
     pub retry_after: Duration,
@@ -176,6 +179,7 @@ impl AgentConfig {
             data_dir,
             pod_cidr: "127.10.0.0/16".into(),
             node_ip: None,
+            service_cidr: None,
             heartbeat: Duration::from_secs(10),
             retry_after: Duration::from_secs(10),
             listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
@@ -216,6 +220,8 @@ pub struct AgentHandle {
     tasks: tokio::task::JoinSet<()>,
     /// A routed node's podCIDR, made local on this host while it runs.
     routed: Option<(PodNet, ipnet::Ipv4Net)>,
+    /// The Service range, local beside it.
+    service_cidr: Option<ipnet::Ipv4Net>,
 }
 
 impl AgentHandle {
@@ -227,10 +233,12 @@ impl AgentHandle {
             tracing::warn!("node agent did not stop within {deadline:?}");
         }
         // The peer routes went with the routes task; the local block goes last.
-        if let Some((net, block)) = &self.routed
-            && let Err(e) = net.remove_local(*block).await
-        {
-            tracing::warn!("{e}");
+        if let Some((net, block)) = &self.routed {
+            for local in std::iter::once(*block).chain(self.service_cidr) {
+                if let Err(e) = net.remove_local(local).await {
+                    tracing::warn!("{e}");
+                }
+            }
         }
     }
 }
@@ -289,6 +297,9 @@ pub async fn start(client: kube::Client, cfg: AgentConfig) -> Result<AgentHandle
             .map_err(|_| AgentError::PodCidr(cfg.pod_cidr.clone()))?;
         let net = PodNet::connect().await?;
         net.make_local(block).await?;
+        if let Some(services) = cfg.service_cidr {
+            net.make_local(services).await?;
+        }
         tracing::info!(pod_cidr = %block, "pod IPs come from this node's podCIDR");
         Some((net, block))
     } else {
@@ -360,12 +371,15 @@ pub async fn start(client: kube::Client, cfg: AgentConfig) -> Result<AgentHandle
     )
     .boxed();
     let api = Arc::new(effects::KubeApi::new(client, cfg.name.clone()));
+    let cfg_service_cidr = cfg.service_cidr;
     let (pod_loop, inbox) = pods::PodLoop::new(cfg, Arc::new(runtime), api, pool, exits);
     tasks.spawn(pod_loop.run(stopped, watch, inbox).instrument(span));
+    let service_cidr = routed.as_ref().and(cfg_service_cidr);
     Ok(AgentHandle {
         stop,
         tasks,
         routed,
+        service_cidr,
     })
 }
 
