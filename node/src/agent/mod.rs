@@ -218,10 +218,9 @@ fn now_micro() -> String {
 pub struct AgentHandle {
     stop: signal::Sender<bool>,
     tasks: tokio::task::JoinSet<()>,
-    /// A routed node's podCIDR, made local on this host while it runs.
-    routed: Option<(PodNet, ipnet::Ipv4Net)>,
-    /// The Service range, local beside it.
-    service_cidr: Option<ipnet::Ipv4Net>,
+    /// A routed node's blocks made local on this host while it runs: its
+    /// podCIDR, and the Service range if it was given one.
+    routed: Option<(PodNet, Vec<ipnet::Ipv4Net>)>,
 }
 
 impl AgentHandle {
@@ -233,9 +232,9 @@ impl AgentHandle {
             tracing::warn!("node agent did not stop within {deadline:?}");
         }
         // The peer routes went with the routes task; the local block goes last.
-        if let Some((net, block)) = &self.routed {
-            for local in std::iter::once(*block).chain(self.service_cidr) {
-                if let Err(e) = net.remove_local(local).await {
+        if let Some((net, locals)) = &self.routed {
+            for local in locals {
+                if let Err(e) = net.remove_local(*local).await {
                     tracing::warn!("{e}");
                 }
             }
@@ -296,12 +295,12 @@ pub async fn start(client: kube::Client, cfg: AgentConfig) -> Result<AgentHandle
             .parse()
             .map_err(|_| AgentError::PodCidr(cfg.pod_cidr.clone()))?;
         let net = PodNet::connect().await?;
-        net.make_local(block).await?;
-        if let Some(services) = cfg.service_cidr {
-            net.make_local(services).await?;
+        let locals: Vec<ipnet::Ipv4Net> = std::iter::once(block).chain(cfg.service_cidr).collect();
+        for local in &locals {
+            net.make_local(*local).await?;
         }
         tracing::info!(pod_cidr = %block, "pod IPs come from this node's podCIDR");
-        Some((net, block))
+        Some((net, locals))
     } else {
         None
     };
@@ -371,15 +370,12 @@ pub async fn start(client: kube::Client, cfg: AgentConfig) -> Result<AgentHandle
     )
     .boxed();
     let api = Arc::new(effects::KubeApi::new(client, cfg.name.clone()));
-    let cfg_service_cidr = cfg.service_cidr;
     let (pod_loop, inbox) = pods::PodLoop::new(cfg, Arc::new(runtime), api, pool, exits);
     tasks.spawn(pod_loop.run(stopped, watch, inbox).instrument(span));
-    let service_cidr = routed.as_ref().and(cfg_service_cidr);
     Ok(AgentHandle {
         stop,
         tasks,
         routed,
-        service_cidr,
     })
 }
 
