@@ -1,13 +1,13 @@
-//! A routed node's peer routes (host-gw): it watches every Node and keeps a
-//! route to each peer's podCIDR via the peer's InternalIP, as nodes come,
-//! move and go; on a clean stop it removes them ([`crate::podnet`]).
+//! A routed node's peer routes (host-gw): it mirrors every Node (a
+//! reflector store, as the proxy mirrors Services) and keeps a route to
+//! each peer's podCIDR via the peer's InternalIP, as nodes come, move and
+//! go; on a clean stop it removes them ([`crate::podnet`]).
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
-use futures::{StreamExt, TryStreamExt};
+use futures::{FutureExt, StreamExt};
 use kube::api::Api;
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::{WatchStreamExt, reflector, watcher};
 use tokio::sync::watch as signal;
 use weft_api::k8s_openapi::api::core::v1::Node;
 
@@ -17,11 +17,11 @@ use crate::podnet::{NodeAddress, PeerRoutes, PodNet, wanted_routes};
 /// so a route someone removed by hand comes back.
 const RESYNC: Duration = Duration::from_secs(10);
 
-fn wanted(me: &str, nodes: &BTreeMap<String, Node>) -> PeerRoutes {
+fn wanted(me: &str, nodes: &[std::sync::Arc<Node>]) -> PeerRoutes {
     wanted_routes(
         me,
-        nodes.iter().map(|(name, n)| NodeAddress {
-            name,
+        nodes.iter().map(|n| NodeAddress {
+            name: n.metadata.name.as_deref().unwrap_or_default(),
             pod_cidr: n.spec.as_ref().and_then(|s| s.pod_cidr.as_deref()),
             internal_ip: n
                 .status
@@ -39,46 +39,28 @@ pub(super) async fn run(
     net: PodNet,
     mut stop: signal::Receiver<bool>,
 ) {
-    let mut events = watcher(Api::<Node>::all(client), watcher::Config::default())
-        .default_backoff()
-        .boxed();
-    let mut nodes: BTreeMap<String, Node> = BTreeMap::new();
-    let mut listing: Option<BTreeMap<String, Node>> = None;
+    let (nodes, writer) = reflector::store::<Node>();
+    let events = reflector(
+        writer,
+        watcher(Api::<Node>::all(client), watcher::Config::default()),
+    )
+    .default_backoff()
+    .map(|_| ());
+    let mut events = std::pin::pin!(events);
     let mut resync = tokio::time::interval(RESYNC);
     loop {
-        let changed = tokio::select! {
+        tokio::select! {
             _ = stop.changed() => break,
-            _ = resync.tick() => true,
-            ev = events.try_next() => match ev {
-                Ok(Some(watcher::Event::Init)) => {
-                    listing = Some(BTreeMap::new());
-                    false
-                }
-                Ok(Some(watcher::Event::InitApply(n))) => {
-                    let name = n.metadata.name.clone().unwrap_or_default();
-                    listing.get_or_insert_with(BTreeMap::new).insert(name, n);
-                    false
-                }
-                Ok(Some(watcher::Event::InitDone)) => {
-                    nodes = listing.take().unwrap_or_default();
-                    true
-                }
-                Ok(Some(watcher::Event::Apply(n))) => {
-                    nodes.insert(n.metadata.name.clone().unwrap_or_default(), n);
-                    true
-                }
-                Ok(Some(watcher::Event::Delete(n))) => {
-                    nodes.remove(n.metadata.name.as_deref().unwrap_or_default());
-                    true
-                }
-                Ok(None) => break,
-                Err(e) => {
-                    tracing::warn!("watching nodes for routes: {e}");
-                    false
-                }
-            },
-        };
-        if changed && let Err(e) = net.sync_peer_routes(&wanted(&me, &nodes)).await {
+            _ = resync.tick() => {}
+            e = events.next() => if e.is_none() { break },
+        }
+        // Take whatever else is already queued: one sync per burst.
+        while let Some(Some(())) = events.next().now_or_never() {}
+        // Until the first list completes the store is empty: no routes to judge by.
+        if nodes.wait_until_ready().now_or_never().is_none() {
+            continue;
+        }
+        if let Err(e) = net.sync_peer_routes(&wanted(&me, &nodes.state())).await {
             tracing::warn!("{e}");
         }
     }
