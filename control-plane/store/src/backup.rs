@@ -16,8 +16,8 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use openraft::{Entry, LogId};
-use rocksdb::{IteratorMode, WriteBatch};
+use openraft::{LogId, RaftLogReader};
+use rocksdb::WriteBatch;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -25,7 +25,7 @@ use super::state_machine::{
     Chunks, KEY_APPLIED, KEY_MEMBERSHIP, KEY_REVISION, KEY_SNAPSHOT, SmShared, StateMachine,
     push_chunk, synced,
 };
-use super::{CF_LOG, CF_OBJECTS, CF_RAFT, CF_SM, NodeId, StoreError, TypeConfig};
+use super::{CF_LOG, CF_OBJECTS, CF_RAFT, CF_SM, LogStore, NodeId, StoreError};
 
 const MAGIC: &[u8; 8] = b"WEFTSNAP";
 /// Set by a restore or a reset, cleared once the member has seeded a Raft
@@ -90,18 +90,9 @@ impl SmShared {
     /// Every object and the revision, from one consistent rocksdb snapshot.
     pub(crate) fn backup(&self, member: NodeId) -> Result<Backup, BackupError> {
         let snap = self.db().snapshot();
-        let revision = snap
-            .get_cf(self.cf(CF_SM), KEY_REVISION)?
-            .and_then(|b| Some(u64::from_be_bytes(b.as_slice().try_into().ok()?)))
-            .unwrap_or(0);
+        let revision = self.revision_at(&snap)?;
         let mut body = Vec::new();
-        let mut objects = 0u64;
-        for item in snap.iterator_cf(self.cf(CF_OBJECTS), IteratorMode::Start) {
-            let (k, v) = item?;
-            push_chunk(&mut body, &k);
-            push_chunk(&mut body, &v);
-            objects += 1;
-        }
+        let objects = self.push_objects(&snap, &mut body)?;
         let info = BackupInfo {
             revision,
             objects,
@@ -231,15 +222,9 @@ pub async fn reset(dir: &Path) -> Result<ResetInfo, StoreError> {
     let applied: Option<LogId<NodeId>> =
         shared.meta::<Option<LogId<NodeId>>>(KEY_APPLIED)?.flatten();
     let start = applied.map_or(0, |l| l.index + 1);
-    let mut entries: Vec<Entry<TypeConfig>> = Vec::new();
-    let log = db.cf_handle(CF_LOG).expect("column family created");
-    for item in db.iterator_cf(
-        log,
-        IteratorMode::From(&start.to_be_bytes(), rocksdb::Direction::Forward),
-    ) {
-        let (_, v) = item?;
-        entries.push(serde_json::from_slice(&v).map_err(std::io::Error::other)?);
-    }
+    let entries = LogStore::new(db.clone())
+        .try_get_log_entries(start..)
+        .await?;
     let count = entries.len();
     let db2 = db.clone();
     let revision = tokio::task::spawn_blocking(move || -> Result<u64, StoreError> {
@@ -370,6 +355,9 @@ pub fn write_atomically(path: &Path, data: &[u8]) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::TypeConfig;
+    use openraft::Entry;
+    use rocksdb::IteratorMode;
     use serde_json::json;
 
     /// A store with `n` objects written through the state machine's own encoding.

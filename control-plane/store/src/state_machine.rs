@@ -27,6 +27,9 @@ pub(crate) const KEY_MEMBERSHIP: &[u8] = b"membership";
 pub(crate) const KEY_REVISION: &[u8] = b"revision";
 pub(crate) const KEY_SNAPSHOT: &[u8] = b"snapshot";
 
+/// A consistent read view of the store.
+pub(crate) type Snap<'a> = rocksdb::SnapshotWithThreadMode<'a, DB>;
+
 /// A page of a list: (revision, (key, object) pairs, whether more remain).
 pub type Page = (u64, Vec<(String, Value)>, bool);
 
@@ -146,6 +149,31 @@ impl SmShared {
         }
     }
 
+    /// The store revision as of `snap`.
+    pub(crate) fn revision_at(&self, snap: &Snap<'_>) -> Result<u64, rocksdb::Error> {
+        Ok(snap
+            .get_cf(self.cf(CF_SM), KEY_REVISION)?
+            .and_then(|b| read_u64(&b))
+            .unwrap_or(0))
+    }
+
+    /// Appends every object of `snap` to `out` as (key, stored value)
+    /// chunks, the body of both Raft snapshots and backups; returns how many.
+    pub(crate) fn push_objects(
+        &self,
+        snap: &Snap<'_>,
+        out: &mut Vec<u8>,
+    ) -> Result<u64, rocksdb::Error> {
+        let mut n = 0;
+        for item in snap.iterator_cf(self.cf(CF_OBJECTS), IteratorMode::Start) {
+            let (k, v) = item?;
+            push_chunk(out, &k);
+            push_chunk(out, &v);
+            n += 1;
+        }
+        Ok(n)
+    }
+
     pub fn revision(&self) -> u64 {
         self.revision.load(Ordering::Acquire)
     }
@@ -166,10 +194,7 @@ impl SmShared {
         limit: Option<usize>,
     ) -> Result<Page, rocksdb::Error> {
         let snap = self.db.snapshot();
-        let revision = snap
-            .get_cf(self.cf(CF_SM), KEY_REVISION)?
-            .and_then(|b| read_u64(&b))
-            .unwrap_or(0);
+        let revision = self.revision_at(&snap)?;
         let start = match start_after {
             // The smallest key strictly greater than `start_after`.
             Some(s) => format!("{s}\0"),
@@ -344,11 +369,7 @@ impl SmShared {
                 Some(v) => serde_json::from_value(v).map_err(sm_err)?,
                 None => StoredMembership::default(),
             };
-        let revision = snap
-            .get_cf(self.cf(CF_SM), KEY_REVISION)
-            .map_err(sm_err)?
-            .and_then(|b| read_u64(&b))
-            .unwrap_or(0);
+        let revision = self.revision_at(&snap).map_err(sm_err)?;
 
         // Format: u32 header length, JSON header, then (u32 key len, key, u32 value len, value)*.
         let header = serde_json::to_vec(&SnapshotHeader {
@@ -359,11 +380,7 @@ impl SmShared {
         .map_err(sm_err)?;
         let mut data = Vec::new();
         push_chunk(&mut data, &header);
-        for item in snap.iterator_cf(self.cf(CF_OBJECTS), IteratorMode::Start) {
-            let (k, v) = item.map_err(sm_err)?;
-            push_chunk(&mut data, &k);
-            push_chunk(&mut data, &v);
-        }
+        self.push_objects(&snap, &mut data).map_err(sm_err)?;
         let meta = SnapshotMeta {
             last_log_id: last_applied,
             last_membership: membership,
