@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use common::hosts::Members;
+use ipnet::Ipv4Net;
 use serde_json::Value;
 
 const CLUSTER_CIDR: &str = "10.244.0.0/16";
@@ -19,17 +20,13 @@ const CLUSTER_CIDR: &str = "10.244.0.0/16";
 /// to others as to itself.
 const SERVICE_CIDR: &str = "10.96.0.0/16";
 
-/// An IPv4 CIDR as (network, prefix length).
-fn parse(cidr: &str) -> (u32, u32) {
-    let (ip, len) = cidr.split_once('/').expect("a CIDR");
-    let ip: std::net::Ipv4Addr = ip.parse().expect("an IPv4 address");
-    (u32::from(ip), len.parse().expect("a prefix length"))
+fn parse(cidr: &str) -> Ipv4Net {
+    cidr.parse().expect("an IPv4 CIDR")
 }
 
-fn overlap(a: (u32, u32), b: (u32, u32)) -> bool {
-    let len = a.1.min(b.1);
-    let mask = u32::MAX.checked_shl(32 - len).unwrap_or(0);
-    a.0 & mask == b.0 & mask
+/// Whether two blocks share any address (one holds the other).
+fn overlap(a: Ipv4Net, b: Ipv4Net) -> bool {
+    a.contains(&b) || b.contains(&a)
 }
 
 /// Three members with node IPAM on three hosts, and on each host a routed
@@ -95,7 +92,7 @@ fn blocks(m: &Members) -> BTreeMap<String, String> {
         let cidr = n["spec"]["podCIDR"].as_str().unwrap().to_string();
         assert_eq!(n["spec"]["podCIDRs"][0], cidr.as_str(), "{name}: podCIDRs");
         let block = parse(&cidr);
-        assert_eq!(block.1, 24, "{name}: a /24 ({cidr})");
+        assert_eq!(block.prefix_len(), 24, "{name}: a /24 ({cidr})");
         assert!(overlap(block, cluster), "{name}: {cidr} in {CLUSTER_CIDR}");
         blocks.insert(name, cidr);
     }
@@ -186,10 +183,6 @@ fn routed_nodes_get_disjoint_blocks_and_reach_each_others_by_host_gw_routes() {
         .args(["-c", &client])
         .output()
         .unwrap();
-    eprintln!(
-        "client said: {}",
-        String::from_utf8_lossy(&out.stdout).trim()
-    );
     let _ = listener.kill();
     let _ = listener.wait();
     assert_eq!(
@@ -215,7 +208,7 @@ fn routed_nodes_get_disjoint_blocks_and_reach_each_others_by_host_gw_routes() {
 
 /// The address `offset` into `cidr`.
 fn addr_in(cidr: &str, offset: u32) -> String {
-    std::net::Ipv4Addr::from(parse(cidr).0 + offset).to_string()
+    std::net::Ipv4Addr::from(u32::from(parse(cidr).network()) + offset).to_string()
 }
 
 /// Weft's routes on host `i` (its own protocol number), both tables.
@@ -314,7 +307,7 @@ fn wasm_pods_on_three_hosts_answer_every_host_by_pod_ip_and_cluster_ip() {
         let (pod_ip, host_ip) = ips.split_once(' ').unwrap();
         let block = parse(&blocks[&format!("node-{}", i + 1)]);
         assert!(
-            overlap((parse(&format!("{pod_ip}/32")).0, 32), block),
+            overlap(parse(&format!("{pod_ip}/32")), block),
             "{name}'s IP {pod_ip} is in its node's block {block:?}"
         );
         assert_eq!(host_ip, m.hosts.hosts[i].ip, "{name}'s hostIP");
