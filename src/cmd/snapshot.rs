@@ -141,10 +141,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Restores into `data_dir` whole or not at all: the backup is checked
-/// first, written into a sibling directory, and renamed into place.
+/// Restores into `data_dir` whole or not at all: the backup is written
+/// (after [`backup::restore`] has checked it whole) into a sibling
+/// directory, and renamed into place.
 fn restore(data: &[u8], data_dir: &Path, bump: u64) -> anyhow::Result<backup::BackupInfo> {
-    backup::verify(data)?;
     if data_dir.exists()
         && std::fs::read_dir(data_dir)
             .with_context(|| format!("reading {}", data_dir.display()))?
