@@ -8,7 +8,7 @@ mod common;
 #[path = "../wasm-host/tests/guests/mod.rs"]
 mod guests;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use common::hosts::Members;
@@ -32,7 +32,7 @@ fn overlap(a: Ipv4Net, b: Ipv4Net) -> bool {
 /// Three members with node IPAM on three hosts, and on each host a routed
 /// agent `node-N`; returns them, the agents' process numbers and each
 /// node's block once all three have one.
-fn routed_cluster() -> (Members, Vec<usize>, BTreeMap<String, String>) {
+fn routed_cluster(agent_flags: &[&str]) -> (Members, Vec<usize>, BTreeMap<String, String>) {
     let mut m = Members::start_with(
         3,
         3,
@@ -51,13 +51,17 @@ fn routed_cluster() -> (Members, Vec<usize>, BTreeMap<String, String>) {
                 &format!("node-{}", i + 1),
                 &[i],
                 &[
-                    "--pod-network",
-                    "routed",
-                    "--node-ip",
-                    &ip,
-                    "--service-cidr",
-                    SERVICE_CIDR,
-                ],
+                    &[
+                        "--pod-network",
+                        "routed",
+                        "--node-ip",
+                        &ip,
+                        "--service-cidr",
+                        SERVICE_CIDR,
+                    ],
+                    agent_flags,
+                ]
+                .concat(),
             )
         })
         .collect();
@@ -107,7 +111,7 @@ fn blocks(m: &Members) -> BTreeMap<String, String> {
 
 #[test]
 fn routed_nodes_get_disjoint_blocks_and_reach_each_others_by_host_gw_routes() {
-    let (m, agents, blocks) = routed_cluster();
+    let (m, agents, blocks) = routed_cluster(&[]);
 
     eprintln!("blocks: {blocks:?}");
     // kubectl shows each node's host address as INTERNAL-IP.
@@ -233,113 +237,229 @@ fn python(m: &Members, i: usize, script: &str) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
-#[test]
-fn wasm_pods_on_three_hosts_answer_every_host_by_pod_ip_and_cluster_ip() {
-    let (mut m, _agents, blocks) = routed_cluster();
-    // Each host pulls from a registry on its own loopback (agents speak
-    // plain HTTP to loopback registries only).
-    let dir = tempfile::tempdir().unwrap();
-    let wasm = dir.path().join("hello.wasm");
-    std::fs::write(&wasm, guests::sample("hello")).unwrap();
-    let image = "127.0.0.1:5000/samples/hello:1";
+/// The pod namespaces of containers still running when the test ends
+/// (addresses in the cluster CIDR): deleted before the hosts go, while
+/// their eth0 still tells them apart.
+struct PodNamespaces;
+
+impl Drop for PodNamespaces {
+    fn drop(&mut self) {
+        common::containers::delete_pod_namespaces("10.244.");
+    }
+}
+
+/// A GET from host `i` (python, bounded retries): the body, or `FAIL`.
+fn http_from(m: &Members, i: usize, url: &str) -> String {
+    python(
+        m,
+        i,
+        &format!(
+            "import urllib.request,time\nfor _ in range(20):\n  try:\n    print(urllib.request.urlopen('{url}',timeout=3).read().decode().strip());break\n  except OSError: time.sleep(0.3)\nelse: print('FAIL')"
+        ),
+    )
+}
+
+/// What 60 GETs of `url` from host `i` answered, distinct and sorted.
+fn answers_from(m: &Members, i: usize, url: &str) -> BTreeSet<String> {
+    let said = python(
+        m,
+        i,
+        &format!(
+            "import urllib.request,time\nseen=set()\nfor _ in range(60):\n  try: seen.add(urllib.request.urlopen('{url}',timeout=2).read().decode().strip())\n  except OSError: time.sleep(0.1)\nprint('|'.join(sorted(seen)))"
+        ),
+    );
+    said.split('|')
+        .filter(|s| !s.is_empty())
+        .map(String::from)
+        .collect()
+}
+
+const IMAGE_HELLO: &str = "127.0.0.1:5000/samples/hello:1";
+const IMAGE_FETCH: &str = "127.0.0.1:5000/tests/fetch:1";
+const IMAGE_BUSYBOX: &str = "127.0.0.1:5000/tests/busybox:1";
+
+/// On every host a registry on its own loopback (agents speak plain HTTP
+/// to loopback registries only) holding the hello and fetch guests and a
+/// busybox image.
+fn registries(m: &mut Members, dir: &std::path::Path) {
+    let hello = dir.join("hello.wasm");
+    std::fs::write(&hello, guests::sample("hello")).unwrap();
+    let fetch = dir.join("fetch.wasm");
+    std::fs::write(
+        &fetch,
+        guests::guest("wasm-host/tests/guests/fetch", "fetch"),
+    )
+    .unwrap();
     for i in 0..3 {
-        let registry =
-            common::registry::Registry::config(&dir.path().join(format!("r{i}")), "127.0.0.1:5000");
-        let cmd = {
-            let mut c = m.hosts.command(i, common::registry::Registry::binary());
-            c.arg("serve")
-                .arg(&registry)
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null());
-            c
-        };
+        let config =
+            common::registry::Registry::config(&dir.join(format!("r{i}")), "127.0.0.1:5000");
+        let mut cmd = m.hosts.command(i, common::registry::Registry::binary());
+        cmd.arg("serve")
+            .arg(&config)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
         m.hosts.spawn(cmd);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let out = m
-                .hosts
-                .command(i, env!("CARGO_BIN_EXE_weft"))
-                .arg("push")
-                .arg(&wasm)
-                .arg(image)
-                .output()
-                .unwrap();
-            if out.status.success() {
-                break;
+        for (file, image) in [(&hello, IMAGE_HELLO), (&fetch, IMAGE_FETCH)] {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                let out = m
+                    .hosts
+                    .command(i, env!("CARGO_BIN_EXE_weft"))
+                    .arg("push")
+                    .arg(file)
+                    .arg(image)
+                    .output()
+                    .unwrap();
+                if out.status.success() {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "weft push {image} on host {}: {}",
+                    i + 1,
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                std::thread::sleep(Duration::from_millis(200));
             }
-            assert!(
-                Instant::now() < deadline,
-                "weft push on host {}: {}",
-                i + 1,
-                String::from_utf8_lossy(&out.stderr)
-            );
-            std::thread::sleep(Duration::from_millis(200));
+        }
+        m.hosts.run_in(i, || {
+            common::containers::push_busybox("127.0.0.1:5000", "tests/busybox:1", "", &["sh"])
+        });
+    }
+}
+
+/// Waits until pod `name` is Ready; returns its podIP and hostIP.
+fn ready(m: &Members, name: &str) -> (String, String) {
+    let pod = format!("pod/{name}");
+    let out = m.kubectl(0, &["wait", "--for=condition=Ready", &pod, "--timeout=90s"]);
+    assert!(
+        out.status.success(),
+        "{name} Ready: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&m.kubectl(0, &["describe", &pod]).stdout)
+    );
+    let ips = m.kubectl_ok(
+        0,
+        &[
+            "get",
+            &pod,
+            "-o",
+            "jsonpath={.status.podIP} {.status.hostIP}",
+        ],
+    );
+    let (pod_ip, host_ip) = ips.split_once(' ').unwrap();
+    (pod_ip.to_string(), host_ip.to_string())
+}
+
+/// Sections of a prober's log: `==name` starts one.
+fn sections(log: &str) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    let mut name = String::new();
+    for line in log.lines() {
+        if let Some(n) = line.strip_prefix("==") {
+            name = n.to_string();
+            out.insert(name.clone(), String::new());
+        } else if let Some(s) = out.get_mut(&name) {
+            s.push_str(line);
+            s.push('\n');
         }
     }
-    for i in 0..3 {
-        let pod = format!(
-            "apiVersion: v1\nkind: Pod\nmetadata: {{name: hello-{n}, labels: {{app: hello}}}}\nspec:\n  nodeName: node-{n}\n  containers:\n  - name: app\n    image: {image}\n    ports: [{{containerPort: 8080}}]\n",
-            n = i + 1
+    out
+}
+
+#[test]
+fn wasm_and_container_pods_on_three_hosts_reach_each_other_services_and_dns() {
+    let containerd = common::containers::Containerd::start();
+    let socket = containerd.socket.to_str().unwrap().to_string();
+    let (mut m, _agents, blocks) = routed_cluster(&["--containerd-socket", &socket]);
+    let _namespaces = PodNamespaces;
+    let dir = tempfile::tempdir().unwrap();
+    registries(&mut m, dir.path());
+
+    // On each host: a Wasm hello, a busybox web server, and a Wasm fetch
+    // guest that may call anything (for pod-to-pod checks from Wasm).
+    for n in 1..=3 {
+        let pods = format!(
+            "apiVersion: v1
+kind: Pod
+metadata: {{name: hello-{n}, labels: {{app: hello, tier: both}}}}
+spec:
+  nodeName: node-{n}
+  containers:
+  - name: app
+    image: {IMAGE_HELLO}
+    ports: [{{containerPort: 8080}}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: web-{n}, labels: {{app: web, tier: both, host: \"{n}\"}}}}
+spec:
+  nodeName: node-{n}
+  containers:
+  - name: web
+    image: {IMAGE_BUSYBOX}
+    command: [sh, -c, 'echo Hello from web-{n} > /tmp/index.html && exec httpd -f -p 8080 -h /tmp']
+    ports: [{{containerPort: 8080}}]
+    readinessProbe: {{httpGet: {{path: /, port: 8080}}, periodSeconds: 1}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: fetch-{n}, annotations: {{weft.dev/egress-allow: '*'}}}}
+spec:
+  nodeName: node-{n}
+  containers:
+  - name: fetch
+    image: {IMAGE_FETCH}
+    ports: [{{containerPort: 8080}}]
+"
         );
-        m.kubectl_stdin(0, &["apply", "-f", "-"], &pod);
+        m.kubectl_stdin(0, &["apply", "-f", "-"], &pods);
     }
-    let mut pods = Vec::new();
-    for i in 0..3 {
-        let name = format!("pod/hello-{}", i + 1);
-        let ready = m.kubectl(
-            0,
-            &["wait", "--for=condition=Ready", &name, "--timeout=60s"],
-        );
-        assert!(
-            ready.status.success(),
-            "{name} Ready: {}",
-            String::from_utf8_lossy(&ready.stderr)
-        );
-        let ips = m.kubectl_ok(
-            0,
-            &[
-                "get",
-                &name,
-                "-o",
-                "jsonpath={.status.podIP} {.status.hostIP}",
-            ],
-        );
-        let (pod_ip, host_ip) = ips.split_once(' ').unwrap();
-        let block = parse(&blocks[&format!("node-{}", i + 1)]);
-        assert!(
-            overlap(parse(&format!("{pod_ip}/32")), block),
-            "{name}'s IP {pod_ip} is in its node's block {block:?}"
-        );
-        assert_eq!(host_ip, m.hosts.hosts[i].ip, "{name}'s hostIP");
-        pods.push(pod_ip.to_string());
-    }
-    // Every host reaches every pod, its own and the others', by pod IP.
-    for h in 0..3 {
-        for (p, ip) in pods.iter().enumerate() {
-            let said = python(
-                &m,
-                h,
-                &format!(
-                    "import urllib.request\nprint(urllib.request.urlopen('http://{ip}:8080/',timeout=5).read().decode())"
-                ),
+    let mut servers = Vec::new(); // (name, pod IP)
+    let mut fetchers = Vec::new();
+    for n in 1..=3 {
+        let block = parse(&blocks[&format!("node-{n}")]);
+        let (low, high) = {
+            let mut halves = block.subnets(block.prefix_len() + 1).unwrap();
+            (halves.next().unwrap(), halves.next().unwrap())
+        };
+        for (name, half) in [
+            (format!("hello-{n}"), high),
+            (format!("web-{n}"), low),
+            (format!("fetch-{n}"), high),
+        ] {
+            let (pod_ip, host_ip) = ready(&m, &name);
+            // Containers take the lower half of the node's block (the CNI
+            // bridge), Wasm pods the upper half (local on the host).
+            assert!(
+                overlap(parse(&format!("{pod_ip}/32")), half),
+                "{name}'s IP {pod_ip} is in {half}"
             );
-            // The sample names the pod that answered.
-            assert_eq!(
-                said,
-                format!("Hello from hello-{}", p + 1),
-                "host {} → hello-{} at {ip}",
-                h + 1,
-                p + 1
-            );
+            assert_eq!(host_ip, m.hosts.hosts[n - 1].ip, "{name}'s hostIP");
+            if name.starts_with("fetch") {
+                fetchers.push(pod_ip);
+            } else {
+                servers.push((name, pod_ip));
+            }
         }
     }
 
-    // A Service over the three: each host's proxy spreads requests to its
-    // ClusterIP over endpoints on all three hosts.
+    // Every host and every Wasm pod reach every pod, by pod IP.
+    for (h, fetcher) in fetchers.iter().enumerate() {
+        for (name, ip) in &servers {
+            let url = format!("http://{ip}:8080/");
+            let want = format!("Hello from {name}");
+            assert_eq!(http_from(&m, h, &url), want, "host {} → {name}", h + 1);
+            let via_wasm = http_from(&m, h, &format!("http://{fetcher}:8080/?url={url}"));
+            assert_eq!(via_wasm, format!("200 {want}"), "fetch-{} → {name}", h + 1);
+        }
+    }
+
+    // Services: one over all six pods; one whose only endpoint is web-3.
     m.kubectl_stdin(
         0,
         &["apply", "-f", "-"],
-        "apiVersion: v1\nkind: Service\nmetadata: {name: hello}\nspec:\n  selector: {app: hello}\n  ports: [{port: 80, targetPort: 8080}]\n",
+        "apiVersion: v1\nkind: Service\nmetadata: {name: hello}\nspec:\n  selector: {tier: both}\n  ports: [{port: 80, targetPort: 8080}]\n---\napiVersion: v1\nkind: Service\nmetadata: {name: edge}\nspec:\n  selector: {app: web, host: \"3\"}\n  ports: [{port: 80, targetPort: 8080}]\n",
     );
     let cluster_ip = m.kubectl_ok(
         0,
@@ -355,28 +475,31 @@ fn wasm_pods_on_three_hosts_answer_every_host_by_pod_ip_and_cluster_ip() {
         overlap(parse(&format!("{cluster_ip}/32")), parse(SERVICE_CIDR)),
         "ClusterIP {cluster_ip} from {SERVICE_CIDR}"
     );
-    let all: std::collections::BTreeSet<String> =
-        (1..=3).map(|n| format!("Hello from hello-{n}")).collect();
+    let all: BTreeSet<String> = servers
+        .iter()
+        .map(|(name, _)| format!("Hello from {name}"))
+        .collect();
     for h in 0..3 {
-        // Bounded: 60 requests, each with a timeout; the proxies may need a
-        // moment to learn the endpoints.
-        let said = python(
-            &m,
-            h,
-            &format!(
-                "import urllib.request,time\nseen=set()\nfor _ in range(60):\n  try: seen.add(urllib.request.urlopen('http://{cluster_ip}:80/',timeout=2).read().decode().strip())\n  except OSError: time.sleep(0.1)\nprint('|'.join(sorted(seen)))"
-            ),
+        let url = format!("http://{cluster_ip}:80/");
+        assert_eq!(
+            answers_from(&m, h, &url),
+            all,
+            "host {} through {cluster_ip}",
+            h + 1
         );
-        let seen: std::collections::BTreeSet<String> = said
-            .split('|')
-            .filter(|s| !s.is_empty())
-            .map(String::from)
-            .collect();
-        assert_eq!(seen, all, "host {} through {cluster_ip}", h + 1);
     }
+    // A Wasm guest on host 1 calls, by name, a Service whose only endpoint
+    // is a container on host 3.
+    assert_eq!(
+        http_from(
+            &m,
+            0,
+            &format!("http://{}:8080/?url=http://edge/", fetchers[0])
+        ),
+        "200 Hello from web-3"
+    );
 
-    // Cluster DNS on every host answers for the Service with its ClusterIP
-    // (a plain A query to kube-dns's ClusterIP, 10th of the range).
+    // Cluster DNS from every host: a plain A query to kube-dns's ClusterIP.
     let query = "import socket\nq=b'\\x12\\x34\\x01\\x00\\x00\\x01\\x00\\x00\\x00\\x00\\x00\\x00'+b''.join(bytes([len(p)])+p.encode() for p in 'hello.default.svc.cluster.local'.split('.'))+b'\\x00\\x00\\x01\\x00\\x01'\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\ns.settimeout(1)\nfor _ in range(20):\n  try:\n    s.sendto(q,('10.96.0.10',53));r=s.recv(512);print(socket.inet_ntoa(r[-4:]));break\n  except OSError: pass";
     for h in 0..3 {
         assert_eq!(
@@ -384,6 +507,77 @@ fn wasm_pods_on_three_hosts_answer_every_host_by_pod_ip_and_cluster_ip() {
             cluster_ip,
             "host {} asks kube-dns",
             h + 1
+        );
+    }
+
+    // From inside a container on each host: every pod by IP, the ClusterIP,
+    // and cluster DNS through the resolv.conf the agent gave it.
+    // (Busybox's static wget crashes without libc's NSS modules: nc it is.)
+    let targets: Vec<&str> = servers.iter().map(|(_, ip)| ip.as_str()).collect();
+    let script = format!(
+        r#"get() {{ printf 'GET / HTTP/1.0\r\nHost: %s\r\n\r\n' "$1" | nc -w 3 "$1" "$2" 2>/dev/null | tail -n 1; }}
+try() {{ for n in $(seq 10); do out=$(get "$1" "$2"); case "$out" in Hello*) echo "$out"; return;; esac; sleep 0.3; done; echo FAIL; }}
+for t in {targets}; do echo "==pod $t"; try $t 8080; done
+echo "==svc"; for n in $(seq 60); do get {cluster_ip} 80; echo; done | sort -u
+echo "==nslookup hello"; nslookup hello 2>&1
+echo "==nslookup fqdn"; nslookup hello.default.svc.cluster.local 2>&1
+addr=$(nslookup hello 2>/dev/null | while read a b; do [ "$a" = Address: ] && echo "$b"; done | tail -n 1)
+echo "==byname"; try "$addr" 80
+echo "==resolv"; cat /etc/resolv.conf
+"#,
+        targets = targets.join(" ")
+    );
+    for n in 1..=3 {
+        let pod = serde_json::json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": format!("probe-{n}")},
+            "spec": {"nodeName": format!("node-{n}"), "restartPolicy": "Never",
+                     "containers": [{"name": "probe", "image": IMAGE_BUSYBOX,
+                                     "command": ["sh", "-c", script]}]}
+        });
+        m.kubectl_stdin(0, &["apply", "-f", "-"], &pod.to_string());
+    }
+    for n in 1..=3 {
+        let pod = format!("pod/probe-{n}");
+        let done = m.kubectl(
+            0,
+            &[
+                "wait",
+                "--for=jsonpath={.status.phase}=Succeeded",
+                &pod,
+                "--timeout=180s",
+            ],
+        );
+        let log = m.kubectl_ok(0, &["logs", &pod]);
+        assert!(
+            done.status.success(),
+            "{pod} Succeeded: {}\n{log}",
+            String::from_utf8_lossy(&done.stderr)
+        );
+        eprintln!("{pod}:\n{log}");
+        let s = sections(&log);
+        for ((name, _), t) in servers.iter().zip(&targets) {
+            assert_eq!(
+                s.get(&format!("pod {t}")).map(|x| x.trim()),
+                Some(format!("Hello from {name}").as_str()),
+                "{pod} → {name}:\n{log}"
+            );
+        }
+        let seen: BTreeSet<String> = s["svc"]
+            .lines()
+            .map(|l| l.trim().to_string())
+            .filter(|l| !l.is_empty())
+            .collect();
+        assert_eq!(seen, all, "{pod} through {cluster_ip}:\n{log}");
+        for q in ["nslookup hello", "nslookup fqdn"] {
+            assert!(
+                s[q].contains(&format!("Address: {cluster_ip}")),
+                "{pod} {q} answers {cluster_ip}:\n{log}"
+            );
+        }
+        assert!(
+            all.contains(s["byname"].trim()),
+            "{pod} GET http://hello/:\n{log}"
         );
     }
 }

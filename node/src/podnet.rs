@@ -182,6 +182,28 @@ fn peer_route(block: Ipv4Net, via: Ipv4Addr) -> RouteMessage {
         .build()
 }
 
+/// How a routed node shares its podCIDR between runtimes: with containers,
+/// the lower half goes to the CNI bridge (container pods) and the upper
+/// half is made local (Wasm pods); without, Wasm pods get all of it. Both
+/// halves are one block to the peers, which route it whole to this node.
+pub fn split_block(block: Ipv4Net, containers: bool) -> (Option<Ipv4Net>, Ipv4Net) {
+    if !containers {
+        return (None, block);
+    }
+    let mut halves = block.subnets(block.prefix_len() + 1).into_iter().flatten();
+    match (halves.next(), halves.next()) {
+        (Some(low), Some(high)) => (Some(low), high),
+        // A /32 cannot be split: Wasm keeps it (and IPAM refuses it anyway).
+        _ => (None, block),
+    }
+}
+
+/// Lets this host forward between the container bridge and its peers, as
+/// kubelet's network plugins require (`net.ipv4.ip_forward`, per namespace).
+pub fn enable_forwarding() -> std::io::Result<()> {
+    std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")
+}
+
 /// What every Node says about itself: its name, podCIDR and InternalIP.
 pub struct NodeAddress<'a> {
     pub name: &'a str,
@@ -206,6 +228,19 @@ pub fn wanted_routes<'a>(me: &str, nodes: impl IntoIterator<Item = NodeAddress<'
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_block_is_halved_only_for_nodes_with_containers() {
+        let block: Ipv4Net = "10.244.3.0/24".parse().unwrap();
+        assert_eq!(split_block(block, false), (None, block));
+        assert_eq!(
+            split_block(block, true),
+            (
+                Some("10.244.3.0/25".parse().unwrap()),
+                "10.244.3.128/25".parse().unwrap()
+            )
+        );
+    }
 
     #[test]
     fn peers_blocks_route_via_their_internal_ips_and_this_node_is_left_out() {

@@ -91,7 +91,8 @@ pub struct StatusArgs {
     #[arg(long, default_value_t = 64)]
     pub max_parallel_starts: usize,
     /// This node's address towards the others (kubelet's name): its Node's
-    /// InternalIP and its pods' hostIP. Default: the agent's listen address.
+    /// InternalIP, its pods' hostIP, where its endpoint (logs) and NodePorts
+    /// listen. Default: 127.0.0.1, one host.
     #[arg(long)]
     pub node_ip: Option<std::net::IpAddr>,
     /// Labels for this node's Node object, as KEY=VALUE, comma separated.
@@ -109,6 +110,10 @@ impl StatusArgs {
         cfg.max_parallel_starts = self.max_parallel_starts;
         cfg.labels.extend(self.node_labels.iter().cloned());
         cfg.node_ip = self.node_ip;
+        // The API server reaches the agent (logs) at the Node's address.
+        if let Some(ip) = self.node_ip {
+            cfg.listen = std::net::SocketAddr::new(ip, 0);
+        }
     }
 
     /// The agent's containerd settings, unless turned off.

@@ -164,20 +164,25 @@ impl Drop for PodNetwork {
     fn drop(&mut self) {
         // Namespaces of pods still running at the end (the agent releases
         // them only when pods are deleted): those with an address in this CIDR.
-        let prefix = self.cidr.trim_end_matches("0/24");
-        let _ = Command::new("sh")
-            .arg("-c")
-            .arg(format!(
-                "for ns in $(ip netns list | awk '{{print $1}}' | grep '^weft-'); do \
-                   ip -n \"$ns\" -4 -o addr show dev eth0 2>/dev/null | grep -q ' inet {prefix}' && ip netns delete \"$ns\"; \
-                 done"
-            ))
-            .status();
+        delete_pod_namespaces(self.cidr.trim_end_matches("0/24"));
         let _ = Command::new("ip")
             .args(["link", "delete", &self.bridge])
             .stderr(Stdio::null())
             .status();
     }
+}
+
+/// Deletes the pod network namespaces (`weft-<uid>`) whose address starts
+/// with `prefix`: those of pods still running when a test ends.
+pub fn delete_pod_namespaces(prefix: &str) {
+    let _ = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "for ns in $(ip netns list | awk '{{print $1}}' | grep '^weft-'); do \
+               ip -n \"$ns\" -4 -o addr show dev eth0 2>/dev/null | grep -q ' inet {prefix}' && ip netns delete \"$ns\"; \
+             done"
+        ))
+        .status();
 }
 
 /// Builds a busybox-static image (busybox and its applets in /bin, a page
@@ -203,6 +208,7 @@ pub fn push_busybox(registry: &str, repo: &str, page: &str, cmd: &[&str]) -> Str
         .unwrap();
     for applet in [
         "sh", "httpd", "sleep", "cat", "echo", "rm", "touch", "ls", "wget", "true", "false", "id",
+        "seq", "sort", "head", "tail", "nslookup", "nc",
     ] {
         let mut h = tar::Header::new_gnu();
         h.set_entry_type(tar::EntryType::Symlink);

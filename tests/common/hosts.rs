@@ -114,12 +114,35 @@ impl Hosts {
         hosts
     }
 
-    /// `program` to run on host `i` (0-based).
+    /// `program` to run on host `i` (0-based). It enters only the host's
+    /// network namespace: `ip netns exec` would also give it a mount
+    /// namespace of its own, and the pod namespaces an agent makes there
+    /// (`ip netns add`) would be invisible to containerd, which runs outside.
     pub fn command(&self, i: usize, program: impl AsRef<std::ffi::OsStr>) -> Command {
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &self.hosts[i].netns])
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net=/run/netns/{}", self.hosts[i].netns))
+            .arg("--")
             .arg(program);
         cmd
+    }
+
+    /// Runs `f` on a thread inside host `i`'s network namespace (threads it
+    /// spawns, such as a tokio runtime's, start there too).
+    pub fn run_in<T: Send>(&self, i: usize, f: impl FnOnce() -> T + Send) -> T {
+        let path = format!("/run/netns/{}", self.hosts[i].netns);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let ns = std::fs::File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+                rustix::thread::move_into_link_name_space(
+                    std::os::fd::AsFd::as_fd(&ns),
+                    Some(rustix::thread::LinkNameSpaceType::Network),
+                )
+                .unwrap_or_else(|e| panic!("entering {path}: {e}"));
+                f()
+            })
+            .join()
+            .unwrap_or_else(|p| std::panic::resume_unwind(p))
+        })
     }
 
     /// Starts `cmd` (from [`Hosts::command`]); it is killed when the hosts go.
@@ -426,12 +449,14 @@ impl Members {
             .arg(self.dirs[0].join("pki/ca.crt"))
             .arg("--data-dir")
             .arg(&dir)
-            .args([
-                "--containerd-socket",
-                "",
-                "--node-status-update-frequency",
-                "1s",
-            ])
+            .args(["--node-status-update-frequency", "1s"])
+            // Containers only when the test gives the agent a containerd.
+            .args(
+                (!flags.contains(&"--containerd-socket"))
+                    .then_some(["--containerd-socket", ""])
+                    .into_iter()
+                    .flatten(),
+            )
             .args(flags)
             .env("WEFT_TOKEN", token.trim())
             .stdin(Stdio::null())

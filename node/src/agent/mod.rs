@@ -37,7 +37,7 @@ use weft_wasm_host::{Host, HostConfig};
 use crate::artifacts::ArtifactStore;
 use crate::containerd::{ContainerdConfig, ContainerdRuntime};
 use crate::logs::{self, Live};
-use crate::podnet::PodNet;
+use crate::podnet::{self, PodNet};
 use crate::proxy::{LocalHandlers, Proxy};
 use crate::runtime::Runtimes;
 use crate::server::{self, ServerState};
@@ -73,6 +73,8 @@ pub enum AgentError {
     PodNet(#[from] crate::podnet::PodNetError),
     #[error(transparent)]
     PodNetConnect(#[from] crate::podnet::ConnectError),
+    #[error("enabling IPv4 forwarding for container pods: {0}")]
+    Forwarding(#[source] std::io::Error),
     #[error("the agent endpoint on {addr}: {source}")]
     Endpoint {
         addr: SocketAddr,
@@ -267,7 +269,7 @@ pub async fn start(client: kube::Client, cfg: AgentConfig) -> Result<AgentHandle
     {
         c.dns.server = node::cluster_dns(&client).await;
     }
-    let containerd = match &cfg.containerd {
+    let mut containerd = match &cfg.containerd {
         Some(c) => match ContainerdRuntime::connect(
             c,
             cfg.name.clone(),
@@ -295,11 +297,18 @@ pub async fn start(client: kube::Client, cfg: AgentConfig) -> Result<AgentHandle
             .parse()
             .map_err(|_| AgentError::PodCidr(cfg.pod_cidr.clone()))?;
         let net = PodNet::connect().await?;
-        let locals: Vec<ipnet::Ipv4Net> = std::iter::once(block).chain(cfg.service_cidr).collect();
+        let (containers, wasm) = podnet::split_block(block, containerd.is_some());
+        if let (Some(c), Some(half)) = (containerd.as_mut(), containers) {
+            c.set_pod_cidr(&half.to_string());
+            podnet::enable_forwarding().map_err(AgentError::Forwarding)?;
+            tracing::info!(pod_cidr = %half, "container pod IPs come from here");
+        }
+        cfg.pod_cidr = wasm.to_string();
+        let locals: Vec<ipnet::Ipv4Net> = std::iter::once(wasm).chain(cfg.service_cidr).collect();
         for local in &locals {
             net.make_local(*local).await?;
         }
-        tracing::info!(pod_cidr = %block, "pod IPs come from this node's podCIDR");
+        tracing::info!(pod_cidr = %wasm, "Wasm pod IPs come from here, made local");
         Some((net, locals))
     } else {
         None
@@ -312,7 +321,7 @@ pub async fn start(client: kube::Client, cfg: AgentConfig) -> Result<AgentHandle
     tokio::spawn(
         proxy
             .clone()
-            .run(client.clone(), cfg.listen.ip(), stopped.clone()),
+            .run(client.clone(), cfg.node_ip(), stopped.clone()),
     );
     tokio::spawn(server::serve(
         listener,

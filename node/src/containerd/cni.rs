@@ -36,8 +36,9 @@ pub fn netns_path(uid: &str) -> PathBuf {
     Path::new("/run/netns").join(netns_name(uid))
 }
 
-/// The conflist: a bridge acting as the pods' gateway, host-local IPAM over
-/// `subnet` (its state under `ipam_dir`), then loopback.
+/// The conflist: a bridge acting as the pods' gateway (their default
+/// route, so Services and other hosts' pods are reached through the host),
+/// host-local IPAM over `subnet` (its state under `ipam_dir`), then loopback.
 pub fn conflist(bridge: &str, subnet: &str, ipam_dir: &Path) -> Value {
     json!({
         "cniVersion": "0.4.0",
@@ -46,7 +47,7 @@ pub fn conflist(bridge: &str, subnet: &str, ipam_dir: &Path) -> Value {
             {"type": "bridge", "bridge": bridge, "isGateway": true, "ipMasq": false,
              "hairpinMode": true,
              "ipam": {"type": "host-local", "ranges": [[{"subnet": subnet}]],
-                      "dataDir": ipam_dir}},
+                      "routes": [{"dst": "0.0.0.0/0"}], "dataDir": ipam_dir}},
             {"type": "loopback"}
         ]
     })
@@ -67,6 +68,12 @@ impl Cni {
             plugin_dir,
             conf: conflist(bridge, subnet, ipam_dir),
         }
+    }
+
+    /// Moves new pods to `subnet` (a routed node learns its block only after
+    /// it registered).
+    pub fn set_subnet(&mut self, subnet: &str) {
+        self.conf["plugins"][0]["ipam"]["ranges"] = json!([[{"subnet": subnet}]]);
     }
 
     /// Whether the plugins this network needs are installed.
@@ -204,6 +211,10 @@ mod tests {
     #[test]
     fn conflist_and_result() {
         let c = conflist("weft0", "10.88.0.0/24", Path::new("/d/ipam"));
+        assert_eq!(
+            c["plugins"][0]["ipam"]["routes"][0]["dst"], "0.0.0.0/0",
+            "pods route through the bridge"
+        );
         assert_eq!(c["plugins"][0]["type"], "bridge");
         assert_eq!(c["plugins"][0]["bridge"], "weft0");
         assert_eq!(
@@ -214,6 +225,12 @@ mod tests {
         let r = json!({"cniVersion": "0.4.0", "ips": [{"version": "4", "address": "10.88.0.5/24", "gateway": "10.88.0.1"}]});
         assert_eq!(result_ip(&r), Some(Ipv4Addr::new(10, 88, 0, 5)));
         assert_eq!(result_ip(&json!({})), None);
+        let mut cni = Cni::new("/p".into(), "weft0", "10.88.0.0/16", Path::new("/d"));
+        cni.set_subnet("10.244.1.0/25");
+        assert_eq!(
+            cni.conf["plugins"][0]["ipam"]["ranges"][0][0]["subnet"],
+            "10.244.1.0/25"
+        );
         assert_eq!(netns_path("u1"), Path::new("/run/netns/weft-u1"));
     }
 }

@@ -152,6 +152,11 @@ impl ContainerdRuntime {
         })
     }
 
+    /// Container pods take their IPs from `subnet` from now on.
+    pub fn set_pod_cidr(&mut self, subnet: &str) {
+        self.cni.set_subnet(subnet);
+    }
+
     pub fn conn(&self) -> &Conn {
         &self.conn
     }

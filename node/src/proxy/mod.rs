@@ -241,9 +241,11 @@ impl Proxy {
                 Ok::<_, std::convert::Infallible>(resp)
             }
         });
-        let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-            .serve_connection(TokioIo::new(stream), svc)
-            .await;
+        let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+        // A client that shuts its side after the request (nc, shell
+        // scripts) still gets the answer, as through an L4 proxy.
+        builder.http1().half_close(true);
+        let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
     }
 
     /// The L4 path: one endpoint for the connection's life; a connection
