@@ -58,6 +58,8 @@ fn routed_cluster(agent_flags: &[&str]) -> (Members, Vec<usize>, BTreeMap<String
                         &ip,
                         "--service-cidr",
                         SERVICE_CIDR,
+                        "--cluster-cidr",
+                        CLUSTER_CIDR,
                     ],
                     agent_flags,
                 ]
@@ -328,6 +330,14 @@ fn registries(m: &mut Members, dir: &std::path::Path) {
     }
 }
 
+/// An HTTP server on host `i` at `addr:port` that answers `from <client IP>`.
+fn echo_server(m: &mut Members, i: usize, addr: &str, port: u16) {
+    let script = "import http.server,sys\nclass H(http.server.BaseHTTPRequestHandler):\n  def do_GET(s):\n    b=('from '+s.client_address[0]).encode();s.send_response(200);s.send_header('Content-Length',str(len(b)));s.end_headers();s.wfile.write(b)\n  def log_message(s,*a): pass\nhttp.server.ThreadingHTTPServer((sys.argv[1],int(sys.argv[2])),H).serve_forever()";
+    let mut cmd = m.hosts.command(i, "python3");
+    cmd.args(["-c", script, addr, &port.to_string()]);
+    m.hosts.spawn(cmd);
+}
+
 /// Waits until pod `name` is Ready; returns its podIP and hostIP.
 fn ready(m: &Members, name: &str) -> (String, String) {
     let pod = format!("pod/{name}");
@@ -371,7 +381,7 @@ fn sections(log: &str) -> BTreeMap<String, String> {
 fn wasm_and_container_pods_on_three_hosts_reach_each_other_services_and_dns() {
     let containerd = common::containers::Containerd::start();
     let socket = containerd.socket.to_str().unwrap().to_string();
-    let (mut m, _agents, blocks) = routed_cluster(&["--containerd-socket", &socket]);
+    let (mut m, agents, blocks) = routed_cluster(&["--containerd-socket", &socket]);
     let _namespaces = PodNamespaces;
     let dir = tempfile::tempdir().unwrap();
     registries(&mut m, dir.path());
@@ -510,13 +520,23 @@ spec:
         );
     }
 
+    // Outside the cluster: a host with no route to any pod block (the
+    // answer reaches a container only if the container was masqueraded).
+    // Inside it: an address of host 3's Wasm half, which must see the
+    // container's own IP.
+    let outside = m.hosts.add();
+    let outside_ip = m.hosts.hosts[outside].ip.clone();
+    echo_server(&mut m, outside, &outside_ip, 9000);
+    let inside_ip = addr_in(&blocks["node-3"], 200);
+    echo_server(&mut m, 2, &inside_ip, 9001);
+
     // From inside a container on each host: every pod by IP, the ClusterIP,
     // and cluster DNS through the resolv.conf the agent gave it.
     // (Busybox's static wget crashes without libc's NSS modules: nc it is.)
     let targets: Vec<&str> = servers.iter().map(|(_, ip)| ip.as_str()).collect();
     let script = format!(
         r#"get() {{ printf 'GET / HTTP/1.0\r\nHost: %s\r\n\r\n' "$1" | nc -w 3 "$1" "$2" 2>/dev/null | tail -n 1; }}
-try() {{ for n in $(seq 10); do out=$(get "$1" "$2"); case "$out" in Hello*) echo "$out"; return;; esac; sleep 0.3; done; echo FAIL; }}
+try() {{ for n in $(seq 10); do out=$(get "$1" "$2"); case "$out" in Hello*|from*) echo "$out"; return;; esac; sleep 0.3; done; echo FAIL; }}
 for t in {targets}; do echo "==pod $t"; try $t 8080; done
 echo "==svc"; for n in $(seq 60); do get {cluster_ip} 80; echo; done | sort -u
 echo "==nslookup hello"; nslookup hello 2>&1
@@ -524,6 +544,8 @@ echo "==nslookup fqdn"; nslookup hello.default.svc.cluster.local 2>&1
 addr=$(nslookup hello 2>/dev/null | while read a b; do [ "$a" = Address: ] && echo "$b"; done | tail -n 1)
 echo "==byname"; try "$addr" 80
 echo "==resolv"; cat /etc/resolv.conf
+echo "==outside"; try {outside_ip} 9000
+echo "==inside"; try {inside_ip} 9001
 "#,
         targets = targets.join(" ")
     );
@@ -579,5 +601,41 @@ echo "==resolv"; cat /etc/resolv.conf
             all.contains(s["byname"].trim()),
             "{pod} GET http://hello/:\n{log}"
         );
+        // Leaving the cluster, a container is masqueraded behind its host;
+        // pod-to-pod, it keeps its own address.
+        assert_eq!(
+            s["outside"].trim(),
+            format!("from {}", m.hosts.hosts[n - 1].ip),
+            "{pod} → {outside_ip}:\n{log}"
+        );
+        let seen_as = s["inside"].trim().trim_start_matches("from ");
+        let containers = parse(&blocks[&format!("node-{n}")])
+            .subnets(25)
+            .unwrap()
+            .next()
+            .unwrap();
+        assert!(
+            overlap(parse(&format!("{seen_as}/32")), containers),
+            "{pod} reached {inside_ip} un-NATed, from its own IP in {containers}:\n{log}"
+        );
+    }
+
+    // The NAT rule is the agent's own table, gone with a clean stop.
+    let nat = |m: &Members| {
+        m.hosts
+            .command(0, "nft")
+            .args(["list", "table", "ip", "weft"])
+            .output()
+            .unwrap()
+    };
+    assert!(
+        String::from_utf8_lossy(&nat(&m).stdout).contains("masquerade"),
+        "host 1's NAT table"
+    );
+    m.hosts.signal(agents[0], "TERM");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while nat(&m).status.success() {
+        assert!(Instant::now() < deadline, "agent 1 removed its NAT table");
+        std::thread::sleep(Duration::from_millis(200));
     }
 }

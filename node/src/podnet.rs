@@ -204,6 +204,64 @@ pub fn enable_forwarding() -> std::io::Result<()> {
     std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")
 }
 
+/// The nftables table a routed node keeps its NAT rule in (`nft list table
+/// ip weft`): replaced whole, so a restarted agent never doubles a rule.
+const NAT_TABLE: &str = "weft";
+
+#[derive(Debug, thiserror::Error)]
+#[error("pod network: nft: {0}")]
+pub struct NatError(String);
+
+/// Masquerades what container pods (`pods`) send outside `cluster` (pod
+/// blocks, reached un-NATed), as flannel and kubenet do: the world
+/// answers the host's address, which it can route to. Wasm pods need no
+/// rule: the agent's own sockets already leave from the host's address.
+pub async fn masquerade(pods: Ipv4Net, cluster: Ipv4Net) -> Result<(), NatError> {
+    nft(&format!(
+        "table ip {NAT_TABLE}\ndelete table ip {NAT_TABLE}\ntable ip {NAT_TABLE} {{\n  chain postrouting {{\n    type nat hook postrouting priority srcnat; policy accept;\n    ip saddr {pods} ip daddr != {cluster} masquerade\n  }}\n}}\n"
+    ))
+    .await
+}
+
+/// Undoes [`masquerade`].
+pub async fn unmasquerade() -> Result<(), NatError> {
+    nft(&format!(
+        "table ip {NAT_TABLE}\ndelete table ip {NAT_TABLE}\n"
+    ))
+    .await
+}
+
+/// `nft -f -`: one atomic transaction (the nft binary, as kube-proxy's
+/// nftables mode drives it).
+async fn nft(script: &str) -> Result<(), NatError> {
+    use tokio::io::AsyncWriteExt;
+    let mut child = tokio::process::Command::new("nft")
+        .args(["-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| NatError(format!("running nft (Debian's nftables): {e}")))?;
+    let mut stdin = child.stdin.take().expect("piped stdin");
+    stdin
+        .write_all(script.as_bytes())
+        .await
+        .map_err(|e| NatError(e.to_string()))?;
+    drop(stdin);
+    let out = child
+        .wait_with_output()
+        .await
+        .map_err(|e| NatError(e.to_string()))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(NatError(
+            String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        ))
+    }
+}
+
 /// What every Node says about itself: its name, podCIDR and InternalIP.
 pub struct NodeAddress<'a> {
     pub name: &'a str,

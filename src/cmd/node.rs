@@ -37,6 +37,11 @@ pub struct Args {
     /// DNS) to the host and to pods (a non-loopback range).
     #[arg(long)]
     pub service_cidr: Option<ipnet::Ipv4Net>,
+    /// With `--pod-network routed`: the control plane's --cluster-cidr
+    /// (kube-proxy's name). Container pods' traffic to anything outside it
+    /// is masqueraded behind this host's address.
+    #[arg(long)]
+    pub cluster_cidr: Option<ipnet::Ipv4Net>,
     #[command(flatten)]
     pub status: StatusArgs,
 }
@@ -195,6 +200,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     )?;
     let mut cfg = AgentConfig::new(args.name, args.data_dir);
     cfg.service_cidr = args.service_cidr;
+    cfg.cluster_cidr = args.cluster_cidr.map(|c| c.trunc());
     cfg.pod_cidr = match args.pod_network {
         PodNetwork::Loopback => args.pod_cidr,
         // Empty: the agent takes the Node's allocated podCIDR.

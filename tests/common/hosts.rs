@@ -24,6 +24,7 @@ pub struct Host {
 
 pub struct Hosts {
     switch: String,
+    set: u32,
     pub hosts: Vec<Host>,
     children: Vec<Child>,
 }
@@ -81,37 +82,46 @@ impl Hosts {
         let switch = format!("{PREFIX}{pid}s{set}");
         let mut hosts = Hosts {
             switch: switch.clone(),
+            set,
             hosts: Vec::new(),
             children: Vec::new(),
         };
         ip(&["netns", "add", &switch]);
         ip(&["-n", &switch, "link", "add", "br0", "type", "bridge"]);
         ip(&["-n", &switch, "link", "set", "br0", "up"]);
-        for i in 1..=n {
-            let netns = format!("{PREFIX}{pid}h{set}x{i}");
-            ip(&["netns", "add", &netns]);
-            // Created in the switch; the peer end goes straight into the host.
-            let port = format!("p{i}");
-            ip(&[
-                "-n", &switch, "link", "add", &port, "type", "veth", "peer", "name", "eth0",
-                "netns", &netns,
-            ]);
-            ip(&["-n", &switch, "link", "set", &port, "master", "br0", "up"]);
-            let addr = format!("{SUBNET}.{i}");
-            ip(&[
-                "-n",
-                &netns,
-                "addr",
-                "add",
-                &format!("{addr}/24"),
-                "dev",
-                "eth0",
-            ]);
-            ip(&["-n", &netns, "link", "set", "eth0", "up"]);
-            ip(&["-n", &netns, "link", "set", "lo", "up"]);
-            hosts.hosts.push(Host { netns, ip: addr });
+        for _ in 0..n {
+            hosts.add();
         }
         hosts
+    }
+
+    /// One more host on the switch, at the next address; returns its index.
+    pub fn add(&mut self) -> usize {
+        let i = self.hosts.len() + 1;
+        let (pid, set, switch) = (std::process::id(), self.set, self.switch.clone());
+        let netns = format!("{PREFIX}{pid}h{set}x{i}");
+        ip(&["netns", "add", &netns]);
+        // Created in the switch; the peer end goes straight into the host.
+        let port = format!("p{i}");
+        ip(&[
+            "-n", &switch, "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns",
+            &netns,
+        ]);
+        ip(&["-n", &switch, "link", "set", &port, "master", "br0", "up"]);
+        let addr = format!("{SUBNET}.{i}");
+        ip(&[
+            "-n",
+            &netns,
+            "addr",
+            "add",
+            &format!("{addr}/24"),
+            "dev",
+            "eth0",
+        ]);
+        ip(&["-n", &netns, "link", "set", "eth0", "up"]);
+        ip(&["-n", &netns, "link", "set", "lo", "up"]);
+        self.hosts.push(Host { netns, ip: addr });
+        i - 1
     }
 
     /// `program` to run on host `i` (0-based). It enters only the host's

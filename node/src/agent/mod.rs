@@ -73,6 +73,8 @@ pub enum AgentError {
     PodNet(#[from] crate::podnet::PodNetError),
     #[error(transparent)]
     PodNetConnect(#[from] crate::podnet::ConnectError),
+    #[error(transparent)]
+    Nat(#[from] crate::podnet::NatError),
     #[error("enabling IPv4 forwarding for container pods: {0}")]
     Forwarding(#[source] std::io::Error),
     #[error("the agent endpoint on {addr}: {source}")]
@@ -139,6 +141,9 @@ pub struct AgentConfig {
     /// the Node's InternalIP and its pods' hostIP. Default: the agent's
     /// listen address.
     pub node_ip: Option<std::net::IpAddr>,
+    /// The cluster's pod range (kube-proxy's `--cluster-cidr`): a routed
+    /// node masquerades what its containers send outside it.
+    pub cluster_cidr: Option<ipnet::Ipv4Net>,
     /// The Service range, made local on a routed node's host (as its pod
     /// block is), so the proxy binds ClusterIPs there and pods reach them.
     pub service_cidr: Option<ipnet::Ipv4Net>,
@@ -189,6 +194,7 @@ impl AgentConfig {
             log_max_size: logs::DEFAULT_MAX_SIZE,
             pod_manifest_path: None,
             containerd: None,
+            cluster_cidr: None,
             max_parallel_starts: 64,
             labels: Default::default(),
         }
@@ -220,9 +226,16 @@ fn now_micro() -> String {
 pub struct AgentHandle {
     stop: signal::Sender<bool>,
     tasks: tokio::task::JoinSet<()>,
-    /// A routed node's blocks made local on this host while it runs: its
-    /// podCIDR, and the Service range if it was given one.
-    routed: Option<(PodNet, Vec<ipnet::Ipv4Net>)>,
+    routed: Option<Routed>,
+}
+
+/// What a routed node changed on its host while it runs, undone on a clean
+/// stop: the blocks it made local (its Wasm block, and the Service range if
+/// it was given one) and its containers' NAT rule.
+struct Routed {
+    net: PodNet,
+    locals: Vec<ipnet::Ipv4Net>,
+    masquerading: bool,
 }
 
 impl AgentHandle {
@@ -234,11 +247,16 @@ impl AgentHandle {
             tracing::warn!("node agent did not stop within {deadline:?}");
         }
         // The peer routes went with the routes task; the local block goes last.
-        if let Some((net, locals)) = &self.routed {
-            for local in locals {
-                if let Err(e) = net.remove_local(*local).await {
+        if let Some(routed) = &self.routed {
+            for local in &routed.locals {
+                if let Err(e) = routed.net.remove_local(*local).await {
                     tracing::warn!("{e}");
                 }
+            }
+            if routed.masquerading
+                && let Err(e) = podnet::unmasquerade().await
+            {
+                tracing::warn!("{e}");
             }
         }
     }
@@ -290,6 +308,7 @@ pub async fn start(client: kube::Client, cfg: AgentConfig) -> Result<AgentHandle
     };
     let containerd_version = containerd.as_ref().map(|c| c.version.clone());
     node::register(&client, &cfg, containerd_version.as_deref()).await?;
+    let mut masquerading = false;
     let routed = if routed {
         cfg.pod_cidr = node::allocated_pod_cidr(&client, &cfg.name, POD_CIDR_WAIT).await?;
         let block: ipnet::Ipv4Net = cfg
@@ -301,6 +320,15 @@ pub async fn start(client: kube::Client, cfg: AgentConfig) -> Result<AgentHandle
         if let (Some(c), Some(half)) = (containerd.as_mut(), containers) {
             c.set_pod_cidr(&half.to_string());
             podnet::enable_forwarding().map_err(AgentError::Forwarding)?;
+            match cfg.cluster_cidr {
+                Some(cluster) => {
+                    podnet::masquerade(half, cluster).await?;
+                    masquerading = true;
+                }
+                None => tracing::warn!(
+                    "no --cluster-cidr: containers' traffic out of the cluster is not masqueraded"
+                ),
+            }
             tracing::info!(pod_cidr = %half, "container pod IPs come from here");
         }
         cfg.pod_cidr = wasm.to_string();
@@ -309,7 +337,11 @@ pub async fn start(client: kube::Client, cfg: AgentConfig) -> Result<AgentHandle
             net.make_local(*local).await?;
         }
         tracing::info!(pod_cidr = %wasm, "Wasm pod IPs come from here, made local");
-        Some((net, locals))
+        Some(Routed {
+            net,
+            locals,
+            masquerading,
+        })
     } else {
         None
     };
@@ -344,12 +376,12 @@ pub async fn start(client: kube::Client, cfg: AgentConfig) -> Result<AgentHandle
         )
         .instrument(span.clone()),
     );
-    if let Some((net, _)) = &routed {
+    if let Some(r) = &routed {
         tasks.spawn(
             routes::run(
                 client.clone(),
                 cfg.name.clone(),
-                net.clone(),
+                r.net.clone(),
                 stopped.clone(),
             )
             .instrument(span.clone()),
