@@ -116,13 +116,17 @@ fn routed_nodes_get_disjoint_blocks_and_reach_each_others_by_host_gw_routes() {
     let (m, agents, blocks) = routed_cluster(&[]);
 
     eprintln!("blocks: {blocks:?}");
-    // kubectl shows each node's host address as INTERNAL-IP.
+    // kubectl shows each node's host address as INTERNAL-IP, and its block.
     let wide = m.kubectl_ok(0, &["get", "nodes", "-o", "wide"]);
     let header: Vec<&str> = wide.lines().next().unwrap().split_whitespace().collect();
     let col = header
         .iter()
         .position(|h| *h == "INTERNAL-IP")
         .unwrap_or_else(|| panic!("an INTERNAL-IP column:\n{wide}"));
+    let cidrs = header
+        .iter()
+        .position(|h| *h == "POD-CIDRS")
+        .unwrap_or_else(|| panic!("a POD-CIDRS column:\n{wide}"));
     for i in 0..3 {
         let row: Vec<&str> = wide
             .lines()
@@ -131,6 +135,12 @@ fn routed_nodes_get_disjoint_blocks_and_reach_each_others_by_host_gw_routes() {
             .split_whitespace()
             .collect();
         assert_eq!(row[col], m.hosts.hosts[i].ip, "node-{}:\n{wide}", i + 1);
+        assert_eq!(
+            row[cidrs],
+            blocks[&format!("node-{}", i + 1)],
+            "node-{}'s POD-CIDRS:\n{wide}",
+            i + 1
+        );
     }
 
     // Each host treats its own block as local (pods bind there), and routes

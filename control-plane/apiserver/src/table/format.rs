@@ -148,6 +148,18 @@ pub(super) fn node_roles(node: &Value) -> String {
     or_none(roles.join(","))
 }
 
+/// `spec.podCIDRs` (or the older `spec.podCIDR`), comma separated.
+pub(super) fn pod_cidrs(node: &Value) -> String {
+    match node.pointer("/spec/podCIDRs").and_then(Value::as_array) {
+        Some(all) => all
+            .iter()
+            .filter_map(Value::as_str)
+            .collect::<Vec<_>>()
+            .join(","),
+        None => s(node, "/spec/podCIDR").to_string(),
+    }
+}
+
 pub(super) fn node_address(node: &Value, ty: &str) -> String {
     or_none(
         node.pointer("/status/addresses")

@@ -231,6 +231,20 @@ mod tests {
     }
 
     #[test]
+    fn node_row_shows_its_address_and_pod_cidrs() {
+        let n = json!({"metadata": {"name": "n1"},
+            "spec": {"podCIDR": "10.244.1.0/24", "podCIDRs": ["10.244.1.0/24", "fd00::/64"]},
+            "status": {"addresses": [{"type": "InternalIP", "address": "10.0.0.2"}]}});
+        let t = render("Node", &[&n], "1", None, "None", true);
+        let cells = t["rows"][0]["cells"].as_array().unwrap();
+        assert_eq!(cells[5], "10.0.0.2");
+        assert_eq!(cells[cells.len() - 1], "10.244.1.0/24,fd00::/64");
+        let bare = json!({"metadata": {"name": "n2"}});
+        let t = render("Node", &[&bare], "1", None, "None", true);
+        assert_eq!(t["rows"][0]["cells"][10], "<none>");
+    }
+
+    #[test]
     fn accept_negotiation() {
         assert!(wants_table(
             "application/json;as=Table;v=v1;g=meta.k8s.io,application/json"

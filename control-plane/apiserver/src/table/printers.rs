@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 
 use super::format::{
     containers_images, endpoints_summary, event_object, map_selector, node_address, node_roles,
-    node_status, pod_status_reason, selector_string, service_ports,
+    node_status, pod_cidrs, pod_status_reason, selector_string, service_ports,
 };
 use super::{Col, age, col, human_duration, n, or_none, s};
 
@@ -284,6 +284,14 @@ pub(super) static PRINTERS: &[Printer] = &[
                 1,
                 "Container runtime reported by the node.",
             ),
+            // Weft's own (Kubernetes has no such column): where each
+            // node's pod IPs come from, next to its address.
+            col(
+                "Pod-CIDRs",
+                "string",
+                1,
+                "The pod IP ranges allocated to the node.",
+            ),
         ],
         own_cells: |o, now| {
             vec![
@@ -299,6 +307,7 @@ pub(super) static PRINTERS: &[Printer] = &[
                 json!(or_none(
                     s(o, "/status/nodeInfo/containerRuntimeVersion").into()
                 )),
+                json!(or_none(pod_cidrs(o))),
             ]
         },
         template: None,
