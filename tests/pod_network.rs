@@ -46,6 +46,8 @@ fn routed_cluster(agent_flags: &[&str]) -> (Members, Vec<usize>, BTreeMap<String
     let agents: Vec<usize> = (0..3)
         .map(|i| {
             let ip = m.hosts.hosts[i].ip.clone();
+            // A documentation address (TEST-NET-2): shown, never used.
+            let external = format!("198.51.100.{}", i + 1);
             m.spawn_agent_with(
                 i,
                 &format!("node-{}", i + 1),
@@ -60,6 +62,8 @@ fn routed_cluster(agent_flags: &[&str]) -> (Members, Vec<usize>, BTreeMap<String
                         SERVICE_CIDR,
                         "--cluster-cidr",
                         CLUSTER_CIDR,
+                        "--node-external-ip",
+                        &external,
                     ],
                     agent_flags,
                 ]
@@ -123,6 +127,7 @@ fn routed_nodes_get_disjoint_blocks_and_reach_each_others_by_host_gw_routes() {
         .iter()
         .position(|h| *h == "INTERNAL-IP")
         .unwrap_or_else(|| panic!("an INTERNAL-IP column:\n{wide}"));
+    let external = header.iter().position(|h| *h == "EXTERNAL-IP").unwrap();
     let cidrs = header
         .iter()
         .position(|h| *h == "POD-CIDRS")
@@ -135,6 +140,7 @@ fn routed_nodes_get_disjoint_blocks_and_reach_each_others_by_host_gw_routes() {
             .split_whitespace()
             .collect();
         assert_eq!(row[col], m.hosts.hosts[i].ip, "node-{}:\n{wide}", i + 1);
+        assert_eq!(row[external], format!("198.51.100.{}", i + 1), "{wide}");
         assert_eq!(
             row[cidrs],
             blocks[&format!("node-{}", i + 1)],

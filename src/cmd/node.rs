@@ -100,6 +100,10 @@ pub struct StatusArgs {
     /// listen. Default: 127.0.0.1, one host.
     #[arg(long)]
     pub node_ip: Option<std::net::IpAddr>,
+    /// This node's address from outside the cluster, shown as its
+    /// ExternalIP (k3s's name); nothing listens on it.
+    #[arg(long)]
+    pub node_external_ip: Option<std::net::IpAddr>,
     /// Labels for this node's Node object, as KEY=VALUE, comma separated.
     #[arg(long, value_delimiter = ',', value_parser = label)]
     pub node_labels: Vec<(String, String)>,
@@ -115,6 +119,7 @@ impl StatusArgs {
         cfg.max_parallel_starts = self.max_parallel_starts;
         cfg.labels.extend(self.node_labels.iter().cloned());
         cfg.node_ip = self.node_ip;
+        cfg.external_ip = self.node_external_ip;
         // The API server reaches the agent (logs) at the Node's address.
         if let Some(ip) = self.node_ip {
             cfg.listen = std::net::SocketAddr::new(ip, 0);

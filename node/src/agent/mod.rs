@@ -141,6 +141,8 @@ pub struct AgentConfig {
     /// the Node's InternalIP and its pods' hostIP. Default: the agent's
     /// listen address.
     pub node_ip: Option<std::net::IpAddr>,
+    /// The Node's ExternalIP, when it has one (k3s's `--node-external-ip`).
+    pub external_ip: Option<std::net::IpAddr>,
     /// The cluster's pod range (kube-proxy's `--cluster-cidr`): a routed
     /// node masquerades what its containers send outside it.
     pub cluster_cidr: Option<ipnet::Ipv4Net>,
@@ -195,6 +197,7 @@ impl AgentConfig {
             pod_manifest_path: None,
             containerd: None,
             cluster_cidr: None,
+            external_ip: None,
             max_parallel_starts: 64,
             labels: Default::default(),
         }

@@ -81,12 +81,23 @@ fn node_status(cfg: &AgentConfig, containerd: Option<&str>) -> Value {
             cond("PIDPressure", "False", "KubeletHasSufficientPID", "weft node agent has sufficient PID available"),
             cond("Ready", "True", "KubeletReady", "weft node agent is posting ready status"),
         ],
-        "addresses": [{"type": "InternalIP", "address": cfg.node_ip().to_string()}, {"type": "Hostname", "address": cfg.name}],
+        "addresses": addresses(cfg),
         "daemonEndpoints": {"kubeletEndpoint": {"Port": cfg.listen.port()}},
         "nodeInfo": {"kubeletVersion": "v1.32.0-weft", "kubeProxyVersion": "", "osImage": "weft", "kernelVersion": "",
                      "containerRuntimeVersion": runtime, "operatingSystem": std::env::consts::OS,
                      "architecture": weft_api::go_arch(),
                      "machineID": "", "systemUUID": "", "bootID": ""}}})
+}
+
+/// `status.addresses` in kubelet's order: InternalIP, ExternalIP (only
+/// when given), Hostname.
+fn addresses(cfg: &AgentConfig) -> Value {
+    let mut all = vec![json!({"type": "InternalIP", "address": cfg.node_ip().to_string()})];
+    if let Some(ip) = cfg.external_ip {
+        all.push(json!({"type": "ExternalIP", "address": ip.to_string()}));
+    }
+    all.push(json!({"type": "Hostname", "address": cfg.name}));
+    Value::Array(all)
 }
 
 /// The kube-dns Service's ClusterIP, if there is one (containers' nameserver).
@@ -186,5 +197,25 @@ pub(super) async fn heartbeat_loop(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_list_the_external_ip_only_when_given() {
+        let mut cfg = AgentConfig::new("n1".into(), "/tmp/d".into());
+        cfg.node_ip = Some("10.0.0.2".parse().unwrap());
+        assert_eq!(
+            addresses(&cfg),
+            json!([{"type": "InternalIP", "address": "10.0.0.2"}, {"type": "Hostname", "address": "n1"}])
+        );
+        cfg.external_ip = Some("203.0.113.7".parse().unwrap());
+        assert_eq!(
+            addresses(&cfg)[1],
+            json!({"type": "ExternalIP", "address": "203.0.113.7"})
+        );
     }
 }
