@@ -167,6 +167,17 @@ fn routed_nodes_get_disjoint_blocks_and_reach_each_others_by_host_gw_routes() {
             std::thread::sleep(Duration::from_millis(200));
         }
     };
+    // A node offers the scheduler as many pods as its block has IPs
+    // (a /24 to Wasm alone: all but .0, .1 and .255).
+    for i in 1..=3 {
+        let node = format!("node/node-{i}");
+        wait_for(&format!("{node} allocatable pods"), &|| {
+            m.kubectl_ok(
+                0,
+                &["get", &node, "-o", "jsonpath={.status.allocatable.pods}"],
+            ) == "253"
+        });
+    }
     for i in 0..3 {
         let own = &blocks[&format!("node-{}", i + 1)];
         assert!(

@@ -198,6 +198,12 @@ pub fn split_block(block: Ipv4Net, containers: bool) -> (Option<Ipv4Net>, Ipv4Ne
     }
 }
 
+/// Pod IPs one runtime's part of a block holds: all but the network
+/// address, the gateway or node address (.1) and the broadcast address.
+pub fn pod_ips(part: Ipv4Net) -> u32 {
+    (1u32 << (32 - part.prefix_len())).saturating_sub(3)
+}
+
 /// Lets this host forward between the container bridge and its peers, as
 /// kubelet's network plugins require (`net.ipv4.ip_forward`, per namespace).
 pub fn enable_forwarding() -> std::io::Result<()> {
@@ -298,6 +304,8 @@ mod tests {
                 "10.244.3.128/25".parse().unwrap()
             )
         );
+        assert_eq!(pod_ips("10.244.3.0/25".parse().unwrap()), 125);
+        assert_eq!(pod_ips("10.244.3.0/31".parse().unwrap()), 0);
     }
 
     #[test]

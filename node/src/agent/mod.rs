@@ -166,6 +166,9 @@ pub struct AgentConfig {
     /// Pod starts and container restarts (pulls, compiles, container
     /// creates) in flight at once; the others wait their turn.
     pub max_parallel_starts: usize,
+    /// The pods the Node offers the scheduler (kubelet's `--max-pods`); a
+    /// routed node lowers it to the pod IPs its block holds.
+    pub max_pods: u32,
     /// Labels this agent puts on its Node besides the well-known ones
     /// (kubelet's `--node-labels`).
     pub labels: std::collections::BTreeMap<String, String>,
@@ -197,6 +200,7 @@ impl AgentConfig {
             pod_manifest_path: None,
             containerd: None,
             cluster_cidr: None,
+            max_pods: 10_000,
             external_ip: None,
             max_parallel_starts: 64,
             labels: Default::default(),
@@ -335,6 +339,8 @@ pub async fn start(client: kube::Client, cfg: AgentConfig) -> Result<AgentHandle
             tracing::info!(pod_cidr = %half, "container pod IPs come from here");
         }
         cfg.pod_cidr = wasm.to_string();
+        let ips = podnet::pod_ips(wasm) + containers.map_or(0, podnet::pod_ips);
+        cfg.max_pods = cfg.max_pods.min(ips);
         let locals: Vec<ipnet::Ipv4Net> = std::iter::once(wasm).chain(cfg.service_cidr).collect();
         for local in &locals {
             net.make_local(*local).await?;

@@ -73,8 +73,8 @@ fn node_status(cfg: &AgentConfig, containerd: Option<&str>) -> Value {
     let ts = now();
     let cond = |ty: &str, status: &str, reason: &str, msg: &str| json!({"type": ty, "status": status, "reason": reason, "message": msg, "lastHeartbeatTime": ts, "lastTransitionTime": ts});
     json!({"status": {
-        "capacity": {"cpu": cpus.to_string(), "memory": "24Gi", "pods": "10000"},
-        "allocatable": {"cpu": cpus.to_string(), "memory": "24Gi", "pods": "10000"},
+        "capacity": {"cpu": cpus.to_string(), "memory": "24Gi", "pods": cfg.max_pods.to_string()},
+        "allocatable": {"cpu": cpus.to_string(), "memory": "24Gi", "pods": cfg.max_pods.to_string()},
         "conditions": [
             cond("MemoryPressure", "False", "KubeletHasSufficientMemory", "weft node agent has sufficient memory available"),
             cond("DiskPressure", "False", "KubeletHasNoDiskPressure", "weft node agent has no disk pressure"),
