@@ -13,6 +13,7 @@ pub mod job;
 pub mod namespace;
 pub mod node_ipam;
 pub mod node_lifecycle;
+pub mod pod_gc;
 pub mod replicaset;
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -70,6 +71,7 @@ pub fn all(cfg: &ControllerConfig, fit: Arc<dyn NodeFit>) -> Vec<Arc<dyn Control
         Arc::new(node_lifecycle::NodeLifecycleController {
             grace: cfg.node_monitor_grace_period,
         }),
+        Arc::new(pod_gc::PodGcController),
         Arc::new(endpoints::EndpointsController),
         Arc::new(gc::GarbageCollector),
         Arc::new(namespace::NamespaceController),

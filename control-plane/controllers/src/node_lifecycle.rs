@@ -22,7 +22,7 @@ pub const UNREACHABLE: &str = "node.kubernetes.io/unreachable";
 pub const NOT_READY: &str = "node.kubernetes.io/not-ready";
 pub const UNSCHEDULABLE: &str = "node.kubernetes.io/unschedulable";
 
-fn pods_on<'a>(
+pub(crate) fn pods_on<'a>(
     snap: &'a Snapshot,
     node: &'a str,
 ) -> impl Iterator<Item = &'a std::sync::Arc<Value>> + 'a {
