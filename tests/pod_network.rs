@@ -12,108 +12,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use common::hosts::Members;
-use ipnet::Ipv4Net;
-use serde_json::Value;
-
-const CLUSTER_CIDR: &str = "10.244.0.0/16";
-/// A Service range that is not loopback, so every host's proxy serves it
-/// to others as to itself.
-const SERVICE_CIDR: &str = "10.96.0.0/16";
-
-fn parse(cidr: &str) -> Ipv4Net {
-    cidr.parse().expect("an IPv4 CIDR")
-}
-
-/// Whether two blocks share any address (one holds the other).
-fn overlap(a: Ipv4Net, b: Ipv4Net) -> bool {
-    a.contains(&b) || b.contains(&a)
-}
-
-/// Three members with node IPAM on three hosts, and on each host a routed
-/// agent `node-N`; returns them, the agents' process numbers and each
-/// node's block once all three have one.
-fn routed_cluster(agent_flags: &[&str]) -> (Members, Vec<usize>, BTreeMap<String, String>) {
-    let mut m = Members::start_with(
-        3,
-        3,
-        &[
-            "--cluster-cidr",
-            CLUSTER_CIDR,
-            "--service-cidr",
-            SERVICE_CIDR,
-        ],
-    );
-    let agents: Vec<usize> = (0..3)
-        .map(|i| {
-            let ip = m.hosts.hosts[i].ip.clone();
-            // A documentation address (TEST-NET-2): shown, never used.
-            let external = format!("198.51.100.{}", i + 1);
-            m.spawn_agent_with(
-                i,
-                &format!("node-{}", i + 1),
-                &[i],
-                &[
-                    &[
-                        "--pod-network",
-                        "routed",
-                        "--node-ip",
-                        &ip,
-                        "--service-cidr",
-                        SERVICE_CIDR,
-                        "--cluster-cidr",
-                        CLUSTER_CIDR,
-                        "--node-external-ip",
-                        &external,
-                    ],
-                    agent_flags,
-                ]
-                .concat(),
-            )
-        })
-        .collect();
-    let blocks = blocks(&m);
-    (m, agents, blocks)
-}
-
-/// Waits (bounded) until the three Nodes have podCIDRs; checks them.
-fn blocks(m: &Members) -> BTreeMap<String, String> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let nodes: Vec<Value> = loop {
-        let list: Value =
-            serde_json::from_str(&m.kubectl_ok(0, &["get", "nodes", "-o", "json"])).unwrap();
-        let items = list["items"].as_array().cloned().unwrap_or_default();
-        let ready = items.len() == 3
-            && items
-                .iter()
-                .all(|n| n.pointer("/spec/podCIDR").and_then(Value::as_str).is_some());
-        if ready {
-            break items;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "three nodes with podCIDRs: {list}"
-        );
-        std::thread::sleep(Duration::from_millis(300));
-    };
-    let cluster = parse(CLUSTER_CIDR);
-    let mut blocks = BTreeMap::new();
-    for n in &nodes {
-        let name = n["metadata"]["name"].as_str().unwrap().to_string();
-        let cidr = n["spec"]["podCIDR"].as_str().unwrap().to_string();
-        assert_eq!(n["spec"]["podCIDRs"][0], cidr.as_str(), "{name}: podCIDRs");
-        let block = parse(&cidr);
-        assert_eq!(block.prefix_len(), 24, "{name}: a /24 ({cidr})");
-        assert!(overlap(block, cluster), "{name}: {cidr} in {CLUSTER_CIDR}");
-        blocks.insert(name, cidr);
-    }
-    let all: Vec<_> = blocks.values().map(|c| parse(c)).collect();
-    for (a, x) in all.iter().enumerate() {
-        for y in &all[a + 1..] {
-            assert!(!overlap(*x, *y), "disjoint blocks: {blocks:?}");
-        }
-    }
-    blocks
-}
+use common::routed::*;
 
 #[test]
 fn routed_nodes_get_disjoint_blocks_and_reach_each_others_by_host_gw_routes() {
@@ -239,11 +138,6 @@ fn routed_nodes_get_disjoint_blocks_and_reach_each_others_by_host_gw_routes() {
     }
 }
 
-/// The address `offset` into `cidr`.
-fn addr_in(cidr: &str, offset: u32) -> String {
-    std::net::Ipv4Addr::from(u32::from(parse(cidr).network()) + offset).to_string()
-}
-
 /// Weft's routes on host `i` (its own protocol number), both tables.
 fn route_show(m: &Members, i: usize) -> String {
     let out = m
@@ -255,137 +149,12 @@ fn route_show(m: &Members, i: usize) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// `python3 -c` on host `i`: its stdout, trimmed.
-fn python(m: &Members, i: usize, script: &str) -> String {
-    let out = m
-        .hosts
-        .command(i, "python3")
-        .args(["-c", script])
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
-/// The pod namespaces of containers still running when the test ends
-/// (addresses in the cluster CIDR): deleted before the hosts go, while
-/// their eth0 still tells them apart.
-struct PodNamespaces;
-
-impl Drop for PodNamespaces {
-    fn drop(&mut self) {
-        common::containers::delete_pod_namespaces("10.244.");
-    }
-}
-
-/// A GET from host `i` (python, bounded retries): the body, or `FAIL`.
-fn http_from(m: &Members, i: usize, url: &str) -> String {
-    python(
-        m,
-        i,
-        &format!(
-            "import urllib.request,time\nfor _ in range(20):\n  try:\n    print(urllib.request.urlopen('{url}',timeout=3).read().decode().strip());break\n  except OSError: time.sleep(0.3)\nelse: print('FAIL')"
-        ),
-    )
-}
-
-/// What 60 GETs of `url` from host `i` answered, distinct and sorted.
-fn answers_from(m: &Members, i: usize, url: &str) -> BTreeSet<String> {
-    let said = python(
-        m,
-        i,
-        &format!(
-            "import urllib.request,time\nseen=set()\nfor _ in range(60):\n  try: seen.add(urllib.request.urlopen('{url}',timeout=2).read().decode().strip())\n  except OSError: time.sleep(0.1)\nprint('|'.join(sorted(seen)))"
-        ),
-    );
-    said.split('|')
-        .filter(|s| !s.is_empty())
-        .map(String::from)
-        .collect()
-}
-
-const IMAGE_HELLO: &str = "127.0.0.1:5000/samples/hello:1";
-const IMAGE_FETCH: &str = "127.0.0.1:5000/tests/fetch:1";
-const IMAGE_BUSYBOX: &str = "127.0.0.1:5000/tests/busybox:1";
-
-/// On every host a registry on its own loopback (agents speak plain HTTP
-/// to loopback registries only) holding the hello and fetch guests and a
-/// busybox image.
-fn registries(m: &mut Members, dir: &std::path::Path) {
-    let hello = dir.join("hello.wasm");
-    std::fs::write(&hello, guests::sample("hello")).unwrap();
-    let fetch = dir.join("fetch.wasm");
-    std::fs::write(
-        &fetch,
-        guests::guest("wasm-host/tests/guests/fetch", "fetch"),
-    )
-    .unwrap();
-    for i in 0..3 {
-        let config =
-            common::registry::Registry::config(&dir.join(format!("r{i}")), "127.0.0.1:5000");
-        let mut cmd = m.hosts.command(i, common::registry::Registry::binary());
-        cmd.arg("serve")
-            .arg(&config)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null());
-        m.hosts.spawn(cmd);
-        for (file, image) in [(&hello, IMAGE_HELLO), (&fetch, IMAGE_FETCH)] {
-            let deadline = Instant::now() + Duration::from_secs(20);
-            loop {
-                let out = m
-                    .hosts
-                    .command(i, env!("CARGO_BIN_EXE_weft"))
-                    .arg("push")
-                    .arg(file)
-                    .arg(image)
-                    .output()
-                    .unwrap();
-                if out.status.success() {
-                    break;
-                }
-                assert!(
-                    Instant::now() < deadline,
-                    "weft push {image} on host {}: {}",
-                    i + 1,
-                    String::from_utf8_lossy(&out.stderr)
-                );
-                std::thread::sleep(Duration::from_millis(200));
-            }
-        }
-        m.hosts.run_in(i, || {
-            common::containers::push_busybox("127.0.0.1:5000", "tests/busybox:1", "", &["sh"])
-        });
-    }
-}
-
 /// An HTTP server on host `i` at `addr:port` that answers `from <client IP>`.
 fn echo_server(m: &mut Members, i: usize, addr: &str, port: u16) {
     let script = "import http.server,sys\nclass H(http.server.BaseHTTPRequestHandler):\n  def do_GET(s):\n    b=('from '+s.client_address[0]).encode();s.send_response(200);s.send_header('Content-Length',str(len(b)));s.end_headers();s.wfile.write(b)\n  def log_message(s,*a): pass\nhttp.server.ThreadingHTTPServer((sys.argv[1],int(sys.argv[2])),H).serve_forever()";
     let mut cmd = m.hosts.command(i, "python3");
     cmd.args(["-c", script, addr, &port.to_string()]);
     m.hosts.spawn(cmd);
-}
-
-/// Waits until pod `name` is Ready; returns its podIP and hostIP.
-fn ready(m: &Members, name: &str) -> (String, String) {
-    let pod = format!("pod/{name}");
-    let out = m.kubectl(0, &["wait", "--for=condition=Ready", &pod, "--timeout=90s"]);
-    assert!(
-        out.status.success(),
-        "{name} Ready: {}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        String::from_utf8_lossy(&m.kubectl(0, &["describe", &pod]).stdout)
-    );
-    let ips = m.kubectl_ok(
-        0,
-        &[
-            "get",
-            &pod,
-            "-o",
-            "jsonpath={.status.podIP} {.status.hostIP}",
-        ],
-    );
-    let (pod_ip, host_ip) = ips.split_once(' ').unwrap();
-    (pod_ip.to_string(), host_ip.to_string())
 }
 
 /// Sections of a prober's log: `==name` starts one.
@@ -411,7 +180,12 @@ fn wasm_and_container_pods_on_three_hosts_reach_each_other_services_and_dns() {
     let (mut m, agents, blocks) = routed_cluster(&["--containerd-socket", &socket]);
     let _namespaces = PodNamespaces;
     let dir = tempfile::tempdir().unwrap();
-    registries(&mut m, dir.path());
+    registries(
+        &mut m,
+        dir.path(),
+        &guests::sample("hello"),
+        &guests::guest("wasm-host/tests/guests/fetch", "fetch"),
+    );
 
     // On each host: a Wasm hello, a busybox web server, and a Wasm fetch
     // guest that may call anything (for pod-to-pod checks from Wasm).

@@ -6,6 +6,7 @@
 pub mod containers;
 pub mod hosts;
 pub mod registry;
+pub mod routed;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::SocketAddr;
