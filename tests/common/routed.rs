@@ -30,15 +30,27 @@ pub fn overlap(a: Ipv4Net, b: Ipv4Net) -> bool {
 /// agent `node-N`; returns them, the agents' process numbers and each
 /// node's block once all three have one.
 pub fn routed_cluster(agent_flags: &[&str]) -> (Members, Vec<usize>, BTreeMap<String, String>) {
+    routed_cluster_with(&[], agent_flags)
+}
+
+/// [`routed_cluster`] with extra member flags.
+pub fn routed_cluster_with(
+    member_flags: &[&str],
+    agent_flags: &[&str],
+) -> (Members, Vec<usize>, BTreeMap<String, String>) {
     let mut m = Members::start_with(
         3,
         3,
         &[
-            "--cluster-cidr",
-            CLUSTER_CIDR,
-            "--service-cidr",
-            SERVICE_CIDR,
-        ],
+            &[
+                "--cluster-cidr",
+                CLUSTER_CIDR,
+                "--service-cidr",
+                SERVICE_CIDR,
+            ],
+            member_flags,
+        ]
+        .concat(),
     );
     let agents: Vec<usize> = (0..3)
         .map(|i| {
