@@ -210,6 +210,38 @@ fn a_host_cut_off_has_its_pods_replaced_and_its_service_keeps_answering() {
         .filter(|f| f[0].as_f64().unwrap() > full_at + 1.0)
         .collect();
     assert!(late.is_empty(), "failures after full capacity: {late:?}");
+    // The evicted pods stay Terminating while host 3 might still run them;
+    // an operator's out-of-service taint says it does not, and pod GC
+    // removes them.
+    let on_node_3 = |m: &common::hosts::Members| {
+        m.kubectl_ok(
+            0,
+            &[
+                "get",
+                "pods",
+                "--field-selector",
+                "spec.nodeName=node-3",
+                "-o",
+                "name",
+            ],
+        )
+    };
+    assert!(!on_node_3(&m).is_empty(), "evicted pods wait on node-3");
+    m.kubectl_ok(
+        0,
+        &[
+            "taint",
+            "node",
+            "node-3",
+            "node.kubernetes.io/out-of-service=nodeshutdown:NoExecute",
+        ],
+    );
+    until(
+        &m,
+        "pod GC removed node-3's pods",
+        Duration::from_secs(20),
+        &|| on_node_3(&m).is_empty(),
+    );
     assert_eq!(
         http_from(&m, 1, &url).split('-').next(),
         Some("Hello from hello"),
