@@ -440,3 +440,67 @@ echo "==inside"; try {inside_ip} 9001
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+#[test]
+fn a_joining_node_gets_a_block_and_routes_everywhere_and_a_leaving_one_frees_them() {
+    let (mut m, _agents, blocks) = routed_cluster(&[]);
+    let h = m.add_host();
+    let host_ip = m.hosts.hosts[h].ip.clone();
+    let wait_for = |what: &str, ok: &dyn Fn() -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !ok() {
+            assert!(Instant::now() < deadline, "{what}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    let pod_cidr = |m: &Members, node: &str| {
+        let out = m.kubectl(0, &["get", "node", node, "-o", "jsonpath={.spec.podCIDR}"]);
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+
+    // Joining: node IPAM gives node-4 a free block, the three hosts route
+    // it to host 4, and host 4 routes theirs.
+    let agent = spawn_routed_agent(&mut m, h, "node-4", 0, &[]);
+    wait_for("node-4 gets a podCIDR", &|| {
+        !pod_cidr(&m, "node-4").is_empty()
+    });
+    let joined = pod_cidr(&m, "node-4");
+    for (name, cidr) in &blocks {
+        assert!(
+            !overlap(parse(&joined), parse(cidr)),
+            "node-4's {joined} is disjoint from {name}'s {cidr}"
+        );
+    }
+    let via = format!("{joined} via {host_ip} ");
+    for i in 0..3 {
+        wait_for(&format!("host {} routes {via}", i + 1), &|| {
+            route_show(&m, i).contains(&via)
+        });
+    }
+    wait_for("host 4 routes every other block", &|| {
+        let routes = route_show(&m, h);
+        blocks.values().all(|b| routes.contains(b.as_str()))
+    });
+
+    // Leaving: a drained host's agent stops and its Node is deleted; its
+    // routes leave every table and its block is free for the next node.
+    m.hosts.signal(agent, "TERM");
+    m.kubectl_ok(0, &["delete", "node", "node-4"]);
+    for i in 0..3 {
+        wait_for(&format!("host {} forgets {joined}", i + 1), &|| {
+            !route_show(&m, i).contains(&joined)
+        });
+    }
+    wait_for("host 4 has no Weft routes", &|| {
+        route_show(&m, h).is_empty()
+    });
+    spawn_routed_agent(&mut m, h, "node-5", 1, &[]);
+    wait_for("node-5 gets a podCIDR", &|| {
+        !pod_cidr(&m, "node-5").is_empty()
+    });
+    assert_eq!(
+        pod_cidr(&m, "node-5"),
+        joined,
+        "the freed block is the lowest free one again"
+    );
+}

@@ -475,6 +475,15 @@ impl Members {
         self.hosts.spawn(cmd)
     }
 
+    /// One more host, for agents only (no member); returns its index.
+    pub fn add_host(&mut self) -> usize {
+        let i = self.hosts.add();
+        self.dirs
+            .push(self._tmp.path().join(format!("member-{}", i + 1)));
+        self.procs.push(None);
+        i
+    }
+
     /// `weft ARGS` on host `i` against member `i`.
     pub fn weft(&self, i: usize, args: &[&str]) -> String {
         let out = self

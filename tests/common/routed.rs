@@ -53,35 +53,44 @@ pub fn routed_cluster_with(
         .concat(),
     );
     let agents: Vec<usize> = (0..3)
-        .map(|i| {
-            let ip = m.hosts.hosts[i].ip.clone();
-            // A documentation address (TEST-NET-2): shown, never used.
-            let external = format!("198.51.100.{}", i + 1);
-            m.spawn_agent_with(
-                i,
-                &format!("node-{}", i + 1),
-                &[i],
-                &[
-                    &[
-                        "--pod-network",
-                        "routed",
-                        "--node-ip",
-                        &ip,
-                        "--service-cidr",
-                        SERVICE_CIDR,
-                        "--cluster-cidr",
-                        CLUSTER_CIDR,
-                        "--node-external-ip",
-                        &external,
-                    ],
-                    agent_flags,
-                ]
-                .concat(),
-            )
-        })
+        .map(|i| spawn_routed_agent(&mut m, i, &format!("node-{}", i + 1), i, agent_flags))
         .collect();
     let blocks = blocks(&m);
     (m, agents, blocks)
+}
+
+/// A routed agent `name` on host `i`, talking to member `server`.
+pub fn spawn_routed_agent(
+    m: &mut Members,
+    i: usize,
+    name: &str,
+    server: usize,
+    flags: &[&str],
+) -> usize {
+    let ip = m.hosts.hosts[i].ip.clone();
+    // A documentation address (TEST-NET-2): shown, never used.
+    let external = format!("198.51.100.{}", i + 1);
+    m.spawn_agent_with(
+        i,
+        name,
+        &[server],
+        &[
+            &[
+                "--pod-network",
+                "routed",
+                "--node-ip",
+                &ip,
+                "--service-cidr",
+                SERVICE_CIDR,
+                "--cluster-cidr",
+                CLUSTER_CIDR,
+                "--node-external-ip",
+                &external,
+            ],
+            flags,
+        ]
+        .concat(),
+    )
 }
 
 /// Waits (bounded) until the three Nodes have podCIDRs; checks them.
