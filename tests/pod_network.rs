@@ -299,6 +299,46 @@ spec:
             h + 1
         );
     }
+    // Traffic policies keep traffic on the node it arrived at: cluster
+    // traffic with `internalTrafficPolicy: Local` or `trafficDistribution:
+    // PreferClose`, NodePort traffic with `externalTrafficPolicy: Local`.
+    m.kubectl_stdin(
+        0,
+        &["apply", "-f", "-"],
+        "apiVersion: v1\nkind: Service\nmetadata: {name: local}\nspec:\n  selector: {tier: both}\n  internalTrafficPolicy: Local\n  ports: [{port: 80, targetPort: 8080}]\n---\napiVersion: v1\nkind: Service\nmetadata: {name: close}\nspec:\n  selector: {tier: both}\n  trafficDistribution: PreferClose\n  ports: [{port: 80, targetPort: 8080}]\n---\napiVersion: v1\nkind: Service\nmetadata: {name: np}\nspec:\n  type: NodePort\n  selector: {tier: both}\n  externalTrafficPolicy: Local\n  ports: [{port: 80, targetPort: 8080}]\n",
+    );
+    let get_svc = |name: &str, path: &str| {
+        m.kubectl_ok(
+            0,
+            &["get", "service", name, "-o", &format!("jsonpath={path}")],
+        )
+    };
+    let node_port = get_svc("np", "{.spec.ports[0].nodePort}");
+    for h in 0..3 {
+        let on_h: BTreeSet<String> = [
+            format!("Hello from hello-{}", h + 1),
+            format!("Hello from web-{}", h + 1),
+        ]
+        .into();
+        for svc in ["local", "close"] {
+            let ip = get_svc(svc, "{.spec.clusterIP}");
+            assert_eq!(
+                answers_from(&m, h, &format!("http://{ip}/")),
+                on_h,
+                "{svc} from host {}",
+                h + 1
+            );
+        }
+        // Host h's NodePort, asked from the next host.
+        let url = format!("http://{}:{node_port}/", m.hosts.hosts[h].ip);
+        assert_eq!(
+            answers_from(&m, (h + 1) % 3, &url),
+            on_h,
+            "NodePort of host {}",
+            h + 1
+        );
+    }
+
     // A Wasm guest on host 1 calls, by name, a Service whose only endpoint
     // is a container on host 3.
     assert_eq!(

@@ -359,11 +359,14 @@ pub async fn start(client: kube::Client, cfg: AgentConfig) -> Result<AgentHandle
     let (stop, stopped) = signal::channel(false);
     let local = Arc::new(LocalHandlers::default());
     let proxy = Proxy::new(local.clone());
-    tokio::spawn(
-        proxy
-            .clone()
-            .run(client.clone(), cfg.node_ip(), stopped.clone()),
-    );
+    tokio::spawn(proxy.clone().run(
+        client.clone(),
+        crate::proxy::table::ThisNode {
+            ip: cfg.node_ip(),
+            name: cfg.name.clone(),
+        },
+        stopped.clone(),
+    ));
     tokio::spawn(server::serve(
         listener,
         ServerState {

@@ -122,7 +122,7 @@ impl Proxy {
     pub async fn run(
         self: Arc<Self>,
         client: kube::Client,
-        node_ip: IpAddr,
+        node: table::ThisNode,
         mut stop: tokio::sync::watch::Receiver<bool>,
     ) {
         let (services, svc_writer) = reflector::store::<Service>();
@@ -154,7 +154,7 @@ impl Proxy {
             let table = table::build(
                 &services.state(),
                 &slices.state(),
-                node_ip,
+                &node,
                 &mut balancers,
                 &self.metrics,
             );

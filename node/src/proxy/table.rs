@@ -95,7 +95,7 @@ fn mode_for(app_protocol: Option<&str>) -> Mode {
 pub fn build(
     services: &[Arc<Service>],
     slices: &[Arc<EndpointSlice>],
-    node_ip: IpAddr,
+    node: &ThisNode,
     balancers: &mut HashMap<Arc<str>, Arc<Balancer>>,
     metrics: &ProxyMetrics,
 ) -> Table {
@@ -143,6 +143,7 @@ pub fn build(
             table.dns = cluster_ip.map(|ip| SocketAddr::from((ip, 53)));
         }
         let (policy, affinity) = balancing(svc);
+        let traffic = Traffic::of(spec);
         for p in spec.ports.iter().flatten() {
             let protocol = p.protocol.clone().unwrap_or_else(|| "TCP".into());
             let port_name = p.name.clone().unwrap_or_default();
@@ -153,29 +154,30 @@ pub fn build(
             if protocol != "TCP" {
                 continue;
             }
-            let mut endpoints = port_endpoints(&svc_slices, &port_name);
-            endpoints.sort();
-            endpoints.dedup();
+            let all = port_endpoints(&svc_slices, &port_name, &node.name);
+            let mut route_for = |key: Arc<str>, endpoints: Vec<SocketAddr>| {
+                let balancer = balancers.get(&key).cloned().unwrap_or_default();
+                // Forget the counters and ejections of endpoints that left.
+                balancer.retain(&endpoints);
+                used.insert(key.clone(), balancer.clone());
+                let stats = endpoints
+                    .iter()
+                    .map(|e| (*e, metrics.endpoint(&key, Some(*e))))
+                    .collect();
+                let unrouted = metrics.endpoint(&key, None);
+                Arc::new(PortRoute {
+                    stats,
+                    unrouted,
+                    service: key,
+                    mode: mode_for(p.app_protocol.as_deref()),
+                    endpoints,
+                    policy,
+                    affinity,
+                    balancer,
+                })
+            };
             let key: Arc<str> = format!("{ns}/{name}:{port}").into();
-            let balancer = balancers.get(&key).cloned().unwrap_or_default();
-            // Forget the counters and ejections of endpoints that left.
-            balancer.retain(&endpoints);
-            used.insert(key.clone(), balancer.clone());
-            let stats = endpoints
-                .iter()
-                .map(|e| (*e, metrics.endpoint(&key, Some(*e))))
-                .collect();
-            let unrouted = metrics.endpoint(&key, None);
-            let route = Arc::new(PortRoute {
-                stats,
-                unrouted,
-                service: key,
-                mode: mode_for(p.app_protocol.as_deref()),
-                endpoints,
-                policy,
-                affinity,
-                balancer,
-            });
+            let route = route_for(key.clone(), traffic.internal(&all));
             entry.routes.insert(port, route.clone());
             if (ns, name) == DNS_SERVICE {
                 continue;
@@ -186,9 +188,17 @@ pub fn build(
                     .insert(SocketAddr::from((ip, port)), route.clone());
             }
             if let Some(np) = p.node_port.filter(|n| *n > 0) {
+                // A NodePort sees the external policy: its own route (and
+                // balancer) when that picks other endpoints.
+                let external = traffic.external(&all);
+                let route = if external == route.endpoints {
+                    route
+                } else {
+                    route_for(format!("{key}/external").into(), external)
+                };
                 table
                     .listeners
-                    .insert(SocketAddr::new(node_ip, np as u16), route);
+                    .insert(SocketAddr::new(node.ip, np as u16), route);
             }
         }
         if let Some(ip) = cluster_ip {
@@ -234,10 +244,25 @@ fn balancing(svc: &Service) -> (Policy, Option<Duration>) {
     (policy, affinity)
 }
 
-/// The ready endpoints of the slice port named `port_name`: the slice port
-/// of the same name carries the resolved target port.
-fn port_endpoints(slices: &[&EndpointSlice], port_name: &str) -> Vec<SocketAddr> {
-    slices
+/// The node this proxy runs on: NodePorts listen on its IP, and its name
+/// tells its own endpoints (EndpointSlice `nodeName`) from others'.
+#[derive(Debug, Clone)]
+pub struct ThisNode {
+    pub ip: IpAddr,
+    pub name: String,
+}
+
+/// A ready endpoint, and whether it runs on this node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct Endpoint {
+    addr: SocketAddr,
+    local: bool,
+}
+
+/// The ready endpoints of the slice port named `port_name` (the slice port
+/// of the same name carries the resolved target port), sorted, unique.
+fn port_endpoints(slices: &[&EndpointSlice], port_name: &str, node: &str) -> Vec<Endpoint> {
+    let mut all: Vec<Endpoint> = slices
         .iter()
         .flat_map(|s| {
             let target = s
@@ -246,13 +271,64 @@ fn port_endpoints(slices: &[&EndpointSlice], port_name: &str) -> Vec<SocketAddr>
                 .flatten()
                 .find(|sp| sp.name.as_deref().unwrap_or("") == port_name)
                 .and_then(|sp| sp.port);
-            s.endpoints
-                .iter()
-                .filter(|e| ready(e))
-                .flat_map(|e| e.addresses.iter())
-                .filter_map(move |a| Some(SocketAddr::new(a.parse().ok()?, target? as u16)))
+            s.endpoints.iter().filter(|e| ready(e)).flat_map(move |e| {
+                let local = e.node_name.as_deref() == Some(node);
+                e.addresses.iter().filter_map(move |a| {
+                    Some(Endpoint {
+                        addr: SocketAddr::new(a.parse().ok()?, target? as u16),
+                        local,
+                    })
+                })
+            })
         })
-        .collect()
+        .collect();
+    all.sort();
+    all.dedup_by_key(|e| e.addr);
+    all
+}
+
+/// A Service's traffic policies, as kube-proxy reads them.
+#[derive(Debug, Clone, Copy, Default)]
+struct Traffic {
+    /// `internalTrafficPolicy: Local`: cluster traffic only to this node's
+    /// endpoints, none if it has none (kube-proxy drops; we answer 503).
+    internal_local: bool,
+    /// `trafficDistribution: PreferClose` (or `PreferSameNode`): this node's
+    /// endpoints when it has any, else all. Weft has no zones, so the node
+    /// is the closest there is.
+    prefer_close: bool,
+    /// `externalTrafficPolicy: Local`: NodePort traffic only to this node's
+    /// endpoints (no second hop).
+    external_local: bool,
+}
+
+impl Traffic {
+    fn of(spec: &weft_api::k8s_openapi::api::core::v1::ServiceSpec) -> Traffic {
+        Traffic {
+            internal_local: spec.internal_traffic_policy.as_deref() == Some("Local"),
+            prefer_close: matches!(
+                spec.traffic_distribution.as_deref(),
+                Some("PreferClose" | "PreferSameNode")
+            ),
+            external_local: spec.external_traffic_policy.as_deref() == Some("Local"),
+        }
+    }
+
+    fn internal(&self, all: &[Endpoint]) -> Vec<SocketAddr> {
+        let local = all.iter().filter(|e| e.local);
+        if self.internal_local || (self.prefer_close && all.iter().any(|e| e.local)) {
+            local.map(|e| e.addr).collect()
+        } else {
+            all.iter().map(|e| e.addr).collect()
+        }
+    }
+
+    fn external(&self, all: &[Endpoint]) -> Vec<SocketAddr> {
+        all.iter()
+            .filter(|e| e.local || !self.external_local)
+            .map(|e| e.addr)
+            .collect()
+    }
 }
 
 #[cfg(test)]
@@ -299,13 +375,11 @@ mod tests {
         ];
         let mut balancers = HashMap::new();
         let m = ProxyMetrics::default();
-        let t = build(
-            &services,
-            &slices,
-            "127.0.0.1".parse().unwrap(),
-            &mut balancers,
-            &m,
-        );
+        let node = ThisNode {
+            ip: "127.0.0.1".parse().unwrap(),
+            name: "n1".into(),
+        };
+        let t = build(&services, &slices, &node, &mut balancers, &m);
         let web = &t.listeners[&"127.96.0.20:80".parse().unwrap()];
         assert_eq!(
             web.endpoints,
@@ -338,17 +412,79 @@ mod tests {
         assert_eq!(t.dns, Some("127.96.0.10:53".parse().unwrap()));
         assert_eq!(t.by_ip[&Ipv4Addr::new(127, 96, 0, 20)].1, "web");
         // A rebuild keeps each port's balancer; a removed Service's goes.
-        let again = build(
-            &services[..1],
-            &slices,
-            "127.0.0.1".parse().unwrap(),
-            &mut balancers,
-            &m,
-        );
+        let again = build(&services[..1], &slices, &node, &mut balancers, &m);
         assert!(Arc::ptr_eq(
             &web.balancer,
             &again.listeners[&"127.96.0.20:80".parse().unwrap()].balancer
         ));
         assert_eq!(balancers.len(), 2);
+    }
+
+    #[test]
+    fn traffic_policies_pick_this_nodes_endpoints() {
+        let svc_with = |name: &str, spec: serde_json::Value| {
+            let mut spec = spec;
+            spec["type"] = json!("NodePort");
+            spec["ports"] = json!([{"port": 80, "nodePort": 30000 + name.len()}]);
+            spec["clusterIP"] = json!(format!("10.96.0.{}", name.len()));
+            svc(json!({"metadata": {"namespace": "default", "name": name}, "spec": spec}))
+        };
+        let services = [
+            svc_with("a", json!({})),
+            svc_with("bb", json!({"internalTrafficPolicy": "Local"})),
+            svc_with("ccc", json!({"trafficDistribution": "PreferClose"})),
+            svc_with("dddd", json!({"externalTrafficPolicy": "Local"})),
+            svc_with("eeeee", json!({"trafficDistribution": "PreferClose"})),
+        ];
+        // Every Service has one endpoint here (n1) and one elsewhere (n2);
+        // "eeeee" on n2 only, to show PreferClose falling back.
+        let slices: Vec<_> = ["a", "bb", "ccc", "dddd", "eeeee"]
+            .iter()
+            .map(|name| {
+                let here = if *name == "eeeee" { "n2" } else { "n1" };
+                slice(
+                    json!({"metadata": {"namespace": "default", "name": format!("{name}-1"),
+                    "labels": {SERVICE_NAME_LABEL: name}}, "addressType": "IPv4",
+                    "ports": [{"name": "", "port": 8080}],
+                    "endpoints": [{"addresses": ["10.244.0.5"], "nodeName": here},
+                                  {"addresses": ["10.244.1.5"], "nodeName": "n2"}]}),
+                )
+            })
+            .collect();
+        let node = ThisNode {
+            ip: "10.0.0.1".parse().unwrap(),
+            name: "n1".into(),
+        };
+        let t = build(
+            &services,
+            &slices,
+            &node,
+            &mut HashMap::new(),
+            &ProxyMetrics::default(),
+        );
+        let at = |addr: &str| -> Vec<String> {
+            t.listeners[&addr.parse().unwrap()]
+                .endpoints
+                .iter()
+                .map(|e| e.ip().to_string())
+                .collect()
+        };
+        let (here, both) = (vec!["10.244.0.5"], vec!["10.244.0.5", "10.244.1.5"]);
+        assert_eq!(at("10.96.0.1:80"), both, "Cluster: every endpoint");
+        assert_eq!(at("10.0.0.1:30001"), both);
+        assert_eq!(at("10.96.0.2:80"), here, "internal Local: this node's");
+        assert_eq!(
+            at("10.0.0.1:30002"),
+            both,
+            "NodePorts follow the external policy"
+        );
+        assert_eq!(at("10.96.0.3:80"), here, "PreferClose: this node's first");
+        assert_eq!(
+            at("10.96.0.5:80"),
+            both,
+            "PreferClose without local endpoints: all"
+        );
+        assert_eq!(at("10.96.0.4:80"), both);
+        assert_eq!(at("10.0.0.1:30004"), here, "external Local: this node's");
     }
 }
