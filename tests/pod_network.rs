@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use common::hosts::Members;
 use common::routed::*;
+use serde_json::Value;
 
 #[test]
 fn routed_nodes_get_disjoint_blocks_and_reach_each_others_by_host_gw_routes() {
@@ -175,9 +176,36 @@ fn sections(log: &str) -> BTreeMap<String, String> {
 
 #[test]
 fn wasm_and_container_pods_on_three_hosts_reach_each_other_services_and_dns() {
+    pods_services_and_dns_across_hosts("host-gw");
+}
+
+#[test]
+fn the_same_over_the_vxlan_backend() {
+    pods_services_and_dns_across_hosts("vxlan");
+}
+
+/// Every pod-to-pod, Service and DNS check on three hosts, with the given
+/// `--backend`.
+fn pods_services_and_dns_across_hosts(backend: &str) {
     let containerd = common::containers::Containerd::start();
     let socket = containerd.socket.to_str().unwrap().to_string();
-    let (mut m, agents, blocks) = routed_cluster(&["--containerd-socket", &socket]);
+    let (mut m, agents, blocks) =
+        routed_cluster(&["--containerd-socket", &socket, "--backend", backend]);
+    if backend == "vxlan" {
+        // Peers' blocks go through the overlay device, not via their hosts.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        for (name, block) in blocks.iter().filter(|(n, _)| *n != "node-1") {
+            let want = format!("{block} via {} dev weft.vxlan", parse(block).network());
+            while !route_show(&m, 0).contains(&want) {
+                assert!(
+                    Instant::now() < deadline,
+                    "host 1 routes {name}'s {block} over VXLAN:\n{}",
+                    route_show(&m, 0)
+                );
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+    }
     let _namespaces = PodNamespaces;
     let dir = tempfile::tempdir().unwrap();
     registries(
@@ -461,6 +489,28 @@ echo "==inside"; try {inside_ip} 9001
         );
     }
 
+    if backend == "vxlan" {
+        // The checks above crossed hosts encapsulated.
+        let out = m
+            .hosts
+            .command(0, "ip")
+            .args(["-j", "-s", "link", "show", "dev", "weft.vxlan"])
+            .output()
+            .unwrap();
+        let link: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let sent = link[0]["stats64"]["tx"]["packets"].as_u64().unwrap_or(0);
+        assert!(sent > 100, "host 1's weft.vxlan sent {sent} packets");
+        // Containers' links leave room for the overlay's headers.
+        let out = m
+            .hosts
+            .command(0, "ip")
+            .args(["-j", "link", "show", "dev", "weft0"])
+            .output()
+            .unwrap();
+        let bridge: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(bridge[0]["mtu"], 1450, "host 1's container bridge");
+    }
+
     // The NAT rule is the agent's own table, gone with a clean stop.
     let nat = |m: &Members| {
         m.hosts
@@ -479,6 +529,17 @@ echo "==inside"; try {inside_ip} 9001
         assert!(Instant::now() < deadline, "agent 1 removed its NAT table");
         std::thread::sleep(Duration::from_millis(200));
     }
+    // The overlay device goes too (with its routes and entries).
+    let device = m
+        .hosts
+        .command(0, "ip")
+        .args(["link", "show", "dev", "weft.vxlan"])
+        .output()
+        .unwrap();
+    assert!(
+        !device.status.success(),
+        "host 1 has no weft.vxlan after the stop"
+    );
 }
 
 #[test]

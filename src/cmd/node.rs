@@ -37,6 +37,12 @@ pub struct Args {
     /// DNS) to the host and to pods (a non-loopback range).
     #[arg(long)]
     pub service_cidr: Option<ipnet::Ipv4Net>,
+    /// With `--pod-network routed`: how packets reach other nodes' pods.
+    /// `host-gw` routes via the peer's InternalIP (one L2 segment);
+    /// `vxlan` tunnels over UDP 8472 (any IP network); `auto` picks
+    /// host-gw for peers on this host's subnets, VXLAN for the rest.
+    #[arg(long, value_enum, default_value_t = Backend::HostGw)]
+    pub backend: Backend,
     /// With `--pod-network routed`: the control plane's --cluster-cidr
     /// (kube-proxy's name). Container pods' traffic to anything outside it
     /// is masqueraded behind this host's address.
@@ -44,6 +50,13 @@ pub struct Args {
     pub cluster_cidr: Option<ipnet::Ipv4Net>,
     #[command(flatten)]
     pub status: StatusArgs,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    HostGw,
+    Vxlan,
+    Auto,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, PartialEq, Eq)]
@@ -206,6 +219,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let mut cfg = AgentConfig::new(args.name, args.data_dir);
     cfg.service_cidr = args.service_cidr;
     cfg.cluster_cidr = args.cluster_cidr.map(|c| c.trunc());
+    cfg.backend = match args.backend {
+        Backend::HostGw => weft_node::podnet::Backend::HostGw,
+        Backend::Vxlan => weft_node::podnet::Backend::Vxlan,
+        Backend::Auto => weft_node::podnet::Backend::Auto,
+    };
     cfg.pod_cidr = match args.pod_network {
         PodNetwork::Loopback => args.pod_cidr,
         // Empty: the agent takes the Node's allocated podCIDR.

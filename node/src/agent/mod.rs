@@ -143,6 +143,8 @@ pub struct AgentConfig {
     pub node_ip: Option<std::net::IpAddr>,
     /// The Node's ExternalIP, when it has one (k3s's `--node-external-ip`).
     pub external_ip: Option<std::net::IpAddr>,
+    /// How a routed node reaches its peers' blocks.
+    pub backend: podnet::Backend,
     /// The cluster's pod range (kube-proxy's `--cluster-cidr`): a routed
     /// node masquerades what its containers send outside it.
     pub cluster_cidr: Option<ipnet::Ipv4Net>,
@@ -200,6 +202,7 @@ impl AgentConfig {
             pod_manifest_path: None,
             containerd: None,
             cluster_cidr: None,
+            backend: podnet::Backend::HostGw,
             max_pods: 10_000,
             external_ip: None,
             max_parallel_starts: 64,
@@ -259,6 +262,9 @@ impl AgentHandle {
                 if let Err(e) = routed.net.remove_local(*local).await {
                     tracing::warn!("{e}");
                 }
+            }
+            if let Err(e) = routed.net.vxlan_down().await {
+                tracing::warn!("{e}");
             }
             if routed.masquerading
                 && let Err(e) = podnet::unmasquerade().await
@@ -322,10 +328,22 @@ pub async fn start(client: kube::Client, cfg: AgentConfig) -> Result<AgentHandle
             .pod_cidr
             .parse()
             .map_err(|_| AgentError::PodCidr(cfg.pod_cidr.clone()))?;
-        let net = PodNet::connect().await?;
+        let mut net = PodNet::connect().await?;
+        if cfg.backend != podnet::Backend::HostGw {
+            let std::net::IpAddr::V4(node_ip) = cfg.node_ip() else {
+                return Err(AgentError::PodCidr(format!(
+                    "{}: VXLAN needs an IPv4 --node-ip",
+                    cfg.node_ip()
+                )));
+            };
+            let mac = net.vxlan_up(node_ip, block, cfg.backend).await?;
+            node::publish_vtep_mac(&client, &cfg.name, &mac).await?;
+        }
         let (containers, wasm) = podnet::split_block(block, containerd.is_some());
         if let (Some(c), Some(half)) = (containerd.as_mut(), containers) {
-            c.set_pod_cidr(&half.to_string());
+            // Under an overlay, pods' links leave room for its headers.
+            let mtu = (cfg.backend != podnet::Backend::HostGw).then_some(podnet::vxlan::MTU);
+            c.set_pod_network(&half.to_string(), mtu);
             podnet::enable_forwarding().map_err(AgentError::Forwarding)?;
             match cfg.cluster_cidr {
                 Some(cluster) => {

@@ -89,6 +89,21 @@ fn node_status(cfg: &AgentConfig, containerd: Option<&str>) -> Value {
                      "machineID": "", "systemUUID": "", "bootID": ""}}})
 }
 
+/// Puts this node's VXLAN device MAC on its Node, for its peers' entries.
+pub(super) async fn publish_vtep_mac(
+    client: &kube::Client,
+    name: &str,
+    mac: &[u8; 6],
+) -> Result<(), AgentError> {
+    let annotation = crate::podnet::vxlan::MAC_ANNOTATION;
+    let patch =
+        json!({"metadata": {"annotations": {annotation: crate::podnet::vxlan::format_mac(mac)}}});
+    Api::<Node>::all(client.clone())
+        .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
+    Ok(())
+}
+
 /// `status.addresses` in kubelet's order: InternalIP, ExternalIP (only
 /// when given), Hostname.
 fn addresses(cfg: &AgentConfig) -> Value {

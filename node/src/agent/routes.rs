@@ -29,6 +29,12 @@ fn wanted(me: &str, nodes: &[std::sync::Arc<Node>]) -> PeerRoutes {
                 .and_then(|s| s.addresses.as_ref())
                 .and_then(|a| a.iter().find(|a| a.type_ == "InternalIP"))
                 .map(|a| a.address.as_str()),
+            vtep_mac: n
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(crate::podnet::vxlan::MAC_ANNOTATION))
+                .map(String::as_str),
         }),
     )
 }

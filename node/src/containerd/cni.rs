@@ -71,9 +71,12 @@ impl Cni {
     }
 
     /// Moves new pods to `subnet` (a routed node learns its block only after
-    /// it registered).
-    pub fn set_subnet(&mut self, subnet: &str) {
+    /// it registered), with the bridge and their links at `mtu` if given.
+    pub fn set_subnet(&mut self, subnet: &str, mtu: Option<u32>) {
         self.conf["plugins"][0]["ipam"]["ranges"] = json!([[{"subnet": subnet}]]);
+        if let Some(mtu) = mtu {
+            self.conf["plugins"][0]["mtu"] = json!(mtu);
+        }
     }
 
     /// Whether the plugins this network needs are installed.
@@ -226,7 +229,8 @@ mod tests {
         assert_eq!(result_ip(&r), Some(Ipv4Addr::new(10, 88, 0, 5)));
         assert_eq!(result_ip(&json!({})), None);
         let mut cni = Cni::new("/p".into(), "weft0", "10.88.0.0/16", Path::new("/d"));
-        cni.set_subnet("10.244.1.0/25");
+        cni.set_subnet("10.244.1.0/25", Some(1450));
+        assert_eq!(cni.conf["plugins"][0]["mtu"], 1450);
         assert_eq!(
             cni.conf["plugins"][0]["ipam"]["ranges"][0][0]["subnet"],
             "10.244.1.0/25"

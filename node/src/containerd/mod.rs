@@ -152,9 +152,10 @@ impl ContainerdRuntime {
         })
     }
 
-    /// Container pods take their IPs from `subnet` from now on.
-    pub fn set_pod_cidr(&mut self, subnet: &str) {
-        self.cni.set_subnet(subnet);
+    /// Container pods take their IPs from `subnet` from now on, on links
+    /// of `mtu` bytes if given.
+    pub fn set_pod_network(&mut self, subnet: &str, mtu: Option<u32>) {
+        self.cni.set_subnet(subnet, mtu);
     }
 
     pub fn conn(&self) -> &Conn {

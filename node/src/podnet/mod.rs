@@ -10,6 +10,10 @@
 //!   as flannel's host-gw backend does: pod-to-pod traffic crosses hosts
 //!   unencapsulated and un-NATed, so the hosts must share an L2 segment.
 //!
+//! * **Or through a VXLAN overlay** ([`vxlan`]), for peers that share no
+//!   L2 segment: `--backend vxlan`, or `auto` per peer (host-gw when the
+//!   peer's InternalIP is on one of this host's subnets).
+//!
 //! Every route carries Weft's own protocol number ([`PROTO`]), so an agent
 //! finds the routes a killed predecessor left and corrects them, and never
 //! touches a route it did not make. Needs CAP_NET_ADMIN.
@@ -45,8 +49,28 @@ pub enum ConnectError {
     Netlink(#[from] PodNetError),
 }
 
-/// Peers' blocks and where they are: podCIDR → the peer's InternalIP.
-pub type PeerRoutes = BTreeMap<Ipv4Net, Ipv4Addr>;
+pub mod vxlan;
+
+/// A peer: its InternalIP, and its VXLAN device's MAC once it published one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Peer {
+    pub node_ip: Ipv4Addr,
+    pub vtep_mac: Option<[u8; 6]>,
+}
+
+/// Peers' blocks and who holds them.
+pub type PeerRoutes = BTreeMap<Ipv4Net, Peer>;
+
+/// How packets reach a peer's block (`weft node --backend`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// A route via the peer's InternalIP: one L2 segment, no encapsulation.
+    HostGw,
+    /// A VXLAN overlay between the nodes' InternalIPs.
+    Vxlan,
+    /// host-gw to peers on this host's subnets, VXLAN to the others.
+    Auto,
+}
 
 /// A netlink handle on this host's routing tables.
 #[derive(Clone)]
@@ -54,6 +78,16 @@ pub struct PodNet {
     handle: rtnetlink::Handle,
     /// The loopback interface's index.
     lo: u32,
+    /// The overlay, when the backend may use it.
+    vxlan: Option<vxlan::Vxlan>,
+}
+
+/// One peer route as the kernel holds it: the next hop, and the VXLAN
+/// device's index when it goes through the overlay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Hop {
+    via: Ipv4Addr,
+    overlay: Option<u32>,
 }
 
 fn failed(what: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> PodNetError {
@@ -75,7 +109,11 @@ impl PodNet {
             .map_err(failed("finding the loopback interface"))?
             .map(|l| l.header.index)
             .unwrap_or(1);
-        Ok(PodNet { handle, lo })
+        Ok(PodNet {
+            handle,
+            lo,
+            vxlan: None,
+        })
     }
 
     fn local_route(&self, block: Ipv4Net) -> RouteMessage {
@@ -112,7 +150,7 @@ impl PodNet {
     }
 
     /// The peer routes Weft has in the main table now.
-    pub async fn peer_routes(&self) -> Result<PeerRoutes, PodNetError> {
+    async fn hops(&self) -> Result<BTreeMap<Ipv4Net, Hop>, PodNetError> {
         let dump = RouteMessageBuilder::<Ipv4Addr>::new().build();
         let routes: Vec<RouteMessage> = self
             .handle
@@ -122,6 +160,7 @@ impl PodNet {
             .try_collect()
             .await
             .map_err(failed("listing routes"))?;
+        let overlay = self.vxlan.as_ref().map(|v| v.index);
         Ok(routes
             .iter()
             .filter(|r| {
@@ -131,55 +170,92 @@ impl PodNet {
             .filter_map(|r| {
                 let mut dst = None;
                 let mut via = None;
+                let mut oif = None;
                 for a in &r.attributes {
                     match a {
                         RouteAttribute::Destination(RouteAddress::Inet(d)) => dst = Some(*d),
                         RouteAttribute::Gateway(RouteAddress::Inet(g)) => via = Some(*g),
+                        RouteAttribute::Oif(i) => oif = Some(*i),
                         _ => {}
                     }
                 }
                 let block = Ipv4Net::new(dst?, r.header.destination_prefix_length).ok()?;
-                Some((block, via?))
+                let overlay = oif.filter(|i| Some(*i) == overlay);
+                Some((block, Hop { via: via?, overlay }))
             })
             .collect())
     }
 
+    /// How this node reaches `peer`'s `block`; None until a VXLAN peer has
+    /// published its device's MAC.
+    fn hop(&self, block: Ipv4Net, peer: &Peer) -> Option<Hop> {
+        let direct = Hop {
+            via: peer.node_ip,
+            overlay: None,
+        };
+        let Some(v) = &self.vxlan else {
+            return Some(direct);
+        };
+        if v.backend == Backend::Auto && v.on_link(peer.node_ip) {
+            return Some(direct);
+        }
+        peer.vtep_mac?;
+        Some(Hop {
+            via: block.network(),
+            overlay: Some(v.index),
+        })
+    }
+
     /// Makes Weft's peer routes exactly `want`: adds what is missing,
     /// moves what points elsewhere, removes what no Node holds any more.
+    /// Overlay peers get their neighbour and forwarding entries first.
     pub async fn sync_peer_routes(&self, want: &PeerRoutes) -> Result<(), PodNetError> {
-        let have = self.peer_routes().await?;
-        for (block, via) in &have {
-            if want.get(block) != Some(via) {
-                let route = peer_route(*block, *via);
+        let have = self.hops().await?;
+        let hops: BTreeMap<Ipv4Net, Hop> = want
+            .iter()
+            .filter_map(|(block, peer)| Some((*block, self.hop(*block, peer)?)))
+            .collect();
+        for (block, hop) in &have {
+            if hops.get(block) != Some(hop) {
                 self.handle
                     .route()
-                    .del(route)
+                    .del(peer_route(*block, *hop))
                     .execute()
                     .await
                     .map_err(failed(format!("removing the route to {block}")))?;
             }
         }
-        for (block, via) in want {
-            if have.get(block) != Some(via) {
+        for (block, hop) in &hops {
+            if let (Some(v), Some(mac)) = (&self.vxlan, want[block].vtep_mac)
+                && hop.overlay.is_some()
+            {
+                v.add_peer(&self.handle, hop.via, mac, want[block].node_ip)
+                    .await?;
+            }
+            if have.get(block) != Some(hop) {
                 self.handle
                     .route()
-                    .add(peer_route(*block, *via))
+                    .add(peer_route(*block, *hop))
                     .replace()
                     .execute()
                     .await
-                    .map_err(failed(format!("routing {block} via {via}")))?;
+                    .map_err(failed(format!("routing {block} via {}", hop.via)))?;
             }
         }
         Ok(())
     }
 }
 
-fn peer_route(block: Ipv4Net, via: Ipv4Addr) -> RouteMessage {
-    RouteMessageBuilder::<Ipv4Addr>::new()
+fn peer_route(block: Ipv4Net, hop: Hop) -> RouteMessage {
+    let route = RouteMessageBuilder::<Ipv4Addr>::new()
         .destination_prefix(block.network(), block.prefix_len())
-        .gateway(via)
-        .protocol(RouteProtocol::Other(PROTO))
-        .build()
+        .gateway(hop.via)
+        .protocol(RouteProtocol::Other(PROTO));
+    match hop.overlay {
+        // The peer's device address is on no subnet of ours: `onlink`.
+        Some(dev) => route.output_interface(dev).onlink().build(),
+        None => route.build(),
+    }
 }
 
 /// How a routed node shares its podCIDR between runtimes: with containers,
@@ -268,11 +344,13 @@ async fn nft(script: &str) -> Result<(), NatError> {
     }
 }
 
-/// What every Node says about itself: its name, podCIDR and InternalIP.
+/// What every Node says about itself: its name, podCIDR, InternalIP and
+/// VXLAN device MAC ([`vxlan::MAC_ANNOTATION`]).
 pub struct NodeAddress<'a> {
     pub name: &'a str,
     pub pod_cidr: Option<&'a str>,
     pub internal_ip: Option<&'a str>,
+    pub vtep_mac: Option<&'a str>,
 }
 
 /// The routes this node (`me`) wants: every other Node's block via its
@@ -283,8 +361,9 @@ pub fn wanted_routes<'a>(me: &str, nodes: impl IntoIterator<Item = NodeAddress<'
         .filter(|n| n.name != me)
         .filter_map(|n| {
             let block: Ipv4Net = n.pod_cidr?.parse().ok()?;
-            let via: Ipv4Addr = n.internal_ip?.parse().ok()?;
-            Some((block.trunc(), via))
+            let node_ip: Ipv4Addr = n.internal_ip?.parse().ok()?;
+            let vtep_mac = n.vtep_mac.and_then(vxlan::parse_mac);
+            Some((block.trunc(), Peer { node_ip, vtep_mac }))
         })
         .collect()
 }
@@ -315,27 +394,37 @@ mod tests {
                 name: "a",
                 pod_cidr: Some("10.244.0.0/24"),
                 internal_ip: Some("10.0.0.1"),
+                vtep_mac: None,
             },
             NodeAddress {
                 name: "b",
                 pod_cidr: Some("10.244.1.0/24"),
                 internal_ip: Some("10.0.0.2"),
+                vtep_mac: Some("0a:00:00:00:00:02"),
             },
             NodeAddress {
                 name: "c",
                 pod_cidr: None,
                 internal_ip: Some("10.0.0.3"),
+                vtep_mac: None,
             },
             NodeAddress {
                 name: "d",
                 pod_cidr: Some("10.244.3.0/24"),
                 internal_ip: Some("not-an-ip"),
+                vtep_mac: None,
             },
         ];
         let want = wanted_routes("a", nodes);
         assert_eq!(
             want,
-            PeerRoutes::from([("10.244.1.0/24".parse().unwrap(), Ipv4Addr::new(10, 0, 0, 2))])
+            PeerRoutes::from([(
+                "10.244.1.0/24".parse().unwrap(),
+                Peer {
+                    node_ip: Ipv4Addr::new(10, 0, 0, 2),
+                    vtep_mac: Some([10, 0, 0, 0, 0, 2])
+                }
+            )])
         );
     }
 }
