@@ -186,26 +186,6 @@ impl PodNet {
             .collect())
     }
 
-    /// How this node reaches `peer`'s `block`; None until a VXLAN peer has
-    /// published its device's MAC.
-    fn hop(&self, block: Ipv4Net, peer: &Peer) -> Option<Hop> {
-        let direct = Hop {
-            via: peer.node_ip,
-            overlay: None,
-        };
-        let Some(v) = &self.vxlan else {
-            return Some(direct);
-        };
-        if v.backend == Backend::Auto && v.on_link(peer.node_ip) {
-            return Some(direct);
-        }
-        peer.vtep_mac?;
-        Some(Hop {
-            via: block.network(),
-            overlay: Some(v.index),
-        })
-    }
-
     /// Makes Weft's peer routes exactly `want`: adds what is missing,
     /// moves what points elsewhere, removes what no Node holds any more.
     /// Overlay peers get their neighbour and forwarding entries first.
@@ -213,7 +193,7 @@ impl PodNet {
         let have = self.hops().await?;
         let hops: BTreeMap<Ipv4Net, Hop> = want
             .iter()
-            .filter_map(|(block, peer)| Some((*block, self.hop(*block, peer)?)))
+            .filter_map(|(block, peer)| Some((*block, hop(self.vxlan.as_ref(), *block, peer)?)))
             .collect();
         for (block, hop) in &have {
             if hops.get(block) != Some(hop) {
@@ -244,6 +224,26 @@ impl PodNet {
         }
         Ok(())
     }
+}
+
+/// How this node reaches `peer`'s `block`; None until a VXLAN peer has
+/// published its device's MAC.
+fn hop(vxlan: Option<&vxlan::Vxlan>, block: Ipv4Net, peer: &Peer) -> Option<Hop> {
+    let direct = Hop {
+        via: peer.node_ip,
+        overlay: None,
+    };
+    let Some(v) = vxlan else {
+        return Some(direct);
+    };
+    if v.backend == Backend::Auto && v.on_link(peer.node_ip) {
+        return Some(direct);
+    }
+    peer.vtep_mac?;
+    Some(Hop {
+        via: block.network(),
+        overlay: Some(v.index),
+    })
 }
 
 fn peer_route(block: Ipv4Net, hop: Hop) -> RouteMessage {
@@ -371,6 +371,54 @@ pub fn wanted_routes<'a>(me: &str, nodes: impl IntoIterator<Item = NodeAddress<'
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn backends_pick_a_hop_per_peer() {
+        let block: Ipv4Net = "10.244.2.0/24".parse().unwrap();
+        let near = Peer {
+            node_ip: Ipv4Addr::new(10, 0, 0, 2),
+            vtep_mac: Some([2; 6]),
+        };
+        let far = Peer {
+            node_ip: Ipv4Addr::new(192, 168, 9, 2),
+            ..near
+        };
+        let direct = |p: &Peer| {
+            Some(Hop {
+                via: p.node_ip,
+                overlay: None,
+            })
+        };
+        let overlay = Some(Hop {
+            via: Ipv4Addr::new(10, 244, 2, 0),
+            overlay: Some(7),
+        });
+        let dev = |backend| vxlan::Vxlan {
+            index: 7,
+            mac: [1; 6],
+            backend,
+            subnets: vec!["10.0.0.0/24".parse().unwrap()],
+        };
+        assert_eq!(hop(None, block, &far), direct(&far), "host-gw");
+        let v = dev(Backend::Vxlan);
+        assert_eq!(hop(Some(&v), block, &near), overlay, "vxlan");
+        let a = dev(Backend::Auto);
+        assert_eq!(
+            hop(Some(&a), block, &near),
+            direct(&near),
+            "auto, same subnet"
+        );
+        assert_eq!(hop(Some(&a), block, &far), overlay, "auto, elsewhere");
+        let unpublished = Peer {
+            vtep_mac: None,
+            ..far
+        };
+        assert_eq!(
+            hop(Some(&a), block, &unpublished),
+            None,
+            "no MAC yet: no route"
+        );
+    }
 
     #[test]
     fn a_block_is_halved_only_for_nodes_with_containers() {

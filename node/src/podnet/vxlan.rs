@@ -39,7 +39,7 @@ pub struct Vxlan {
     pub mac: [u8; 6],
     pub backend: Backend,
     /// This host's own subnets (for `auto`: peers on them go host-gw).
-    subnets: Vec<Ipv4Net>,
+    pub(super) subnets: Vec<Ipv4Net>,
 }
 
 impl Vxlan {
