@@ -72,20 +72,8 @@ fn run(backend: &str, n: &Counts) {
         );
     }
     let pod_ip = |h: usize| ready(&m, &format!("hello-{h}")).0;
-    let cluster_ip = |h: usize| {
-        m.kubectl_ok(
-            0,
-            &[
-                "get",
-                "service",
-                &format!("on-{h}"),
-                "-o",
-                "jsonpath={.spec.clusterIP}",
-            ],
-        )
-    };
     let (pod1, pod2) = (pod_ip(1), pod_ip(2));
-    let (svc1, svc2) = (cluster_ip(1), cluster_ip(2));
+    let (svc1, svc2) = (cluster_ip(&m, "on-1"), cluster_ip(&m, "on-2"));
     let token = std::fs::read_to_string(m.dirs[0].join("tokens/admin")).unwrap();
     let ca = std::fs::read(m.dirs[0].join("pki/ca.crt")).unwrap();
     let api = m.url(0);

@@ -130,16 +130,7 @@ fn a_host_cut_off_has_its_pods_replaced_and_its_service_keeps_answering() {
         Duration::from_secs(60),
         &|| serving(&m) == ["node-1", "node-2", "node-3"],
     );
-    let cluster_ip = m.kubectl_ok(
-        0,
-        &[
-            "get",
-            "service",
-            "hello",
-            "-o",
-            "jsonpath={.spec.clusterIP}",
-        ],
-    );
+    let cluster_ip = cluster_ip(&m, "hello");
     let url = format!("http://{cluster_ip}/");
     assert!(
         http_from(&m, 0, &url).starts_with("Hello from hello-"),

@@ -300,16 +300,7 @@ spec:
         &["apply", "-f", "-"],
         "apiVersion: v1\nkind: Service\nmetadata: {name: hello}\nspec:\n  selector: {tier: both}\n  ports: [{port: 80, targetPort: 8080}]\n---\napiVersion: v1\nkind: Service\nmetadata: {name: edge}\nspec:\n  selector: {app: web, host: \"3\"}\n  ports: [{port: 80, targetPort: 8080}]\n",
     );
-    let cluster_ip = m.kubectl_ok(
-        0,
-        &[
-            "get",
-            "service",
-            "hello",
-            "-o",
-            "jsonpath={.spec.clusterIP}",
-        ],
-    );
+    let cluster_ip = cluster_ip(&m, "hello");
     assert!(
         overlap(parse(&format!("{cluster_ip}/32")), parse(SERVICE_CIDR)),
         "ClusterIP {cluster_ip} from {SERVICE_CIDR}"

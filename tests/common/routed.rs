@@ -237,6 +237,14 @@ pub fn registries(m: &mut Members, dir: &std::path::Path, hello: &[u8], fetch: &
     }
 }
 
+/// Service `name`'s ClusterIP (namespace default).
+pub fn cluster_ip(m: &Members, name: &str) -> String {
+    m.kubectl_ok(
+        0,
+        &["get", "service", name, "-o", "jsonpath={.spec.clusterIP}"],
+    )
+}
+
 /// Waits until pod `name` is Ready; returns its podIP and hostIP.
 pub fn ready(m: &Members, name: &str) -> (String, String) {
     let pod = format!("pod/{name}");
