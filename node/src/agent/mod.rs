@@ -37,7 +37,7 @@ use weft_wasm_host::{Host, HostConfig};
 use crate::artifacts::ArtifactStore;
 use crate::containerd::{ContainerdConfig, ContainerdRuntime};
 use crate::logs::{self, Live};
-use crate::podnet::{self, PodNet};
+use crate::podnet;
 use crate::proxy::{LocalHandlers, Proxy};
 use crate::runtime::Runtimes;
 use crate::server::{self, ServerState};
@@ -75,6 +75,8 @@ pub enum AgentError {
     PodNetConnect(#[from] crate::podnet::ConnectError),
     #[error(transparent)]
     Nat(#[from] crate::podnet::NatError),
+    #[error("the VXLAN backend needs an IPv4 node address, not {0}")]
+    VxlanNeedsIpv4(std::net::IpAddr),
     #[error("enabling IPv4 forwarding for container pods: {0}")]
     Forwarding(#[source] std::io::Error),
     #[error("the agent endpoint on {addr}: {source}")]
@@ -236,16 +238,7 @@ fn now_micro() -> String {
 pub struct AgentHandle {
     stop: signal::Sender<bool>,
     tasks: tokio::task::JoinSet<()>,
-    routed: Option<Routed>,
-}
-
-/// What a routed node changed on its host while it runs, undone on a clean
-/// stop: the blocks it made local (its Wasm block, and the Service range if
-/// it was given one) and its containers' NAT rule.
-struct Routed {
-    net: PodNet,
-    locals: Vec<ipnet::Ipv4Net>,
-    masquerading: bool,
+    routed: Option<routes::Routed>,
 }
 
 impl AgentHandle {
@@ -258,19 +251,7 @@ impl AgentHandle {
         }
         // The peer routes went with the routes task; the local block goes last.
         if let Some(routed) = &self.routed {
-            for local in &routed.locals {
-                if let Err(e) = routed.net.remove_local(*local).await {
-                    tracing::warn!("{e}");
-                }
-            }
-            if let Err(e) = routed.net.vxlan_down().await {
-                tracing::warn!("{e}");
-            }
-            if routed.masquerading
-                && let Err(e) = podnet::unmasquerade().await
-            {
-                tracing::warn!("{e}");
-            }
+            routed.tear_down().await;
         }
     }
 }
@@ -300,75 +281,11 @@ pub async fn start(client: kube::Client, cfg: AgentConfig) -> Result<AgentHandle
     {
         c.dns.server = node::cluster_dns(&client).await;
     }
-    let mut containerd = match &cfg.containerd {
-        Some(c) => match ContainerdRuntime::connect(
-            c,
-            cfg.name.clone(),
-            &cfg.data_dir,
-            live.clone(),
-            cfg.log_max_size,
-            exits_tx.clone(),
-        )
-        .await
-        {
-            Ok(r) => Some(r),
-            Err(e) => {
-                tracing::warn!("{e}: this node runs Wasm pods only");
-                None
-            }
-        },
-        None => None,
-    };
+    let mut containerd = connect_containerd(&cfg, live.clone(), exits_tx.clone()).await;
     let containerd_version = containerd.as_ref().map(|c| c.version.clone());
     node::register(&client, &cfg, containerd_version.as_deref()).await?;
-    let mut masquerading = false;
     let routed = if routed {
-        cfg.pod_cidr = node::allocated_pod_cidr(&client, &cfg.name, POD_CIDR_WAIT).await?;
-        let block: ipnet::Ipv4Net = cfg
-            .pod_cidr
-            .parse()
-            .map_err(|_| AgentError::PodCidr(cfg.pod_cidr.clone()))?;
-        let mut net = PodNet::connect().await?;
-        if cfg.backend != podnet::Backend::HostGw {
-            let std::net::IpAddr::V4(node_ip) = cfg.node_ip() else {
-                return Err(AgentError::PodCidr(format!(
-                    "{}: VXLAN needs an IPv4 --node-ip",
-                    cfg.node_ip()
-                )));
-            };
-            let mac = net.vxlan_up(node_ip, block, cfg.backend).await?;
-            node::publish_vtep_mac(&client, &cfg.name, &mac).await?;
-        }
-        let (containers, wasm) = podnet::split_block(block, containerd.is_some());
-        if let (Some(c), Some(half)) = (containerd.as_mut(), containers) {
-            // Under an overlay, pods' links leave room for its headers.
-            let mtu = (cfg.backend != podnet::Backend::HostGw).then_some(podnet::vxlan::MTU);
-            c.set_pod_network(&half.to_string(), mtu);
-            podnet::enable_forwarding().map_err(AgentError::Forwarding)?;
-            match cfg.cluster_cidr {
-                Some(cluster) => {
-                    podnet::masquerade(half, cluster).await?;
-                    masquerading = true;
-                }
-                None => tracing::warn!(
-                    "no --cluster-cidr: containers' traffic out of the cluster is not masqueraded"
-                ),
-            }
-            tracing::info!(pod_cidr = %half, "container pod IPs come from here");
-        }
-        cfg.pod_cidr = wasm.to_string();
-        let ips = podnet::pod_ips(wasm) + containers.map_or(0, podnet::pod_ips);
-        cfg.max_pods = cfg.max_pods.min(ips);
-        let locals: Vec<ipnet::Ipv4Net> = std::iter::once(wasm).chain(cfg.service_cidr).collect();
-        for local in &locals {
-            net.make_local(*local).await?;
-        }
-        tracing::info!(pod_cidr = %wasm, "Wasm pod IPs come from here, made local");
-        Some(Routed {
-            net,
-            locals,
-            masquerading,
-        })
+        Some(routes::set_up(&client, &mut cfg, containerd.as_mut()).await?)
     } else {
         None
     };
@@ -411,7 +328,7 @@ pub async fn start(client: kube::Client, cfg: AgentConfig) -> Result<AgentHandle
             routes::run(
                 client.clone(),
                 cfg.name.clone(),
-                r.net.clone(),
+                r.net().clone(),
                 stopped.clone(),
             )
             .instrument(span.clone()),
@@ -450,5 +367,26 @@ pub async fn start(client: kube::Client, cfg: AgentConfig) -> Result<AgentHandle
     })
 }
 
+/// The node's containerd, if it has one configured and it answers.
+async fn connect_containerd(
+    cfg: &AgentConfig,
+    live: Arc<Live>,
+    exits: mpsc::UnboundedSender<crate::workload::Exited>,
+) -> Option<ContainerdRuntime> {
+    let c = cfg.containerd.as_ref()?;
+    let connected = ContainerdRuntime::connect(
+        c,
+        cfg.name.clone(),
+        &cfg.data_dir,
+        live,
+        cfg.log_max_size,
+        exits,
+    )
+    .await;
+    connected
+        .inspect_err(|e| tracing::warn!("{e}: this node runs Wasm pods only"))
+        .ok()
+}
+
 /// How long a routed node waits for the control plane to allocate its podCIDR.
-const POD_CIDR_WAIT: Duration = Duration::from_secs(60);
+pub(super) const POD_CIDR_WAIT: Duration = Duration::from_secs(60);
