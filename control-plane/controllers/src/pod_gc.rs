@@ -2,7 +2,9 @@
 //! node gone for good are force-deleted, since no agent will ever confirm
 //! their end and their controllers' replacements are already running
 //! elsewhere:
-//! * **orphans**: pods bound to a Node that no longer exists;
+//! * **orphans**: pods bound to a Node that no longer exists, once they are
+//!   [`ORPHAN_QUARANTINE`] old (Kubernetes' 40 s quarantine: a pod just
+//!   bound may name a Node that is still on its way);
 //! * **out of service**: terminating pods on a node that is not Ready and
 //!   carries the `node.kubernetes.io/out-of-service` NoExecute taint (an
 //!   operator's word that the host is down: Kubernetes' non-graceful node
@@ -17,6 +19,7 @@ use weft_cluster::objects as o;
 use weft_cluster::{Action, Change, Outcome, Snapshot, res};
 
 pub const OUT_OF_SERVICE: &str = "node.kubernetes.io/out-of-service";
+pub const ORPHAN_QUARANTINE: jiff::SignedDuration = jiff::SignedDuration::from_secs(40);
 
 pub struct PodGcController;
 
@@ -46,7 +49,7 @@ impl Controller for PodGcController {
         }
     }
 
-    fn reconcile(&self, key: &str, snap: &Snapshot, _now: jiff::Timestamp) -> Outcome {
+    fn reconcile(&self, key: &str, snap: &Snapshot, now: jiff::Timestamp) -> Outcome {
         let mut out = Outcome::default();
         let (ns, name) = o::split_key(key);
         let Some(pod) = snap.get("", "pods", ns, name) else {
@@ -56,7 +59,15 @@ impl Controller for PodGcController {
             return out;
         };
         let reason = match snap.get("", "nodes", "", node_name) {
-            None => format!("node {node_name} no longer exists"),
+            None => {
+                let created =
+                    o::parse_ts(pod.pointer("/metadata/creationTimestamp")).unwrap_or(now);
+                if created + ORPHAN_QUARANTINE > now {
+                    out.requeue(o::until(created + ORPHAN_QUARANTINE, now));
+                    return out;
+                }
+                format!("node {node_name} no longer exists")
+            }
             Some(node) if o::is_terminating(pod) && out_of_service(node) => {
                 format!("node {node_name} is out of service")
             }
@@ -83,7 +94,8 @@ mod tests {
     use super::*;
 
     fn pod(node: &str, terminating: bool) -> Value {
-        let mut p = json!({"metadata": {"name": "p", "namespace": "default", "uid": "u"},
+        let mut p = json!({"metadata": {"name": "p", "namespace": "default", "uid": "u",
+                "creationTimestamp": "2026-01-01T00:00:00Z"},
             "spec": {"nodeName": node}, "status": {"phase": "Running"}});
         if terminating {
             p["metadata"]["deletionTimestamp"] = json!("2026-01-01T00:00:00Z");
@@ -113,6 +125,17 @@ mod tests {
         let mut snap = Snapshot::default();
         snap.insert("", "pods", pod("n1", false));
         assert!(force_deleted(&snap), "no node n1");
+        // A pod younger than the quarantine waits for its node to show up.
+        let mut young = pod("n1", false);
+        young["metadata"]["creationTimestamp"] = json!(o::ts(jiff::Timestamp::now()));
+        snap.insert("", "pods", young);
+        let out = PodGcController.reconcile("default/p", &snap, jiff::Timestamp::now());
+        assert!(out.actions.is_empty(), "{:?}", out.actions);
+        assert!(
+            out.requeue_after
+                .is_some_and(|d| d > std::time::Duration::from_secs(35))
+        );
+        snap.insert("", "pods", pod("n1", false));
         snap.insert("", "nodes", node("Unknown", None));
         assert!(!force_deleted(&snap), "n1 may come back");
     }
