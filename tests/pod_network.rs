@@ -60,13 +60,8 @@ fn routed_nodes_get_disjoint_blocks_and_reach_each_others_by_host_gw_routes() {
             .unwrap();
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
-    let wait_for = |what: &str, ok: &dyn Fn() -> bool| {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !ok() {
-            assert!(Instant::now() < deadline, "{what}");
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    };
+    let limit = Duration::from_secs(20);
+    let wait_for = |what: &str, ok: &dyn Fn() -> bool| wait_for(what, limit, ok);
     // A node offers the scheduler as many pods as its block has IPs
     // (a /24 to Wasm alone: all but .0, .1 and .255).
     for i in 1..=3 {
@@ -515,11 +510,11 @@ echo "==inside"; try {inside_ip} 9001
         "host 1's NAT table"
     );
     m.hosts.signal(agents[0], "TERM");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while nat(&m).status.success() {
-        assert!(Instant::now() < deadline, "agent 1 removed its NAT table");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_for(
+        "agent 1 removed its NAT table",
+        Duration::from_secs(20),
+        &|| !nat(&m).status.success(),
+    );
     // The overlay device goes too (with its routes and entries).
     let device = m
         .hosts
@@ -538,13 +533,8 @@ fn a_joining_node_gets_a_block_and_routes_everywhere_and_a_leaving_one_frees_the
     let (mut m, _agents, blocks) = routed_cluster(&[]);
     let h = m.add_host();
     let host_ip = m.hosts.hosts[h].ip.clone();
-    let wait_for = |what: &str, ok: &dyn Fn() -> bool| {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !ok() {
-            assert!(Instant::now() < deadline, "{what}");
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    };
+    let limit = Duration::from_secs(30);
+    let wait_for = |what: &str, ok: &dyn Fn() -> bool| wait_for(what, limit, ok);
     let pod_cidr = |m: &Members, node: &str| {
         let out = m.kubectl(0, &["get", "node", node, "-o", "jsonpath={.spec.podCIDR}"]);
         String::from_utf8_lossy(&out.stdout).trim().to_string()

@@ -237,6 +237,15 @@ pub fn registries(m: &mut Members, dir: &std::path::Path, hello: &[u8], fetch: &
     }
 }
 
+/// Waits until `ok`, checking every 200 ms; fails with `what` after `limit`.
+pub fn wait_for(what: &str, limit: Duration, ok: &dyn Fn() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !ok() {
+        assert!(Instant::now() < deadline, "{what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 /// Service `name`'s ClusterIP (namespace default).
 pub fn cluster_ip(m: &Members, name: &str) -> String {
     m.kubectl_ok(
