@@ -5,7 +5,7 @@
 //! heavy parts.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
+use std::path::PathBuf;
 
 /// Crate directory (relative to control-plane/) → the Weft crates it may
 /// depend on. weft-api (the object types) is open to all.
@@ -26,8 +26,12 @@ const ARROWS: &[(&str, &[&str])] = &[
 const LIGHT: &[&str] = &["cluster", "scheduler", "controllers"];
 const HEAVY: &[&str] = &["rocksdb", "librocksdb-sys", "openraft", "axum"];
 
-fn root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
+/// Cargo's run-time CARGO_MANIFEST_DIR first: a target directory shared by
+/// several clones may run a binary built in another (deleted) clone.
+fn root() -> PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
 }
 
 /// `[package] name` and the `[dependencies]` names of one manifest.

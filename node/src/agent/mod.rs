@@ -11,6 +11,8 @@ mod effects;
 #[cfg(test)]
 mod fake;
 mod ipam;
+#[cfg(test)]
+mod lifecycle_tests;
 mod mirrors;
 mod node;
 mod pods;

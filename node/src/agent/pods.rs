@@ -10,12 +10,13 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures::{Stream, StreamExt};
 use kube::runtime::watcher;
 use serde_json::{Value, json};
 use tokio::sync::{Semaphore, mpsc, watch as signal};
+use tokio::time::Instant;
 use weft_api::k8s_openapi::api::core::v1::{Container, ContainerStatus, Pod};
 
 use super::effects::{AgentApi, StatusQueue};
@@ -494,6 +495,8 @@ impl<W: Workload, A: AgentApi> PodLoop<W, A> {
             return;
         };
         let key = active.key.clone();
+        let readiness =
+            container(&active.pod, &t.container).is_ok_and(|c| c.readiness_probe.is_some());
         let Some(slot) = active
             .slot(&t.container)
             .filter(|s| s.restarts == t.run && s.run.is_some())
@@ -522,6 +525,13 @@ impl<W: Workload, A: AgentApi> PodLoop<W, A> {
                 self.api.event(&key, false, "Killing", &killing).await;
                 self.ended(&t.pod_uid, &t.container, t.run, Ending::Killed(msg))
                     .await;
+            }
+            (probes::Kind::Startup, true) if !readiness => {
+                // Without a readiness probe a container is ready once started.
+                slot.ready = true;
+                if let Some(status) = self.status_of(&t.pod_uid) {
+                    self.status.write(&key, status);
+                }
             }
             (_, true) => {}
         }

@@ -3,9 +3,10 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::Ipv4Addr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{Value, json};
+use tokio::time::Instant;
 use weft_api::k8s_openapi::api::core::v1::{Container, Pod};
 use weft_wasm_host::Exit;
 
@@ -74,7 +75,8 @@ pub(super) struct Slot {
     pub(super) started: Option<Started>,
     pub(super) state: State,
     pub(super) started_at: String,
-    /// When the current run started: a long run resets the backoff.
+    /// When the current run started: a long run resets the backoff (tokio's
+    /// clock, so that tests in paused time can run it for ten minutes).
     pub(super) since: Instant,
     pub(super) restarts: u32,
     /// Failures since the last long run: the backoff's exponent.
