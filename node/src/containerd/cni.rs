@@ -148,9 +148,27 @@ impl Cni {
         }
         serde_json::from_str(&text).map_err(|e| err(format!("bad result: {e}")))
     }
+}
+
+/// A pod's network as the container runtime needs it: a namespace per pod,
+/// attached and detached (CNI here, a fake in unit tests).
+pub trait PodNetwork: Send + Sync + 'static {
+    /// Whether pod `uid` has its namespace.
+    fn exists(&self, uid: &str) -> bool;
 
     /// Creates the pod's namespace and attaches it; returns the pod's IP.
-    pub async fn add(&self, uid: &str) -> Result<Ipv4Addr, CniError> {
+    fn add(&self, uid: &str) -> impl Future<Output = Result<Ipv4Addr, CniError>> + Send;
+
+    /// Detaches and removes the pod's namespace, best effort.
+    fn del(&self, uid: &str) -> impl Future<Output = ()> + Send;
+}
+
+impl PodNetwork for Cni {
+    fn exists(&self, uid: &str) -> bool {
+        netns_path(uid).exists()
+    }
+
+    async fn add(&self, uid: &str) -> Result<Ipv4Addr, CniError> {
         if !netns_path(uid).exists() {
             ip_netns(&["add", &netns_name(uid)]).await?;
         }
@@ -169,9 +187,9 @@ impl Cni {
         result_ip(&result).ok_or_else(|| CniError::NoAddress(result.to_string()))
     }
 
-    /// Detaches and removes the pod's namespace. Best effort: DEL must
-    /// tolerate what is already gone, and a failure here leaks only an address.
-    pub async fn del(&self, uid: &str) {
+    // Best effort: DEL must tolerate what is already gone, and a failure
+    // here leaks only an address.
+    async fn del(&self, uid: &str) {
         for p in self.plugins().iter().rev() {
             if let Err(e) = self.exec("DEL", uid, p, None).await {
                 tracing::warn!(pod = uid, "CNI DEL: {e}");

@@ -12,8 +12,11 @@ mod conn;
 pub mod pull;
 pub mod resolv;
 pub mod spec;
+#[cfg(test)]
+mod tests;
 
-pub use conn::Conn;
+pub use cni::PodNetwork;
+pub use conn::{Conn, Containerd, NewContainer};
 
 use std::collections::{HashMap, HashSet};
 use std::net::Ipv4Addr;
@@ -21,16 +24,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use containerd_client::services::v1::container::Runtime;
-use containerd_client::services::v1::snapshots::PrepareSnapshotRequest;
-use containerd_client::services::v1::{
-    Container as CtrContainer, CreateContainerRequest, CreateTaskRequest, DeleteProcessRequest,
-    ExecProcessRequest, StartRequest,
-};
 use containerd_client::tonic;
 use futures::FutureExt;
 use oci_client::secrets::RegistryAuth;
-use prost_types::Any;
 use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 use weft_api::k8s_openapi::api::core::v1::{Container, Pod};
@@ -48,9 +44,6 @@ use crate::workload::{
 /// never mix with another client's.
 pub const NAMESPACE: &str = "weft";
 pub const SNAPSHOTTER: &str = "overlayfs";
-const RUNTIME: &str = "io.containerd.runc.v2";
-const SPEC_TYPE: &str = "types.containerd.io/opencontainers/runtime-spec/1/Spec";
-const PROCESS_TYPE: &str = "types.containerd.io/opencontainers/runtime-spec/1/Process";
 /// Labels on every container record: how an agent finds its own after a restart.
 pub const POD_UID_LABEL: &str = "weft.dev/pod-uid";
 pub const NODE_LABEL: &str = "weft.dev/node";
@@ -93,9 +86,11 @@ impl Default for ContainerdConfig {
     }
 }
 
-pub struct ContainerdRuntime {
-    conn: Conn,
-    cni: cni::Cni,
+/// The container runtime over containerd (`C`) and a pod network (`N`):
+/// the real ones, or fakes in unit tests.
+pub struct ContainerdRuntime<C = Conn, N = cni::Cni> {
+    conn: C,
+    cni: N,
     node: String,
     /// Per-pod state that outlives the agent: FIFOs and the pod IP.
     pods_dir: PathBuf,
@@ -157,11 +152,9 @@ impl ContainerdRuntime {
     pub fn set_pod_network(&mut self, subnet: &str, mtu: Option<u32>) {
         self.cni.set_subnet(subnet, mtu);
     }
+}
 
-    pub fn conn(&self) -> &Conn {
-        &self.conn
-    }
-
+impl<C: Containerd, N: PodNetwork> ContainerdRuntime<C, N> {
     fn pod_dir(&self, uid: &str) -> PathBuf {
         self.pods_dir.join(uid)
     }
@@ -173,7 +166,7 @@ impl ContainerdRuntime {
     /// The pod's network: the existing one (a container restart, or an agent
     /// restart), or a new namespace attached by CNI.
     async fn network(&self, uid: &str) -> Result<Ipv4Addr, WorkloadError> {
-        if cni::netns_path(uid).exists()
+        if self.cni.exists(uid)
             && let Some(ip) = std::fs::read_to_string(self.ip_file(uid))
                 .ok()
                 .and_then(|s| s.trim().parse().ok())
@@ -306,79 +299,26 @@ impl ContainerdRuntime {
             },
         )
         .map_err(|e| WorkloadError::Config(e.0))?;
-        let create = |what: &str, e: tonic::Status| {
-            WorkloadError::Create(format!("{what} {id}: {}", e.message()))
-        };
         // Leftovers of an earlier run of this container go first.
-        self.conn.remove(id, Duration::ZERO).await;
-        let mounts = self
-            .conn
-            .snapshots()
-            .prepare(self.conn.req(PrepareSnapshotRequest {
-                snapshotter: SNAPSHOTTER.into(),
-                key: id.into(),
-                parent: unpacked.top.clone(),
-                labels: HashMap::new(),
-            }))
-            .await
-            .map_err(|e| create("snapshot", e))?
-            .into_inner()
-            .mounts;
+        conn::remove(&self.conn, id, Duration::ZERO).await;
+        let (stdout, stderr) = self.fifos(&uid, &c.name)?;
         let labels = HashMap::from([
             (POD_UID_LABEL.to_string(), uid.clone()),
             (NODE_LABEL.to_string(), self.node.clone()),
             (CONTAINER_LABEL.to_string(), c.name.clone()),
         ]);
-        let record = CtrContainer {
+        let new = NewContainer {
             id: id.into(),
             labels,
             image: crate::artifacts::normalize(c.image.as_deref().unwrap_or_default())
                 .unwrap_or_default(),
-            runtime: Some(Runtime {
-                name: RUNTIME.into(),
-                options: None,
-            }),
-            spec: Some(Any {
-                type_url: SPEC_TYPE.into(),
-                value: serde_json::to_vec(&oci).expect("spec serializes"),
-            }),
-            snapshotter: SNAPSHOTTER.into(),
-            snapshot_key: id.into(),
-            ..Default::default()
+            spec: oci.clone(),
+            parent: unpacked.top.clone(),
+            stdout,
+            stderr,
         };
-        self.conn
-            .containers()
-            .create(self.conn.req(CreateContainerRequest {
-                container: Some(record),
-            }))
-            .await
-            .map_err(|e| create("container", e))?;
-        let (stdout, stderr) = self.fifos(&uid, &c.name)?;
-        let task = CreateTaskRequest {
-            container_id: id.into(),
-            rootfs: mounts,
-            stdout: stdout.display().to_string(),
-            stderr: stderr.display().to_string(),
-            ..Default::default()
-        };
-        let started = async {
-            self.conn
-                .tasks()
-                .create(self.conn.req(task))
-                .await
-                .map_err(|e| create("task", e))?;
-            self.conn
-                .tasks()
-                .start(self.conn.req(StartRequest {
-                    container_id: id.into(),
-                    exec_id: String::new(),
-                }))
-                .await
-                .map_err(|e| create("start", e))
-        }
-        .await;
-        if let Err(e) = started {
-            self.conn.remove(id, Duration::ZERO).await;
+        if let Err(e) = self.conn.create(new).await {
+            conn::remove(&self.conn, id, Duration::ZERO).await;
             return Err(e);
         }
         Ok(oci.process().clone().unwrap_or_default())
@@ -450,52 +390,9 @@ impl ContainerdRuntime {
         let conn = self.conn.clone();
         let id = id.to_string();
         Arc::new(move |cmd: Vec<String>| {
-            let conn = conn.clone();
-            let id = id.clone();
-            let mut process = process.clone();
-            async move {
-                process.set_args(Some(cmd));
-                process.set_terminal(Some(false));
-                let exec_id = format!("probe-{:08x}", rand::random::<u32>());
-                let spec = Any {
-                    type_url: PROCESS_TYPE.into(),
-                    value: serde_json::to_vec(&process).map_err(|e| e.to_string())?,
-                };
-                let msg = |e: tonic::Status| e.message().to_string();
-                conn.tasks()
-                    .exec(conn.req(ExecProcessRequest {
-                        container_id: id.clone(),
-                        exec_id: exec_id.clone(),
-                        spec: Some(spec),
-                        ..Default::default()
-                    }))
-                    .await
-                    .map_err(msg)?;
-                let delete = || async {
-                    let _ = conn
-                        .tasks()
-                        .delete_process(conn.req(DeleteProcessRequest {
-                            container_id: id.clone(),
-                            exec_id: exec_id.clone(),
-                        }))
-                        .await;
-                };
-                if let Err(e) = conn
-                    .tasks()
-                    .start(conn.req(StartRequest {
-                        container_id: id.clone(),
-                        exec_id: exec_id.clone(),
-                    }))
-                    .await
-                {
-                    delete().await;
-                    return Err(msg(e));
-                }
-                let waited = conn.wait(&id, &exec_id).await;
-                delete().await;
-                waited.map(|s| s as i32).map_err(msg)
-            }
-            .boxed()
+            let (conn, id, mut process) = (conn.clone(), id.clone(), process.clone());
+            process.set_args(Some(cmd));
+            async move { conn.exec(&id, process).await }.boxed()
         })
     }
 }
@@ -541,7 +438,7 @@ async fn copy_fifo(
     }
 }
 
-impl ContainerdRuntime {
+impl<C: Containerd, N: PodNetwork> ContainerdRuntime<C, N> {
     /// Starts container `c` of pod `uid`, or adopts it when it is still
     /// running (an agent restart).
     async fn start_container(
@@ -589,7 +486,7 @@ impl ContainerdRuntime {
         };
         let conn = self.conn.clone();
         let teardown: Teardown =
-            Box::new(move |grace| async move { conn.remove(&id, grace).await }.boxed());
+            Box::new(move |grace| async move { conn::remove(&conn, &id, grace).await }.boxed());
         Ok(RunningContainer::new(started, probe, tasks).with_teardown(teardown))
     }
 
@@ -611,12 +508,12 @@ impl ContainerdRuntime {
     /// Stops and deletes every container of pod `uid`.
     async fn remove_containers(&self, uid: &str) {
         for (id, _) in self.conn.list(POD_UID_LABEL, uid).await {
-            self.conn.remove(&id, Duration::ZERO).await;
+            conn::remove(&self.conn, &id, Duration::ZERO).await;
         }
     }
 }
 
-impl Workload for ContainerdRuntime {
+impl<C: Containerd, N: PodNetwork> Workload for ContainerdRuntime<C, N> {
     async fn start(&self, pod: &Pod, spec: &StartSpec) -> Result<RunningPod, WorkloadError> {
         let started = self.start_pod(pod, spec).await;
         if started.is_err() {
@@ -672,20 +569,10 @@ impl Workload for ContainerdRuntime {
     }
 }
 
-impl ContainerdRuntime {
+impl<C: Containerd, N: PodNetwork> ContainerdRuntime<C, N> {
     /// Whether containerd already has `image` (so no registry is asked).
     pub async fn has_image(&self, image: &str) -> bool {
-        let Ok(name) = crate::artifacts::normalize(image) else {
-            return false;
-        };
-        self.conn
-            .images()
-            .get(
-                self.conn
-                    .req(containerd_client::services::v1::GetImageRequest { name }),
-            )
-            .await
-            .is_ok()
+        self.conn.has_image(image).await
     }
 
     /// The image an adopted container runs (for its status), if still recorded.
@@ -700,19 +587,7 @@ impl ContainerdRuntime {
 
     /// An adopted container's process spec, for exec probes.
     async fn process_of(&self, id: &str) -> Option<oci_spec::runtime::Process> {
-        let c = self
-            .conn
-            .containers()
-            .get(
-                self.conn
-                    .req(containerd_client::services::v1::GetContainerRequest { id: id.into() }),
-            )
-            .await
-            .ok()?
-            .into_inner()
-            .container?;
-        let spec: oci_spec::runtime::Spec = serde_json::from_slice(&c.spec?.value).ok()?;
-        spec.process().clone()
+        self.conn.spec(id).await?.process().clone()
     }
 }
 

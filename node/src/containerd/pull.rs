@@ -204,7 +204,7 @@ impl Conn {
     }
 
     /// Makes `image` available and unpacked as its pull policy says.
-    pub async fn pull(
+    pub(super) async fn pull_image(
         &self,
         image: &str,
         policy: PullPolicy,
