@@ -317,9 +317,14 @@ impl Harness {
 
     /// Run `run` of container `app` of `pod` exits with `code`.
     pub fn exit(&self, pod: &str, run: u32, code: i32) {
+        self.exit_of(pod, "app", run, code);
+    }
+
+    /// Run `run` of `container` of `pod` exits with `code`.
+    pub fn exit_of(&self, pod: &str, container: &str, run: u32, code: i32) {
         let exit = Exited {
             pod_uid: format!("uid-{pod}"),
-            container: "app".into(),
+            container: container.into(),
             run,
             exit: weft_wasm_host::Exit::Code(code),
         };

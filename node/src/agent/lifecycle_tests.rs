@@ -279,6 +279,58 @@ async fn job_pods_restart_by_their_restart_policy() {
     assert_eq!(app(&done)["lastState"]["terminated"]["exitCode"], 2);
 }
 
+/// Each container of a pod ends and restarts on its own (kubelet): one
+/// that completed stays Completed while its neighbour restarts.
+#[tokio::test(start_paused = true)]
+async fn containers_of_a_pod_end_and_restart_on_their_own() {
+    let h = Harness::start(FakeWorkload::default());
+    let two = |policy: &str| {
+        json!({"restartPolicy": policy, "containers": [{"name": "ok", "image": "reg/job:1"},
+            {"name": "fail", "image": "reg/job:1"}]})
+    };
+    h.apply(pod("on-failure", two("OnFailure")));
+    h.apply(pod("never", two("Never")));
+    sleep(Duration::from_secs(1)).await;
+    for p in ["on-failure", "never"] {
+        h.exit_of(p, "ok", 0, 0);
+        h.exit_of(p, "fail", 0, 3);
+    }
+    sleep(Duration::from_secs(1)).await;
+    let field = |pod: &str, i: usize, path: &[&str]| {
+        let last = h.last(pod);
+        let mut v = last["status"]["containerStatuses"][i].clone();
+        for p in path {
+            v = v[p].clone();
+        }
+        v
+    };
+    let reasons = |pod: &str| [0, 1].map(|i| field(pod, i, &["state", "terminated", "reason"]));
+    assert_eq!(h.last("never")["status"]["phase"], "Failed");
+    assert_eq!(reasons("never"), [json!("Completed"), json!("Error")]);
+    assert_eq!(h.last("on-failure")["status"]["phase"], "Running");
+    assert_eq!(
+        field("on-failure", 0, &["state", "terminated", "reason"]),
+        "Completed"
+    );
+    assert_eq!(
+        field("on-failure", 1, &["state", "waiting", "reason"]),
+        "CrashLoopBackOff"
+    );
+    let restarted = |o: &Op| matches!(o, Op::Restart(p, c, 1) if p == "on-failure" && c == "fail");
+    op(&h, restarted).await;
+    assert!(
+        !h.workload
+            .ops()
+            .iter()
+            .any(|o| matches!(o, Op::Restart(_, c, _) if c == "ok"))
+    );
+    h.exit_of("on-failure", "fail", 1, 0);
+    sleep(Duration::from_secs(1)).await;
+    assert_eq!(h.last("on-failure")["status"]["phase"], "Succeeded");
+    assert_eq!(field("on-failure", 0, &["restartCount"]), 0);
+    assert_eq!(field("on-failure", 1, &["restartCount"]), 1);
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_restarted_agent_adopts_running_pods_and_collects_the_rest() {
     let h = Harness::start(FakeWorkload::default());
