@@ -2,7 +2,6 @@
 //! harness that runs the pod loop on them, for unit tests in paused time.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -130,8 +129,6 @@ pub(super) struct FakeWorkload {
     /// Exit code of probe command `cmd` in pod `pod`, by "pod/cmd".
     pub answers: Arc<Mutex<HashMap<String, i32>>>,
     pub ops: Arc<Mutex<Vec<(Instant, Op)>>>,
-    pub started: Mutex<Vec<String>>,
-    pub stopped: Arc<AtomicUsize>,
 }
 
 impl FakeWorkload {
@@ -150,6 +147,12 @@ impl FakeWorkload {
             .iter()
             .map(|(_, o)| o.clone())
             .collect()
+    }
+
+    /// How many stops `pod`'s containers had.
+    pub fn stops(&self, pod: &str) -> usize {
+        self.times(|o| matches!(o, Op::Stop(p, ..) if p == pod))
+            .len()
     }
 
     /// When each operation matching `f` happened.
@@ -188,7 +191,7 @@ impl FakeWorkload {
             handler: None,
             exec: Some(exec),
         };
-        let (stopped, ops) = (self.stopped.clone(), self.ops.clone());
+        let ops = self.ops.clone();
         let stubborn = self.stubborn.contains(&pod_name);
         let name = name.to_string();
         RunningContainer::new(started, probe, tokio::task::JoinSet::new()).with_teardown(Box::new(
@@ -197,7 +200,6 @@ impl FakeWorkload {
                     if stubborn {
                         tokio::time::sleep(grace).await;
                     }
-                    stopped.fetch_add(1, Ordering::SeqCst);
                     let op = Op::Stop(pod_name, name, grace);
                     ops.lock().unwrap().push((Instant::now(), op));
                 }
@@ -219,8 +221,7 @@ impl Workload for FakeWorkload {
             *left -= 1;
             return Err(WorkloadError::Create("the fake fails this start".into()));
         }
-        self.record(Op::Start(name.clone()));
-        self.started.lock().unwrap().push(name);
+        self.record(Op::Start(name));
         let containers = pod.spec.iter().flat_map(|s| s.containers.iter());
         Ok(RunningPod {
             ip: spec.ip,

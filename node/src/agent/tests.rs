@@ -1,12 +1,11 @@
 //! The pod loop on a fake workload and a recording API, in paused time.
 
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use serde_json::json;
 use weft_api::k8s_openapi::api::core::v1::Pod;
 
-use super::fake::{Call, FakeWorkload, Harness};
+use super::fake::{Call, FakeWorkload, Harness, Op};
 
 fn pod(name: &str) -> Pod {
     super::fake::pod(name, json!({}))
@@ -27,7 +26,7 @@ async fn a_slow_start_holds_up_no_other_pod() {
         assert_eq!(h.phases(&format!("fast-{i}")), ["Running"], "fast-{i}");
     }
     assert_eq!(h.phases("slow"), ["Pending ContainerCreating"]);
-    assert!(!h.workload.started.lock().unwrap().contains(&"slow".into()));
+    assert!(!h.workload.ops().contains(&Op::Start("slow".into())));
     tokio::time::sleep(Duration::from_secs(60)).await;
     assert_eq!(h.phases("slow"), ["Pending ContainerCreating", "Running"]);
 }
@@ -47,11 +46,7 @@ async fn a_pod_deleted_while_it_starts_is_stopped_once_its_start_returns() {
     // A second event for the same deletion changes nothing.
     h.apply(deleted);
     tokio::time::sleep(Duration::from_secs(5)).await;
-    assert_eq!(
-        h.workload.stopped.load(Ordering::SeqCst),
-        0,
-        "still starting"
-    );
+    assert_eq!(h.workload.stops("slow"), 0, "still starting");
     assert!(
         !h.api
             .calls
@@ -60,11 +55,7 @@ async fn a_pod_deleted_while_it_starts_is_stopped_once_its_start_returns() {
             .contains(&Call::FinishDeletion("slow".into()))
     );
     tokio::time::sleep(Duration::from_secs(60)).await;
-    assert_eq!(
-        h.workload.stopped.load(Ordering::SeqCst),
-        1,
-        "stopped once started"
-    );
+    assert_eq!(h.workload.stops("slow"), 1, "stopped once started");
     let calls = h.api.calls.lock().unwrap().clone();
     let finished = calls
         .iter()

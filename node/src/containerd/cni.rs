@@ -169,7 +169,7 @@ impl PodNetwork for Cni {
     }
 
     async fn add(&self, uid: &str) -> Result<Ipv4Addr, CniError> {
-        if !netns_path(uid).exists() {
+        if !self.exists(uid) {
             ip_netns(&["add", &netns_name(uid)]).await?;
         }
         let mut result: Option<Value> = None;
@@ -195,7 +195,7 @@ impl PodNetwork for Cni {
                 tracing::warn!(pod = uid, "CNI DEL: {e}");
             }
         }
-        if netns_path(uid).exists()
+        if self.exists(uid)
             && let Err(e) = ip_netns(&["delete", &netns_name(uid)]).await
         {
             tracing::warn!(pod = uid, "{e}");

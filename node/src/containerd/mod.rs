@@ -307,12 +307,13 @@ impl<C: Containerd, N: PodNetwork> ContainerdRuntime<C, N> {
             (NODE_LABEL.to_string(), self.node.clone()),
             (CONTAINER_LABEL.to_string(), c.name.clone()),
         ]);
+        let process = oci.process().clone().unwrap_or_default();
         let new = NewContainer {
             id: id.into(),
             labels,
             image: crate::artifacts::normalize(c.image.as_deref().unwrap_or_default())
                 .unwrap_or_default(),
-            spec: oci.clone(),
+            spec: oci,
             parent: unpacked.top.clone(),
             stdout,
             stderr,
@@ -321,7 +322,7 @@ impl<C: Containerd, N: PodNetwork> ContainerdRuntime<C, N> {
             conn::remove(&self.conn, id, Duration::ZERO).await;
             return Err(e);
         }
-        Ok(oci.process().clone().unwrap_or_default())
+        Ok(process)
     }
 
     /// Copies a container's output into its log file. The FIFOs are open
